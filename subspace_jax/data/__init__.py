@@ -1,0 +1,1 @@
+"""Datasets: MVTec AD, BTAD, MTD, generic folders, and a procedural synthetic set."""
