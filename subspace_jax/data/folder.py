@@ -16,11 +16,15 @@ GOOD = "good"
 
 
 def _listing(path: Path) -> str:
-    if not path.is_dir():
-        return f"{path} does not exist either" if not path.exists() else f"{path} is not a folder"
-    entries = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in path.iterdir())
+    """What exists at the nearest existing folder at or above ``path``, for error messages."""
+    folder = path
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    entries = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir())
     entries = [entry for entry in entries if not entry.startswith(".")]
-    return f"{path} contains: {', '.join(entries) if entries else '(nothing)'}"
+    if len(entries) > 30:
+        entries = entries[:30] + [f"... ({len(entries) - 30} more)"]
+    return f"{folder} contains: {', '.join(entries) if entries else '(nothing)'}"
 
 
 def require_dir(path: Path, what: str) -> Path:
