@@ -11,7 +11,7 @@ The data must be downloaded by hand (the licences forbid redistribution) into a 
     import tensorflow_datasets as tfds
     from subspace_jax.data.tfds import MvtecAd, split_from_source
 
-    builder = MvtecAd(config="bottle", data_dir="~/tensorflow_datasets")
+    builder = MvtecAd(config="bottle", data_dir="/data/tfds")
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir="/data/mvtec_anomaly_detection"))
     test = split_from_source(builder.as_data_source()["test"], image_size=256)
@@ -35,7 +35,7 @@ from etils import epath
 from PIL import Image
 
 try:
-    import tensorflow_datasets as tensorflow_datasets
+    import tensorflow_datasets as tfds
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "subspace_jax.data.tfds needs tensorflow-datasets and array-record: pip install 'subspace-jax[tfds]'"
@@ -47,8 +47,6 @@ from subspace_jax.data.loading import SPLITS, Dataset, Sample, read_sample, warn
 from subspace_jax.data.mtd import MTD
 from subspace_jax.data.mvtec import MVTEC_CATEGORIES, MVTecAD
 from subspace_jax.data.split import Split
-
-tfds = tensorflow_datasets
 
 FILE_FORMAT = "array_record"
 LABEL_NAMES = ("good", "defective")
@@ -172,8 +170,8 @@ class Mtd(_AnomalyBuilder):
     HOMEPAGE = "https://github.com/abin24/Magnetic-tile-defect-datasets."
     CITATION = "Huang, Qiu, Yuan, Surface defect saliency of magnetic tile, The Visual Computer 36, 85-96 (2020)."
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-    Clone or download https://github.com/abin24/Magnetic-tile-defect-datasets. and pass the folder
-    holding MT_Free/, MT_Blowhole/, MT_Break/, MT_Crack/, MT_Fray/ and MT_Uneven/ (each with Imgs/
+    Clone https://github.com/abin24/Magnetic-tile-defect-datasets. (the repository name ends with
+    a full stop) and pass the folder holding MT_Free/, MT_Blowhole/, MT_Break/, MT_Crack/, MT_Fray/ and MT_Uneven/ (each with Imgs/
     holding <stem>.jpg images and <stem>.png masks) as manual_dir.
     """
 
