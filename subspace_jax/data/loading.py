@@ -9,9 +9,16 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
-from subspace_jax.data.images import _check_sizes, parallel_map, read_image, read_mask, resize_image, resize_mask
+from subspace_jax.data.images import (
+    check_sizes,
+    parallel_map,
+    read_image,
+    read_mask,
+    resize_image,
+    resize_mask,
+    resize_mask_to,
+)
 from subspace_jax.data.split import Split
 
 SPLITS = ("train", "test")
@@ -54,8 +61,7 @@ def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, tuple[tuple[int
         mask = read_mask(sample.mask_path)
         if mask.shape != (height, width):
             size_mismatch = (mask.shape, (height, width))
-            pil = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
-            mask = np.asarray(pil) > 127
+            mask = resize_mask_to(mask, height, width)
     return image, mask, size_mismatch
 
 
@@ -80,7 +86,7 @@ def load_samples(
     a defective sample without one is an error unless ``allow_missing_masks``. A mask whose size
     differs from its image is resized to the image (nearest) and one warning summarises all such masks.
     """
-    _check_sizes(image_size, crop)
+    check_sizes(image_size, crop)
     if len(samples) == 0:
         raise ValueError("samples is empty: expected at least one sample to load")
     if not allow_missing_masks:
