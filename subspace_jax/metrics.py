@@ -193,7 +193,7 @@ def _trapezoid_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     if n_inside < x.size and x[n_inside - 1] < x_max:
         x0, x1, y0, y1 = x[n_inside - 1], x[n_inside], y[n_inside - 1], y[n_inside]
         y_end = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
-        area += 0.5 * (y0 + y_end) * (x_max - x0)
+        area += float(0.5 * (y0 + y_end) * (x_max - x0))
     return area
 
 
@@ -211,4 +211,4 @@ def pro(maps, masks, fpr_limit: float = 0.3) -> float:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}")
     maps, masks = _check_maps_and_masks(maps, masks)
     fpr, pro_values = _pro_curve(maps, masks)
-    return _trapezoid_up_to(fpr, pro_values, fpr_limit) / fpr_limit
+    return float(_trapezoid_up_to(fpr, pro_values, fpr_limit) / fpr_limit)
