@@ -212,7 +212,7 @@ def _apply_defect(rng: np.random.Generator, render: _Render, defect: str) -> tup
             if defect == "blob":
                 region = _blob_region(rng, x, y, cx, cy, max(rng.uniform(0.04, 0.08), 3 * pixel))
             elif defect == "color_spot":
-                region = np.hypot(x - cx, y - cy) < max(rng.uniform(0.025, 0.045), 2 * pixel)
+                region = np.hypot(x - cx, y - cy) < max(rng.uniform(0.03, 0.05), 2 * pixel)
             else:  # scratch: a thin segment of random direction through (cx, cy)
                 direction = rng.uniform(0, np.pi)
                 half_length = rng.uniform(0.1, 0.22)
