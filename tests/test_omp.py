@@ -14,7 +14,7 @@ from sklearn.linear_model import orthogonal_mp, orthogonal_mp_gram
 
 from subspace_jax.omp import OMPResult, omp, omp_gram, reconstruct, residual
 
-SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture
