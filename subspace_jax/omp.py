@@ -10,12 +10,14 @@ Two kernels share one pursuit (selection, Cholesky least squares, stopping rules
   large M or for per-pixel atoms that change from target to target (vmap it over pixels).
 
 Both follow ``sklearn.linear_model.orthogonal_mp`` / ``orthogonal_mp_gram``: no normalisation of
-the atoms, the next atom is the candidate with the largest ``|<atom, residual>|`` (first index on
-exact ties), the coefficients are the least-squares fit on the chosen atoms, and the pursuit stops
-early when the chosen atom is linearly dependent on the support or carries no correlation. They
-differ from sklearn in that the tolerance is relative (``||r||^2 <= tol * ||y||^2``) and is applied
-together with ``k`` (sklearn's absolute ``tol`` replaces ``n_nonzero_coefs``), and in the guards
-(relative thresholds instead of sklearn's absolute machine epsilon, see ``_PIVOT_RTOL``).
+the atoms; the next atom is the candidate with the largest ``|<atom, residual>|`` (the lowest index
+on exact ties, like numpy's argmax; sklearn's Gram variant breaks exact ties in its internally
+swapped order, which can differ after the first step); the coefficients are the least-squares fit
+on the chosen atoms; the pursuit stops early when the chosen atom is linearly dependent on the
+support or carries no correlation. They differ from sklearn in that the tolerance is relative
+(``||r||^2 <= tol * ||y||^2``) and applies together with ``k`` (sklearn's absolute ``tol`` replaces
+``n_nonzero_coefs``), and in the guards (relative thresholds instead of sklearn's absolute machine
+epsilon, see ``_PIVOT_RTOL`` and ``_CORRELATION_RTOL``).
 
 Everything has static shapes: a fixed ``k``-step ``lax.fori_loop``, (k,)-sized support buffers and
 masks instead of data-dependent shapes, so both kernels run under ``jit`` and ``vmap`` in float32 and
@@ -25,6 +27,7 @@ float64. Results are an :class:`OMPResult` pytree.
 from __future__ import annotations
 
 from functools import partial
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -151,7 +154,7 @@ def _step(
     state: _Pursuit,
     step: jax.Array,
     correlations: jax.Array,
-    cross_gram: jax.Array,
+    cross_gram: Callable[[jax.Array], jax.Array],
     norms_sq: jax.Array,
     alpha: jax.Array,
     selectable: jax.Array,
@@ -187,10 +190,9 @@ def _step(
     pivot = jnp.sqrt(jnp.where(independent, pivot_sq, 1))
     accept = state.active & found & independent
 
-    inverse_row = (jax.nn.one_hot(step, new_row.shape[0], dtype=new_row.dtype) - new_row @ state.inverse_factor) / pivot
-    inverse_factor = state.inverse_factor.at[step].set(
-        jnp.where(accept, inverse_row, state.inverse_factor[step])
-    )
+    unit = jax.nn.one_hot(step, new_row.shape[0], dtype=new_row.dtype)
+    inverse_row = (unit - new_row @ state.inverse_factor) / pivot
+    inverse_factor = state.inverse_factor.at[step].set(jnp.where(accept, inverse_row, state.inverse_factor[step]))
     forward_value = (alpha[lam] - new_row @ state.forward) / pivot
     forward = state.forward.at[step].set(jnp.where(accept, forward_value, 0))
     coef = forward @ inverse_factor  # L^-T L^-1 alpha[support]
