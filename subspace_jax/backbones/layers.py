@@ -127,10 +127,17 @@ class ConvNorm(nnx.Module):
         self.var[...] = np.ones_like(self.var[...])
         self.folded = True
 
+    def _no_padding(self) -> bool:
+        # "SAME" pads nothing for a 1x1 kernel, whatever the stride
+        return self.padding == "SAME" or all(p == (0, 0) for p in self.padding)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.kernel[...]
         if self.groups > 1 and self.groups == x.shape[-1] == kernel.shape[-1]:
             y = depthwise_conv(x, kernel, self.stride, self.padding)
+        elif kernel.shape[:2] == (1, 1) and self.groups == 1 and self._no_padding():
+            # A 1x1 convolution is a matmul over channels; XLA's CPU dot is ~2x faster than its conv here.
+            y = jnp.einsum("bhwc,cd->bhwd", x[:, :: self.stride, :: self.stride, :], kernel[0, 0])
         else:
             y = jax.lax.conv_general_dilated(
                 x, kernel, window_strides=(self.stride, self.stride), padding=self.padding,
