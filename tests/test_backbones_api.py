@@ -162,8 +162,8 @@ def test_conversion_accepts_exact_state_and_batch_counters():
 
 
 def test_every_registered_model_matches_its_state_dict_key_count():
-    # torchvision resnet18: 62 float tensors (20 conv/linear weights+1 bias, 20 BN x 4 ... ) counted independently:
-    # conv layers = 1 + 8*2 + 3 downsample = 20; BN = 20 (x4 tensors); fc = 2 tensors -> 20 + 80 + 2 = 102.
+    # Counted by hand for torchvision's resnet18: 20 convs (stem, 8 blocks x 2, 3 downsamples), each with a
+    # BatchNorm of 4 tensors (counters aside), and fc weight + bias: 20 + 80 + 2 = 102.
     model, _ = backbones.build_model("resnet18", "random")
     assert len(expected_torch_shapes(model)) == 102
     # Lite0 file: 296 tensors, of which 49 BatchNorm counters -> 247 used.
