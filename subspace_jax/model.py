@@ -242,7 +242,8 @@ class Model:
         Args:
           images: uint8 (B, S, S, 3) array, an iterable of such batches, or a list of image paths
             (read, resized to ``image_size`` and centre-cropped); S = ``config.output_size``.
-          batch_size: images per compiled call; the last batch is padded so there is one compilation.
+          batch_size: images per compiled call (at most the number of images); the last batch is
+            padded so there is one compilation.
           backbone: the backbone to use; by default the one ``fit`` used, else loaded by name. Its
             weights must be the ones the bank was built with.
           timings: when given, the four stages run as separately jitted functions and their
@@ -253,11 +254,10 @@ class Model:
         Returns:
           maps (B, S, S) float32 and scores (B,) float32 (the maximum of each map), as numpy arrays.
         """
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        batch_size = _batch_size_for(images, batch_size)
         bound = self._bound_backbone(backbone)
         maps, scores = [], []
-        for batch in _progress(_iter_batches(images, self.config, batch_size), progress, "score"):
+        for batch in _progress(images, self.config, batch_size, progress, "score"):
             n = batch.shape[0]
             padded = _pad_batch(batch, batch_size)
             if timings is None:
@@ -403,10 +403,11 @@ def fit(
         backbone = backbones.load(config.backbone)
     if backbone.name != config.backbone:
         raise ValueError(f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}")
+    batch_size = _batch_size_for(images, batch_size)
     bound = _BoundBackbone.of(backbone)
     keys = config.feature_keys
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-    for batch in _progress(_iter_batches(images, config, batch_size), progress, "fit"):
+    for batch in _progress(images, config, batch_size, progress, "fit"):
         n = batch.shape[0]
         out = _extract_jit(bound.apply_fn, keys, bound.params, _pad_batch(batch, batch_size))
         for key in keys:
@@ -726,9 +727,23 @@ def _pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
 
 
-def _progress(iterable: Iterable, enabled: bool, desc: str) -> Iterable:
+def _n_images(images: ImageSource) -> int | None:
+    return len(images) if isinstance(images, (np.ndarray, jax.Array, list, tuple)) else None
+
+
+def _batch_size_for(images: ImageSource, batch_size: int) -> int:
+    """``batch_size``, lowered to the number of images when fewer are given (less padding)."""
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    n = _n_images(images)
+    return max(1, min(batch_size, n)) if n else batch_size
+
+
+def _progress(images: ImageSource, config: Config, batch_size: int, enabled: bool, desc: str) -> Iterable[np.ndarray]:
+    batches = _iter_batches(images, config, batch_size)
     if not enabled:
-        return iterable
+        return batches
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, unit="batch")
+    n = _n_images(images)
+    return tqdm(batches, desc=desc, unit="batch", total=None if n is None else -(-n // batch_size))
