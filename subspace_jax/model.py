@@ -257,7 +257,8 @@ class Model:
         batch_size = _batch_size_for(images, batch_size)
         bound = self._bound_backbone(backbone)
         maps, scores = [], []
-        for batch in _progress(images, self.config, batch_size, progress, "score"):
+        batches = _iter_batches(images, self.config, batch_size)
+        for batch in _progress(batches, progress, "score", _n_batches(images, batch_size)):
             n = batch.shape[0]
             padded = _pad_batch(batch, batch_size)
             if timings is None:
@@ -395,28 +396,57 @@ def fit(
       batch_size: images per backbone call.
       progress: show a progress bar.
     """
-    if not isinstance(config, Config):
-        raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
     if backbone is None:
         from subspace_jax import backbones
 
+        if not isinstance(config, Config):
+            raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
         backbone = backbones.load(config.backbone)
+    features = extract_features(images, config, backbone, batch_size=batch_size, progress=progress, desc="fit")
+    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
+    return model.bind(backbone)
+
+
+def extract_features(
+    images: ImageSource,
+    config: Config,
+    backbone: Any,
+    *,
+    keys: tuple[str, ...] | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "features",
+) -> dict[str, np.ndarray]:
+    """Backbone features of ``images`` in batches, as host arrays (for ``fit_features`` or caches).
+
+    Args:
+      images: as for ``fit``.
+      config: gives the image size and, by default, the keys (``config.feature_keys``).
+      backbone: a loaded backbone whose ``name`` is ``config.backbone``.
+      keys: feature keys to keep ("level1".."level4", "pooled"); the others are never computed.
+      batch_size: images per compiled call; the last batch is padded (one compilation).
+      progress: show a progress bar labelled ``desc``.
+
+    Returns:
+      key -> (N, h, w, c) float32 (or (N, c) for "pooled") numpy arrays.
+    """
+    if not isinstance(config, Config):
+        raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
     if backbone.name != config.backbone:
         raise ValueError(f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}")
     batch_size = _batch_size_for(images, batch_size)
     bound = _BoundBackbone.of(backbone)
-    keys = config.feature_keys
+    keys = config.feature_keys if keys is None else tuple(keys)
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-    for batch in _progress(images, config, batch_size, progress, "fit"):
+    batches = _iter_batches(images, config, batch_size)
+    for batch in _progress(batches, progress, desc, _n_batches(images, batch_size)):
         n = batch.shape[0]
         out = _extract_jit(bound.apply_fn, keys, bound.params, _pad_batch(batch, batch_size))
         for key in keys:
             chunks[key].append(np.asarray(out[key][:n]))
     if not chunks[keys[0]]:
-        raise ValueError("images: expected at least one training image, got none")
-    features = {key: np.concatenate(value) for key, value in chunks.items()}
-    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
-    return model.bind(backbone)
+        raise ValueError("images: expected at least one image, got none")
+    return {key: np.concatenate(value) for key, value in chunks.items()}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -731,6 +761,11 @@ def _n_images(images: ImageSource) -> int | None:
     return len(images) if isinstance(images, (np.ndarray, jax.Array, list, tuple)) else None
 
 
+def _n_batches(images: ImageSource, batch_size: int) -> int | None:
+    n = _n_images(images)
+    return None if n is None else -(-n // batch_size)
+
+
 def _batch_size_for(images: ImageSource, batch_size: int) -> int:
     """``batch_size``, lowered to the number of images when fewer are given (less padding)."""
     if not _is_int(batch_size) or batch_size < 1:
@@ -739,11 +774,9 @@ def _batch_size_for(images: ImageSource, batch_size: int) -> int:
     return max(1, min(batch_size, n)) if n else batch_size
 
 
-def _progress(images: ImageSource, config: Config, batch_size: int, enabled: bool, desc: str) -> Iterable[np.ndarray]:
-    batches = _iter_batches(images, config, batch_size)
+def _progress(batches: Iterable, enabled: bool, desc: str, total: int | None = None) -> Iterable:
     if not enabled:
         return batches
     from tqdm.auto import tqdm
 
-    n = _n_images(images)
-    return tqdm(batches, desc=desc, unit="batch", total=None if n is None else -(-n // batch_size))
+    return tqdm(batches, desc=desc, unit="batch", total=total)

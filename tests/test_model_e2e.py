@@ -129,3 +129,12 @@ def test_checkpoint_with_the_real_backbone(tmp_path, fitted, backbone, scored, d
         checkpoint.load(foreign_path, backbone=backbone)
     with pytest.raises(ValueError, match="weights differ"):
         checkpoint.load(foreign_path).score(data[1].images[:1], backbone=backbone)
+
+
+def test_extract_features_equals_the_backbone_on_whole_batches(backbone, data, config):
+    images = data[0].images[:5]
+    features = model_lib.extract_features(images, config, backbone, keys=("level2", "pooled"), batch_size=2, progress=False)
+    assert set(features) == {"level2", "pooled"}
+    direct = backbone(images)
+    for key in features:
+        np.testing.assert_allclose(features[key], np.asarray(direct[key]), rtol=1e-4, atol=1e-4)
