@@ -98,8 +98,9 @@ def main() -> None:
             per_image = args.repeats * args.n_test
             row = {stage: timings[stage] / per_image for stage in STAGES}
             row["total"] = wall / per_image
+            row["method_over_backbone"] = sum(row[s] for s in STAGES[1:]) / row["backbone"]
             report["speed"][f"{name}/{mode}"] = {"weights": weights, **row}
-            print(f"{name:20s} {mode:5s} " + "  ".join(f"{k} {v * 1e3:8.1f} ms" for k, v in row.items()), flush=True)
+            print(f"{name:20s} {mode:5s} " + "  ".join(f"{s} {row[s] * 1e3:8.1f} ms" for s in (*STAGES, "total")), flush=True)
 
     print()
     print(f"command: {report['command']}")
@@ -112,11 +113,11 @@ def main() -> None:
             print(f"| {backbone_name} | {dtype} | " + " | ".join(f"{v / 2**20:.3f} MiB" for v in value.values()) + " |")
     print(f"\nScoring time per image (N = {args.n_train}, lam = {args.lam}, k = {args.k}, pixel_k = {args.pixel_k}, "
           f"batch {args.batch_size}, mean of {args.repeats} runs over {args.n_test} images):")
-    print("| backbone | mode | weights | " + " | ".join(STAGES) + " | total |")
+    print("| backbone | mode | weights | " + " | ".join(STAGES) + " | total | (sampling+reconstruction+maps) / backbone |")
     for key, value in report["speed"].items():
         backbone_name, mode = key.split("/")
         cells = " | ".join(f"{value[s] * 1e3:.1f} ms" for s in (*STAGES, "total"))
-        print(f"| {backbone_name} | {mode} | {value['weights']} | {cells} |")
+        print(f"| {backbone_name} | {mode} | {value['weights']} | {cells} | {value['method_over_backbone']:.2f} |")
     if args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 

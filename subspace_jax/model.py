@@ -76,7 +76,10 @@ class Config:
       tol: relative OMP tolerance ε; pursuit stops once ‖e‖² ≤ ε‖y‖² (0 = always ``k`` atoms).
       reconstruction: ``"image"`` (whole maps are atoms, the paper) or ``"pixel"`` (each pixel's
         feature vector is rebuilt from the candidate images' vectors in a window around it).
-      radius: window radius r of pixel mode; atoms come from the (2r+1)² neighbourhood.
+      radius: window radius r of pixel mode; atoms come from the (2r+1)² neighbourhood of m
+        candidate images (m = lam, or N with ``sampling="none"``), so each pixel pursues over
+        m·(2r+1)² atoms and one row's (w_l, m·(2r+1)², c_l) float32 block is held at a time:
+        with "none" and a large N prefer sampling.
       pixel_k: atoms per pixel in pixel mode.
       normalize_selection: select atoms by normalised correlation (the least-squares fit always
         uses the raw features).
@@ -112,15 +115,26 @@ class Config:
         def fail(name: str, expected: str) -> None:
             raise ValueError(f"Config.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        if self.backbone not in BACKBONE_NAMES:
-            fail("backbone", f"one of {BACKBONE_NAMES}")
-        if not _is_int(self.image_size) or self.image_size < 32:
-            fail("image_size", "an int >= 32")
+        def choice(name: str, options: tuple) -> None:
+            if getattr(self, name) not in options:
+                fail(name, f"one of {options}")
+
+        def integer(name: str, minimum: int | None) -> None:
+            value = getattr(self, name)
+            if not _is_int(value) or (minimum is not None and value < minimum):
+                fail(name, "an int" if minimum is None else f"an int >= {minimum}")
+
+        def number(name: str, low: float, high: float) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+                fail(name, f"a number in [{low}, {high})")
+            object.__setattr__(self, name, float(value))
+
+        choice("backbone", BACKBONE_NAMES)
+        integer("image_size", 32)
         if self.crop is not None and (not _is_int(self.crop) or not 32 <= self.crop <= self.image_size):
             fail("crop", f"None or an int in [32, image_size={self.image_size}]")
-        levels = self.levels
-        if _is_int(levels):
-            levels = (levels,)
+        levels = (self.levels,) if _is_int(self.levels) else self.levels
         if (
             not isinstance(levels, (tuple, list))
             or not levels
@@ -131,34 +145,21 @@ class Config:
         object.__setattr__(self, "levels", tuple(sorted(int(level) for level in levels)))
         if self.sampling_level != "pooled" and not (_is_int(self.sampling_level) and self.sampling_level in LEVELS):
             fail("sampling_level", "a level in {1, 2, 3, 4} or 'pooled'")
-        if self.sampling not in SAMPLING_MODES:
-            fail("sampling", f"one of {SAMPLING_MODES}")
-        if not _is_int(self.lam) or self.lam < 1:
-            fail("lam", "an int >= 1")
-        if not _is_int(self.k) or self.k < 1:
-            fail("k", "an int >= 1")
+        choice("sampling", SAMPLING_MODES)
+        integer("lam", 1)
+        integer("k", 1)
         if self.sampling != "none" and self.reconstruction == "image" and self.k > self.lam:
             fail("k", f"at most lam={self.lam} (image mode picks k atoms among the lam sampled images)")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not 0.0 <= self.tol < 1.0:
-            fail("tol", "a float in [0, 1)")
-        if self.reconstruction not in RECONSTRUCTION_MODES:
-            fail("reconstruction", f"one of {RECONSTRUCTION_MODES}")
-        if not _is_int(self.radius) or self.radius < 0:
-            fail("radius", "an int >= 0")
-        if not _is_int(self.pixel_k) or self.pixel_k < 1:
-            fail("pixel_k", "an int >= 1")
+        number("tol", 0.0, 1.0)
+        choice("reconstruction", RECONSTRUCTION_MODES)
+        integer("radius", 0)
+        integer("pixel_k", 1)
         if not isinstance(self.normalize_selection, bool):
             fail("normalize_selection", "a bool")
-        if self.fusion not in FUSION_MODES:
-            fail("fusion", f"one of {FUSION_MODES}")
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not self.sigma >= 0:
-            fail("sigma", "a number >= 0")
-        if self.bank_dtype not in BANK_DTYPES:
-            fail("bank_dtype", f"one of {BANK_DTYPES}")
-        if not _is_int(self.seed):
-            fail("seed", "an int")
-        object.__setattr__(self, "tol", float(self.tol))
-        object.__setattr__(self, "sigma", float(self.sigma))
+        choice("fusion", FUSION_MODES)
+        number("sigma", 0.0, math.inf)
+        choice("bank_dtype", BANK_DTYPES)
+        integer("seed", None)
 
     @property
     def output_size(self) -> int:
