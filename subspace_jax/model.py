@@ -73,7 +73,8 @@ class Config:
         (all training images are candidates).
       lam: λ, the number of candidate images kept by sampling (ignored by ``"none"``).
       k: atoms per test map in image mode (at most ``lam`` when sampling).
-      tol: relative OMP tolerance ε; pursuit stops once ‖e‖² ≤ ε‖y‖² (0 = always ``k`` atoms).
+      tol: relative OMP tolerance ε of every pursuit (sampling and reconstruction): it stops once
+        ‖e‖² ≤ ε‖y‖² (0: ``k`` atoms unless the target is rebuilt exactly first).
       reconstruction: ``"image"`` (whole maps are atoms, the paper) or ``"pixel"`` (each pixel's
         feature vector is rebuilt from the candidate images' vectors in a window around it).
       radius: window radius r of pixel mode; atoms come from the (2r+1)² neighbourhood of m
@@ -85,8 +86,9 @@ class Config:
         uses the raw features).
       fusion: how level maps are combined after upsampling: ``"sum"``, ``"mean"``, ``"product"``.
       sigma: Gaussian smoothing of the fused map in pixels (0 disables it).
-      bank_dtype: storage dtype of the banks, ``"float32"`` or ``"bfloat16"`` (Gram matrices and
-        all arithmetic stay float32).
+      bank_dtype: storage dtype of the banks, ``"float32"`` or ``"bfloat16"``: bfloat16 halves the
+        stored bank (and checkpoints); Gram matrices and all arithmetic stay float32, so scoring
+        upcasts the bank inside the jitted function (a transient float32 copy on CPU).
       seed: seed of ``"random"`` sampling.
 
     ``k = 10`` and ``lam = 30`` are provisional defaults (the paper's banks span λ = 10..50 and its
