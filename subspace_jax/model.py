@@ -462,6 +462,22 @@ def _extract_jit(apply_fn, keys, params, images):
 # The pure scorer
 
 
+def _full_float32(fn: Callable) -> Callable:
+    """Run ``fn``'s matrix products at full float32 precision.
+
+    Accelerators may round float32 products to TF32 or bfloat16 by default; residuals are small
+    differences of large terms, so the pursuit and the reconstruction ask for full precision (on
+    CPU this changes nothing).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 class Candidates(NamedTuple):
     """Training images a test image may be rebuilt from (output of ``sample_candidates``).
 
@@ -473,6 +489,7 @@ class Candidates(NamedTuple):
     valid: Array
 
 
+@_full_float32
 def sample_candidates(model: Model, features: Features) -> Candidates:
     """Per test image, the candidate training images of the reconstruction (pure, jittable).
 
@@ -498,7 +515,7 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
 
 def _omp_on_bank(bank: Array, gram: Array, targets: Array, k: int, candidates: Array | None, cfg: Config):
     """Batch-OMP of float32 targets (B, d) on a bank (N, d) with its Gram matrix (N, N)."""
-    alpha = jnp.matmul(targets, bank.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST)
+    alpha = targets @ bank.astype(jnp.float32).T
     return omp_lib.omp_gram(
         gram,
         alpha,
@@ -518,6 +535,7 @@ def candidate_mask(candidates: Candidates, n_train: int) -> Array:
     return hits > 0
 
 
+@_full_float32
 def reconstruct_levels(model: Model, features: Features, candidates: Candidates) -> dict[str, Array]:
     """Per reconstruction level, the (B, h_l, w_l) channel norm of the reconstruction residual."""
     cfg = model.config

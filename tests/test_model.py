@@ -283,3 +283,13 @@ def test_model_is_a_pytree_with_static_config():
     rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
     assert rebuilt.config == model.config and rebuilt.weights_sha256 == "ab" * 32
     assert model.n_train == N_TRAIN and model.sampling_bank.shape == (N_TRAIN, 256)
+
+
+@pytest.mark.parametrize("reconstruction", ["image", "pixel"])
+def test_every_matrix_product_of_the_scorer_asks_for_full_float32(reconstruction):
+    # Accelerators round float32 products to TF32/bfloat16 by default; residuals need full precision.
+    bank = make_bank(15)
+    model = sj.fit_features(bank, config(sampling="subspace", reconstruction=reconstruction))
+    text = jax.jit(model_lib.score_features).lower(model, {key: value[:2] for key, value in bank.items()}).as_text()
+    dots = [line for line in text.splitlines() if "dot_general" in line]
+    assert dots and all("HIGHEST" in line for line in dots)
