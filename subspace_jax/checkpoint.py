@@ -193,7 +193,20 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Model:
     )
     try:
         with ocp.StandardCheckpointer() as checkpointer:
+            # Compare the stored shapes first: a mismatching restore fails inside orbax's async reads.
+            stored = checkpointer.metadata(arrays_path).item_metadata.tree
+            for name, spec in specs.items():
+                node = stored
+                for part in name.split("/"):
+                    node = node[part]
+                if list(node.shape) != spec["shape"] or str(jnp.dtype(node.dtype)) != spec["dtype"]:
+                    raise CheckpointError(
+                        f"{arrays_path}: stored array {name!r} is {jnp.dtype(node.dtype)}{list(node.shape)} but "
+                        f"{METADATA_FILE} says {spec['dtype']}{spec['shape']}, the checkpoint is corrupted"
+                    )
             restored = checkpointer.restore(arrays_path, abstract)
+    except CheckpointError:
+        raise
     except Exception as error:  # orbax and tensorstore raise many types for unreadable files
         raise CheckpointError(f"{arrays_path}: cannot read the arrays, the checkpoint is corrupted ({error})") from error
     flat = {}
