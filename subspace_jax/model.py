@@ -511,6 +511,11 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
         chosen = jnp.sort(jax.random.choice(jax.random.PRNGKey(cfg.seed), n, (cfg.lam,), replace=False))
         indices = jnp.broadcast_to(chosen.astype(jnp.int32), (batch, cfg.lam))
         return Candidates(indices, jnp.ones((batch, cfg.lam), bool))
+    if model.sampling_bank is None:
+        raise ValueError(
+            "model: subspace sampling needs the sampling-level bank, which this model lacks (it was fit "
+            "with another sampling mode); refit it with sampling='subspace'"
+        )
     target = features[level_key(cfg.sampling_level)].reshape(batch, -1).astype(jnp.float32)
     result = _omp_on_bank(model.sampling_bank, model.sampling_gram, target, cfg.lam, None, cfg)
     support = result.support
