@@ -169,3 +169,20 @@ def test_every_registered_model_matches_its_state_dict_key_count():
     # Lite0 file: 296 tensors, of which 49 BatchNorm counters -> 247 used.
     model, _ = backbones.build_model("efficientnet_lite0", "random")
     assert len(expected_torch_shapes(model)) == 247
+
+
+def test_micro_batching_matches_whole_batch():
+    """Uneven batches are padded and cut back; results equal the whole-batch pass."""
+    model, tag = backbones.build_model("efficientnet_lite0", "random", seed=1)
+    chunked = backbones.Backbone(get_spec("efficientnet_lite0"), model, tag, micro_batch=2)
+    images = np.random.default_rng(2).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    apply_fn, params = chunked.pure()
+    chunked_out = chunked(images)
+    whole = chunked._forward(params, images)
+    for key in chunked_out:
+        assert chunked_out[key].shape == whole[key].shape
+        np.testing.assert_allclose(chunked_out[key], whole[key], rtol=0, atol=1e-5 * float(np.abs(whole[key]).max()))
+    np.testing.assert_allclose(chunked.classify(images), whole["logits"], rtol=0,
+                               atol=1e-5 * float(np.abs(whole["logits"]).max()))
+    with pytest.raises(ValueError, match="micro_batch"):
+        backbones.Backbone(get_spec("efficientnet_lite0"), model, tag, micro_batch=0)
