@@ -118,7 +118,22 @@ def test_truncated_array_file_is_a_clear_error(tmp_path):
     largest = max(files, key=lambda p: p.stat().st_size)
     data = largest.read_bytes()
     largest.write_bytes(data[: len(data) // 2])
-    with pytest.raises(checkpoint.CheckpointError, match="corrupted"):
+    with pytest.raises(checkpoint.CheckpointError, match=f"{largest.name}.*truncated or altered"):
+        checkpoint.load(path)
+
+
+def test_altered_or_missing_array_file_is_a_clear_error(tmp_path):
+    path = checkpoint.save(make_model(), tmp_path / "model")
+    files = sorted(p for p in (path / checkpoint.ARRAYS_DIR).rglob("*") if p.is_file())
+    original = files[0].read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or altered"):
+        checkpoint.load(path)
+    files[0].write_bytes(original)
+    files[-1].unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="missing, the checkpoint is incomplete"):
         checkpoint.load(path)
 
 
