@@ -26,7 +26,6 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -732,7 +731,7 @@ def _score_images_staged(model: Model, bound: _BoundBackbone, images: np.ndarray
 # ---------------------------------------------------------------------------------------------
 # Inputs
 
-ImageSource = Any  # np.ndarray (N, S, S, 3) uint8 | Iterable[np.ndarray] | Sequence[str | Path]
+ImageSource = Any  # np.ndarray (N, S, S, 3) uint8 | Iterable[np.ndarray] | Sequence[str | os.PathLike]
 
 
 def _select_features(features: Features, config: Config) -> dict[str, Array]:
