@@ -108,13 +108,22 @@ def nearest_neighbor(
 
     Returns:
       (distances (Q,) float32, indices (Q,) int32). Ties go to the lowest bank index.
+
+    The search ranks by ||q||^2 + ||b||^2 - 2 q.b on data centred at the bank mean (distances are
+    translation-invariant; centring shrinks the norms whose cancellation costs digits), and the returned
+    distance is recomputed directly as ||q - b_nearest||, so it is accurate even when tiny.
     """
     queries = jnp.asarray(queries, jnp.float32)
     bank = jnp.asarray(bank, jnp.float32)
+    if queries.ndim != 2:
+        raise ValueError(f"queries: expected shape (Q, d), got {queries.shape}")
     n_query, dim = queries.shape
-    n_bank = bank.shape[0]
-    if bank.ndim != 2 or bank.shape[1] != dim or n_bank == 0:
+    if bank.ndim != 2 or bank.shape[1] != dim or bank.shape[0] == 0:
         raise ValueError(f"bank: expected shape (M>=1, {dim}), got {bank.shape}")
+    n_bank = bank.shape[0]
+    centre = jnp.mean(bank, axis=0)
+    queries = queries - centre
+    bank = bank - centre
     q_chunk = max(1, min(query_chunk, n_query))
     b_chunk = max(1, min(bank_chunk, n_bank))
     n_q_chunks = -(-n_query // q_chunk)
@@ -146,13 +155,12 @@ def nearest_neighbor(
             ), None
 
         init = (jnp.full((q_chunk,), jnp.inf, jnp.float32), jnp.zeros((q_chunk,), jnp.int32))
-        (best_d2, best_idx), _ = lax.scan(scan_bank, init, (bank_blocks, bank_sq_blocks, offsets))
-        return best_d2, best_idx
+        (_, best_idx), _ = lax.scan(scan_bank, init, (bank_blocks, bank_sq_blocks, offsets))
+        diff = q - bank[best_idx]
+        return jnp.sqrt(jnp.sum(diff * diff, axis=-1)), best_idx
 
-    d2, idx = lax.map(one_query_chunk, q_pad.reshape(n_q_chunks, q_chunk, dim))
-    d2 = d2.reshape(-1)[:n_query]
-    idx = idx.reshape(-1)[:n_query]
-    return jnp.sqrt(jnp.maximum(d2, 0.0)), idx
+    dist, idx = lax.map(one_query_chunk, q_pad.reshape(n_q_chunks, q_chunk, dim))
+    return dist.reshape(-1)[:n_query], idx.reshape(-1)[:n_query]
 
 
 def output_size(image_size: int, crop: int | None) -> int:

@@ -182,16 +182,19 @@ def select_coreset(points: Array, ratio: float, projection_dim: int | None, seed
 
     The key `jax.random.key(seed)` splits into (start key, projection key); the start is
     `randint(start key, 0, M)` and the projection `random_projection(projection key, d, projection_dim)`,
-    skipped when `projection_dim` is None or >= d.
+    skipped when `projection_dim` is None or >= d. A ratio giving n = M returns arange(M).
     """
     n_points, dim = points.shape
+    n_select = coreset_size(n_points, ratio)
+    if n_select == n_points:  # ratio 1 keeps every patch: nothing to select
+        return jnp.arange(n_points, dtype=jnp.int32)
     start_key, proj_key = jax.random.split(jax.random.key(seed))
     start = jax.random.randint(start_key, (), 0, n_points, dtype=jnp.int32)
     if projection_dim is not None and projection_dim < dim:
         points = jnp.matmul(
             points, random_projection(proj_key, dim, projection_dim), precision=lax.Precision.HIGHEST
         )
-    return greedy_coreset(points, coreset_size(n_points, ratio), start)
+    return greedy_coreset(points, n_select, start)
 
 
 # --- scoring --------------------------------------------------------------------------------------------
