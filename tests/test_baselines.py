@@ -107,14 +107,20 @@ def test_feature_dict_errors_name_the_key():
 
 
 @pytest.mark.parity
-def test_map_postprocessing_matches_torch_and_scipy():
+def test_level_maps_are_upsampled_averaged_and_smoothed_like_torch_and_scipy():
     import torch
     import torch.nn.functional as F
 
-    maps = rng(3).normal(size=(2, 8, 8)).astype(np.float32)
-    ours = np.asarray(common.postprocess_maps(jnp.asarray(maps), 32, 4.0))
-    up = F.interpolate(torch.from_numpy(maps)[:, None], size=32, mode="bilinear", align_corners=False)
-    reference = np.stack([ndimage.gaussian_filter(m, sigma=4.0, mode="reflect", truncate=4.0) for m in up[:, 0].numpy()])
+    g = rng(3)
+    coarse, fine = g.normal(size=(2, 4, 4)).astype(np.float32), g.normal(size=(2, 8, 8)).astype(np.float32)
+    config = SpadeConfig(image_size=32, levels=(2, 3), sigma=4.0)
+    ours = np.asarray(common.fuse_level_maps({"level2": fine, "level3": coarse}, config, fusion="mean"))
+
+    def up(x):
+        return F.interpolate(torch.from_numpy(x)[:, None], size=32, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+    mean = (up(fine) + up(coarse)) / 2
+    reference = np.stack([ndimage.gaussian_filter(m, sigma=4.0, mode="reflect", truncate=4.0) for m in mean])
     np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-5)
 
 
@@ -218,7 +224,7 @@ def test_patchcore_scores_match_brute_force_reference():
     train = {"level2": rng(11).normal(size=(3, 32, 32, 5)).astype(np.float32)}
     test = {"level2": rng(12).normal(size=(2, 32, 32, 5)).astype(np.float32)}
     config = PatchCoreConfig(image_size=32, levels=(2,), coreset_ratio=1.0, sigma=0.0, query_chunk=100, bank_chunk=300)
-    model = patchcore.fit_features(train, config, "fake", "ab")
+    model = patchcore.fit_features(train, config)
     assert model.bank.shape == (3 * 32 * 32, 5)
     maps, scores = model.score_features(test)
     bank = numpy_local_average(train["level2"]).reshape(-1, 5).astype(np.float64)
@@ -337,20 +343,29 @@ def test_spade_rejects_features_of_another_resolution():
 # --- fit / score on images ----------------------------------------------------------------------------------
 
 
-class BlockMeanBackbone:
-    """A stand-in backbone: block means of the image at strides 2, 4, 8 (not a CNN, but the same dict)."""
+def block_mean_features(params, images):
+    x = jnp.asarray(images, jnp.float32) / 255.0 * params["gain"]
+    b, h, w, c = x.shape
 
-    name = "block_mean"
-    weights_sha256 = "0" * 64
+    def pool(s):
+        return x.reshape(b, h // s, s, w // s, s, c).mean(axis=(2, 4))
+
+    return {"level1": pool(2), "level2": pool(4), "level3": pool(8), "pooled": x.mean(axis=(1, 2))}
+
+
+class BlockMeanBackbone:
+    """A stand-in backbone with the backbones contract: block means of the image at strides 2, 4, 8."""
+
+    def __init__(self, name: str = "resnet18", gain: float = 1.0):
+        self.name = name
+        self.weights_sha256 = f"{int(gain * 1000):064d}"
+        self.params = {"gain": jnp.float32(gain)}
 
     def __call__(self, images):
-        x = jnp.asarray(images, jnp.float32) / 255.0
-        b, h, w, c = x.shape
+        return block_mean_features(self.params, images)
 
-        def pool(s):
-            return x.reshape(b, h // s, s, w // s, s, c).mean(axis=(2, 4))
-
-        return {"level1": pool(2), "level2": pool(4), "level3": pool(8), "pooled": x.mean(axis=(1, 2))}
+    def pure(self):
+        return block_mean_features, self.params
 
 
 def textured_images(n: int, seed: int) -> np.ndarray:
@@ -363,14 +378,14 @@ def textured_images(n: int, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("method", ["patchcore", "spade"])
 def test_fit_and_score_images_in_batches(method):
     config_cls, module = METHODS[method]
-    config = config_cls(image_size=64, levels=(2, 3))
+    config = config_cls(backbone="resnet18", image_size=64, levels=(2, 3))
     backbone = BlockMeanBackbone()
     train = textured_images(5, seed=60)
     test = textured_images(3, seed=61)
     test[2, 8:16, 40:48] = (255, 0, 255)
     model = module.fit(train, config, backbone, batch_size=2, progress=False)
-    assert model.backbone_name == "block_mean" and model.weights_sha256 == "0" * 64
-    maps, scores = model.score(test, batch_size=2, progress=False)
+    assert model.backbone_name == "resnet18" and model.weights_sha256 == backbone.weights_sha256
+    maps, scores = model.score(test, batch_size=2, progress=False)  # last batch padded
     assert maps.shape == (3, 64, 64) and maps.dtype == np.float32 and scores.shape == (3,)
     # Batching changes nothing: one pass over all features gives the same answer.
     direct = module.fit_features(backbone(train), config).score_features(backbone(test))
@@ -379,14 +394,27 @@ def test_fit_and_score_images_in_batches(method):
     peak = np.unravel_index(int(np.argmax(maps[2])), maps[2].shape)
     assert 4 <= peak[0] < 20 and 36 <= peak[1] < 52, peak
     assert config.to_dict()["method"] == method
-    with pytest.raises(ValueError, match=r"images: expected shape \(N, 64, 64, 3\)"):
+    with pytest.raises(ValueError, match=r"images: expected images of shape \(B, 64, 64, 3\)"):
         model.score(test[:, :32], progress=False)
+    # A jitted pure scorer composes with the backbone's pure function.
+    apply_fn, params = backbone.pure()
+    pure_maps, _ = jax.jit(module.score_images, static_argnums=1)(model, apply_fn, params, test)
+    np.testing.assert_allclose(np.asarray(pure_maps), maps, rtol=1e-5, atol=1e-5)
 
 
-def test_model_fitted_from_features_needs_a_backbone_to_score_images():
-    model = patchcore.fit_features(BlockMeanBackbone()(textured_images(2, seed=70)), PatchCoreConfig(image_size=64))
-    with pytest.raises(ValueError, match="backbone"):
-        model.score(textured_images(1, seed=71), progress=False)
+@pytest.mark.parametrize("method", ["patchcore", "spade"])
+def test_scoring_images_checks_the_backbone(method):
+    config_cls, module = METHODS[method]
+    config = config_cls(backbone="resnet18", image_size=64, levels=(2, 3))
+    images = textured_images(2, seed=70)
+    unknown = module.fit_features(BlockMeanBackbone()(images), config)
+    with pytest.raises(ValueError, match="weights_sha256=None"):
+        unknown.score(images, progress=False)
+    model = module.fit(images, config, BlockMeanBackbone(), progress=False)
+    with pytest.raises(ValueError, match="weights differ"):
+        model.score(images, backbone=BlockMeanBackbone(gain=2.0), progress=False)
+    with pytest.raises(ValueError, match="config.backbone is 'resnet18'"):
+        module.fit(images, config, BlockMeanBackbone(name="resnet50"), progress=False)
 
 
 # --- configuration ----------------------------------------------------------------------------------------
