@@ -423,19 +423,19 @@ def test_scoring_images_checks_the_backbone(method):
 @pytest.mark.parametrize(
     ("config_cls", "field", "value"),
     [
-        (PatchCoreConfig, "levels", (3, 2)),
         (PatchCoreConfig, "levels", ()),
         (PatchCoreConfig, "levels", (2, 5)),
-        (PatchCoreConfig, "levels", [2, 3]),
+        (PatchCoreConfig, "levels", "23"),
         (PatchCoreConfig, "coreset_ratio", 0.0),
         (PatchCoreConfig, "coreset_ratio", 1.5),
         (PatchCoreConfig, "projection_dim", 0),
         (PatchCoreConfig, "num_neighbors", 0),
         (PatchCoreConfig, "reweight", "yes"),
+        (PatchCoreConfig, "seed", 1.5),
         (PatchCoreConfig, "sigma", -1.0),
         (PatchCoreConfig, "image_size", 16),
         (PatchCoreConfig, "crop", 300),
-        (PatchCoreConfig, "backbone", ""),
+        (PatchCoreConfig, "backbone", "vgg16"),
         (PatchCoreConfig, "query_chunk", 0),
         (SpadeConfig, "top_k_images", 0),
         (SpadeConfig, "levels", (1, 1)),
@@ -444,7 +444,7 @@ def test_scoring_images_checks_the_backbone(method):
     ],
 )
 def test_config_validation_names_the_field(config_cls, field, value):
-    with pytest.raises(ValueError, match=f"^{field}:"):
+    with pytest.raises(ValueError, match=f"^{config_cls.__name__}.{field}: expected"):
         config_cls(**{field: value})
 
 
@@ -453,9 +453,24 @@ def test_configs_are_frozen_hashable_and_have_paper_defaults():
     assert (pc.levels, pc.coreset_ratio, pc.projection_dim, pc.num_neighbors, pc.sigma) == ((2, 3), 0.1, 128, 9, 4.0)
     assert (sp.levels, sp.top_k_images, sp.sigma) == ((1, 2, 3), 50, 4.0)
     assert PatchCoreConfig(crop=224).output_size == 224
-    hash(pc), hash(sp)
+    assert PatchCoreConfig(levels=[3, 2]).levels == (2, 3) and SpadeConfig(levels=2).levels == (2,)
+    assert hash(pc) == hash(PatchCoreConfig()) and hash(sp) == hash(SpadeConfig())
     with pytest.raises(dataclasses.FrozenInstanceError):
         pc.sigma = 2.0  # type: ignore[misc]
+
+
+def test_config_dict_round_trip_and_errors():
+    import json
+
+    pc = PatchCoreConfig(crop=224, reweight=True, projection_dim=None)
+    data = json.loads(json.dumps(pc.to_dict()))
+    assert data["method"] == "patchcore" and data["levels"] == [2, 3]
+    assert PatchCoreConfig.from_dict(data) == pc
+    assert SpadeConfig.from_dict(SpadeConfig(top_k_images=5).to_dict()) == SpadeConfig(top_k_images=5)
+    with pytest.raises(ValueError, match="method is 'patchcore', expected 'spade'"):
+        SpadeConfig.from_dict(data)
+    with pytest.raises(ValueError, match=r"unknown keys \['lam'\]"):
+        PatchCoreConfig.from_dict({"lam": 3})
 
 
 def test_fit_features_rejects_the_wrong_config_type():

@@ -9,10 +9,11 @@ identically.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,33 +32,93 @@ _DOT_PRECISION = lax.Precision.HIGHEST
 level_key = model_lib.level_key
 
 
-def validate_common(
-    *,
-    backbone: str,
-    image_size: int,
-    crop: int | None,
-    levels: Sequence[int],
-    sigma: float,
-) -> None:
-    """Checks the fields every baseline config shares; raises ValueError naming the field."""
-    if backbone not in model_lib.BACKBONE_NAMES:
-        raise ValueError(f"backbone: expected one of {model_lib.BACKBONE_NAMES}, got {backbone!r}")
-    if not isinstance(image_size, int) or image_size < 32:
-        raise ValueError(f"image_size: expected an int >= 32, got {image_size!r}")
-    if crop is not None and (not isinstance(crop, int) or not 32 <= crop <= image_size):
-        raise ValueError(f"crop: expected None or an int in [32, image_size={image_size}], got {crop!r}")
-    if not isinstance(levels, tuple) or not levels:
-        raise ValueError(f"levels: expected a non-empty tuple of ints in 1..4, got {levels!r}")
-    if any(not isinstance(l, int) or not 1 <= l <= 4 for l in levels):
-        raise ValueError(f"levels: expected ints in 1..4, got {levels!r}")
-    if len(set(levels)) != len(levels) or tuple(sorted(levels)) != levels:
-        raise ValueError(f"levels: expected strictly increasing levels, got {levels!r}")
-    if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma: expected a finite float >= 0 (0 disables smoothing), got {sigma!r}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig:
+    """Fields and checks every baseline config shares (frozen, hashable: static under jit).
+
+    Attributes:
+      backbone: one of `subspace_jax.model.BACKBONE_NAMES`.
+      image_size, crop: input resolution, as for `subspace_jax.Config` (maps are `crop or image_size`).
+      levels: backbone levels used (1..4); like the model's, any sequence of distinct levels, stored sorted.
+      sigma: Gaussian smoothing of the maps in output pixels (0 disables it).
+      query_chunk, bank_chunk: nearest-neighbour search block sizes; the search never holds more than a
+        (query_chunk, bank_chunk) float32 distance block.
+    """
+
+    method: ClassVar[str] = ""
+
+    backbone: str = "wide_resnet50_2"
+    image_size: int = 256
+    crop: int | None = None
+    levels: tuple[int, ...] = (2, 3)
+    sigma: float = 4.0
+    query_chunk: int = 2048
+    bank_chunk: int = 8192
+
+    def fail(self, name: str, expected: str) -> None:
+        raise ValueError(f"{type(self).__name__}.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+    def check_positive_int(self, name: str) -> None:
+        value = getattr(self, name)
+        if not _is_int(value) or value < 1:
+            self.fail(name, "an int >= 1")
+
+    def __post_init__(self) -> None:
+        if self.backbone not in model_lib.BACKBONE_NAMES:
+            self.fail("backbone", f"one of {model_lib.BACKBONE_NAMES}")
+        if not _is_int(self.image_size) or self.image_size < 32:
+            self.fail("image_size", "an int >= 32")
+        if self.crop is not None and (not _is_int(self.crop) or not 32 <= self.crop <= self.image_size):
+            self.fail("crop", f"None or an int in [32, image_size={self.image_size}]")
+        levels = (self.levels,) if _is_int(self.levels) else self.levels
+        if (
+            not isinstance(levels, (tuple, list))
+            or not levels
+            or not all(_is_int(level) and 1 <= level <= 4 for level in levels)
+            or len(set(levels)) != len(levels)
+        ):
+            self.fail("levels", "a non-empty sequence of distinct levels from {1, 2, 3, 4}")
+        object.__setattr__(self, "levels", tuple(sorted(int(level) for level in levels)))
+        sigma = self.sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
+            self.fail("sigma", "a finite number >= 0")
+        object.__setattr__(self, "sigma", float(sigma))
+        self.check_positive_int("query_chunk")
+        self.check_positive_int("bank_chunk")
+
+    @property
+    def output_size(self) -> int:
+        """Side of the input images and of the maps: `crop or image_size`."""
+        return self.crop if self.crop is not None else self.image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with the method name (`levels` as a list); `from_dict` inverts it."""
+        out = {"method": self.method, **dataclasses.asdict(self)}
+        out["levels"] = list(self.levels)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """A validated config from `to_dict`'s output; unknown keys or another method are errors."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__}.from_dict: expected a mapping, got {type(data).__name__}")
+        values = dict(data)
+        method = values.pop("method", cls.method)
+        if method != cls.method:
+            raise ValueError(f"{cls.__name__}.from_dict: method is {method!r}, expected {cls.method!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
 
 
 def positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
 
 
@@ -163,11 +224,6 @@ def nearest_neighbor(
 
     dist, idx = lax.map(one_query_chunk, q_pad.reshape(n_q_chunks, q_chunk, dim))
     return dist.reshape(-1)[:n_query], idx.reshape(-1)[:n_query]
-
-
-def output_size(image_size: int, crop: int | None) -> int:
-    """Side of the square maps: the crop if there is one, else the resized image size."""
-    return crop if crop is not None else image_size
 
 
 def fuse_level_maps(level_maps: Mapping[str, Array], config: Any, fusion: str) -> Array:

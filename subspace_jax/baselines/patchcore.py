@@ -40,67 +40,43 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class PatchCoreConfig:
+class PatchCoreConfig(common.BaselineConfig):
     """PatchCore settings. Defaults follow the paper (WRN50, levels 2+3, 10% coreset, sigma 4).
 
+    Shared fields (backbone, image_size, crop, levels, sigma, query_chunk, bank_chunk) are described in
+    `common.BaselineConfig`; coarser levels are upsampled to the first (finest) one. Own fields:
+
     Attributes:
-      backbone: backbone name for `subspace_jax.backbones.load`.
-      image_size, crop: input resolution (maps are `crop` or `image_size` pixels square).
-      levels: backbone levels to embed (strictly increasing); coarser ones are upsampled to the first.
       coreset_ratio: fraction of training patches kept in the memory bank, in (0, 1].
       projection_dim: dimension of the random projection used only for coreset selection; None, or a
         value >= the embedding dimension, selects on the raw embeddings.
       reweight: apply PatchCore's image-score reweighting (Eq. 7) instead of the plain maximum.
       num_neighbors: b in Eq. 7, the size of the bank neighbourhood of the nearest memory patch.
-      sigma: Gaussian smoothing of the maps, in output pixels (0 disables it).
       seed: seeds the projection and the coreset's starting patch.
-      query_chunk, bank_chunk: nearest-neighbour search block sizes; the search never holds more than a
-        (query_chunk, bank_chunk) float32 distance block.
     """
 
     method: ClassVar[str] = "patchcore"
 
-    backbone: str = "wide_resnet50_2"
-    image_size: int = 256
-    crop: int | None = None
     levels: tuple[int, ...] = (2, 3)
     coreset_ratio: float = 0.1
     projection_dim: int | None = 128
     reweight: bool = False
     num_neighbors: int = 9
-    sigma: float = 4.0
     seed: int = 0
-    query_chunk: int = 2048
-    bank_chunk: int = 8192
 
     def __post_init__(self) -> None:
-        common.validate_common(
-            backbone=self.backbone,
-            image_size=self.image_size,
-            crop=self.crop,
-            levels=self.levels,
-            sigma=self.sigma,
-        )
+        super().__post_init__()
         ratio = self.coreset_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-            raise ValueError(f"coreset_ratio: expected a float in (0, 1], got {ratio!r}")
+            self.fail("coreset_ratio", "a number in (0, 1]")
+        object.__setattr__(self, "coreset_ratio", float(ratio))
         if self.projection_dim is not None:
-            common.positive_int("projection_dim", self.projection_dim)
+            self.check_positive_int("projection_dim")
         if not isinstance(self.reweight, bool):
-            raise ValueError(f"reweight: expected a bool, got {self.reweight!r}")
-        common.positive_int("num_neighbors", self.num_neighbors)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed: expected an int, got {self.seed!r}")
-        common.positive_int("query_chunk", self.query_chunk)
-        common.positive_int("bank_chunk", self.bank_chunk)
-
-    @property
-    def output_size(self) -> int:
-        return common.output_size(self.image_size, self.crop)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings, with the method name, for results files."""
-        return {"method": self.method, **dataclasses.asdict(self)}
+            self.fail("reweight", "a bool")
+        self.check_positive_int("num_neighbors")
+        if not common._is_int(self.seed):
+            self.fail("seed", "an int")
 
 
 # --- patch embedding ------------------------------------------------------------------------------------

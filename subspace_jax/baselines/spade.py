@@ -27,48 +27,25 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class SpadeConfig:
+class SpadeConfig(common.BaselineConfig):
     """SPADE settings. Defaults follow the SPADE paper: K = 50 images, levels 1-3, sigma 4.
 
+    Shared fields (backbone, image_size, crop, levels, sigma, query_chunk, bank_chunk) are described in
+    `common.BaselineConfig`; the levels' distance maps are averaged. Own field:
+
     Attributes:
-      backbone, image_size, crop: as for the subspace model.
-      levels: backbone levels whose distance maps are averaged (strictly increasing).
       top_k_images: K, the number of nearest training images (by pooled features) in each test image's
         gallery; a training set smaller than K uses all its images.
-      sigma: Gaussian smoothing of the maps, in output pixels (0 disables it).
-      query_chunk, bank_chunk: nearest-neighbour search block sizes (bounded memory).
     """
 
     method: ClassVar[str] = "spade"
 
-    backbone: str = "wide_resnet50_2"
-    image_size: int = 256
-    crop: int | None = None
     levels: tuple[int, ...] = (1, 2, 3)
     top_k_images: int = 50
-    sigma: float = 4.0
-    query_chunk: int = 2048
-    bank_chunk: int = 8192
 
     def __post_init__(self) -> None:
-        common.validate_common(
-            backbone=self.backbone,
-            image_size=self.image_size,
-            crop=self.crop,
-            levels=self.levels,
-            sigma=self.sigma,
-        )
-        common.positive_int("top_k_images", self.top_k_images)
-        common.positive_int("query_chunk", self.query_chunk)
-        common.positive_int("bank_chunk", self.bank_chunk)
-
-    @property
-    def output_size(self) -> int:
-        return common.output_size(self.image_size, self.crop)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings, with the method name, for results files."""
-        return {"method": self.method, **dataclasses.asdict(self)}
+        super().__post_init__()
+        self.check_positive_int("top_k_images")
 
 
 def nearest_images(test_pooled: Array, train_pooled: Array, k: int) -> tuple[Array, Array]:
