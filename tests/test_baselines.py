@@ -63,6 +63,17 @@ def test_nearest_neighbor_matches_cdist(n_query, n_bank, query_chunk, bank_chunk
     np.testing.assert_allclose(np.asarray(dist), full.min(axis=1), rtol=1e-5, atol=1e-5)
 
 
+def test_nearest_neighbor_is_accurate_far_from_the_origin():
+    g = rng(20)
+    bank = (100.0 + g.normal(size=(80, 32))).astype(np.float32)
+    queries = np.concatenate([bank[[3, 41]], bank[:5] + 1e-3 * g.normal(size=(5, 32))]).astype(np.float32)
+    dist, idx = common.nearest_neighbor(queries, bank, query_chunk=4, bank_chunk=16)
+    full = cdist(queries.astype(np.float64), bank.astype(np.float64))
+    np.testing.assert_array_equal(np.asarray(idx), [3, 41, 0, 1, 2, 3, 4])
+    assert np.asarray(dist)[:2].tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(np.asarray(dist), full.min(axis=1), rtol=1e-3, atol=1e-6)
+
+
 def test_nearest_neighbor_small_chunks_equal_one_big_chunk():
     g = rng(2)
     queries = g.normal(size=(300, 12)).astype(np.float32)
@@ -280,12 +291,16 @@ def test_patchcore_map_peaks_at_out_of_distribution_patch(reweight):
 
 def test_nearest_images_match_numpy_argsort():
     g = rng(30)
-    train, test = g.normal(size=(25, 7)), g.normal(size=(4, 7))
+    # A large common offset (post-ReLU features are far from the origin) stresses cancellation.
+    train, test = 50.0 + g.normal(size=(25, 7)), 50.0 + g.normal(size=(4, 7))
+    train, test = train.astype(np.float32).astype(np.float64), test.astype(np.float32).astype(np.float64)
+    test[1] = train[11]
     dist, idx = spade.nearest_images(jnp.asarray(test, jnp.float32), jnp.asarray(train, jnp.float32), 6)
     full = cdist(test, train)
     order = np.argsort(full, axis=1)[:, :6]
     np.testing.assert_array_equal(np.asarray(idx), order)
     np.testing.assert_allclose(np.asarray(dist), np.take_along_axis(full, order, axis=1), rtol=1e-5, atol=1e-5)
+    assert idx[1, 0] == 11 and float(dist[1, 0]) == 0.0
 
 
 def test_spade_scores_match_brute_force_reference():

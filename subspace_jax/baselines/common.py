@@ -149,7 +149,14 @@ def check_features(
 
 
 def squared_distances(queries: Array, bank: Array) -> Array:
-    """Squared Euclidean distances (Q, M) of queries (Q, d) to bank rows (M, d), float32, clamped at 0."""
+    """Squared Euclidean distances (Q, M) of queries (Q, d) to bank rows (M, d), float32, clamped at 0.
+
+    For ranking: computed by expansion on data centred at the bank mean (see `nearest_neighbor`);
+    recompute the distances that are reported directly.
+    """
+    centre = jnp.mean(bank, axis=0)
+    queries = queries - centre
+    bank = bank - centre
     q_sq = jnp.sum(queries * queries, axis=-1)
     b_sq = jnp.sum(bank * bank, axis=-1)
     cross = jnp.matmul(queries, bank.T, precision=_DOT_PRECISION)
@@ -185,15 +192,13 @@ def nearest_neighbor(
         raise ValueError(f"bank: expected shape (M>=1, {dim}), got {bank.shape}")
     n_bank = bank.shape[0]
     centre = jnp.mean(bank, axis=0)
-    queries = queries - centre
-    bank = bank - centre
     q_chunk = max(1, min(query_chunk, n_query))
     b_chunk = max(1, min(bank_chunk, n_bank))
     n_q_chunks = -(-n_query // q_chunk)
     n_b_chunks = -(-n_bank // b_chunk)
 
     q_pad = jnp.pad(queries, ((0, n_q_chunks * q_chunk - n_query), (0, 0)))
-    b_pad = jnp.pad(bank, ((0, n_b_chunks * b_chunk - n_bank), (0, 0)))
+    b_pad = jnp.pad(bank - centre, ((0, n_b_chunks * b_chunk - n_bank), (0, 0)))
     b_sq = jnp.sum(b_pad * b_pad, axis=-1)
     # Padded bank rows get an infinite norm so they can never be the minimum.
     b_sq = jnp.where(jnp.arange(b_pad.shape[0]) < n_bank, b_sq, jnp.inf)
@@ -201,7 +206,8 @@ def nearest_neighbor(
     bank_sq_blocks = b_sq.reshape(n_b_chunks, b_chunk)
     offsets = jnp.arange(n_b_chunks, dtype=jnp.int32) * b_chunk
 
-    def one_query_chunk(q: Array) -> tuple[Array, Array]:
+    def one_query_chunk(raw_q: Array) -> tuple[Array, Array]:
+        q = raw_q - centre
         q_sq = jnp.sum(q * q, axis=-1)
 
         def scan_bank(carry, block):
@@ -219,7 +225,7 @@ def nearest_neighbor(
 
         init = (jnp.full((q_chunk,), jnp.inf, jnp.float32), jnp.zeros((q_chunk,), jnp.int32))
         (_, best_idx), _ = lax.scan(scan_bank, init, (bank_blocks, bank_sq_blocks, offsets))
-        diff = q - bank[best_idx]
+        diff = raw_q - bank[best_idx]  # the uncentred inputs: duplicates give exactly 0
         return jnp.sqrt(jnp.sum(diff * diff, axis=-1)), best_idx
 
     dist, idx = lax.map(one_query_chunk, q_pad.reshape(n_q_chunks, q_chunk, dim))

@@ -56,9 +56,12 @@ def nearest_images(test_pooled: Array, train_pooled: Array, k: int) -> tuple[Arr
     Returns:
       (distances (B, k) float32 ascending, indices (B, k) int32).
     """
-    d2 = common.squared_distances(jnp.asarray(test_pooled, jnp.float32), jnp.asarray(train_pooled, jnp.float32))
-    neg_d2, idx = lax.top_k(-d2, k)
-    return jnp.sqrt(-neg_d2), idx.astype(jnp.int32)
+    test_pooled = jnp.asarray(test_pooled, jnp.float32)
+    train_pooled = jnp.asarray(train_pooled, jnp.float32)
+    _, idx = lax.top_k(-common.squared_distances(test_pooled, train_pooled), k)
+    # Reported distances directly, not by the expansion: a test image equal to a training one gives 0.
+    dist = jnp.sqrt(jnp.sum((train_pooled[idx] - test_pooled[:, None, :]) ** 2, axis=-1))
+    return dist, idx.astype(jnp.int32)
 
 
 def score_features(model: SpadeModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
