@@ -406,6 +406,10 @@ def test_fit_and_score_images_in_batches(method):
     direct = module.fit_features(backbone(train), config).score_features(backbone(test))
     np.testing.assert_allclose(maps, np.asarray(direct[0]), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores, np.asarray(direct[1]), rtol=1e-5, atol=1e-5)
+    timings: dict[str, float] = {}
+    staged = model.score(test, batch_size=2, timings=timings, progress=False)
+    np.testing.assert_allclose(staged[0], maps, rtol=1e-5, atol=1e-5)
+    assert set(timings) == {"backbone", "matching"} and min(timings.values()) > 0
     peak = np.unravel_index(int(np.argmax(maps[2])), maps[2].shape)
     assert 4 <= peak[0] < 20 and 36 <= peak[1] < 52, peak
     assert config.to_dict()["method"] == method

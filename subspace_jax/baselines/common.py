@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar
@@ -304,25 +305,42 @@ def score_in_batches(
     batch_size: int,
     backbone: Any,
     progress: bool,
+    timings: dict[str, float] | None,
     score_images_jit: Any,
+    score_features_jit: Any,
+    feature_keys: Sequence[str],
     desc: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Runs `score_images_jit(fitted, apply_fn, params, batch)` over padded batches of `images`.
+    """Scores `images` batch by batch, as `subspace_jax.Model.score` does.
+
+    Without `timings`, one fused `score_images_jit(fitted, apply_fn, params, batch)` per batch; with it,
+    the backbone (`feature_keys` only) and `score_features_jit(fitted, features)` run as separate jitted
+    stages and their wall-clock seconds are added to `timings["backbone"]` and `timings["matching"]`
+    (nearest-neighbour search and maps; the first call includes compilation).
 
     Returns numpy maps (N, S, S) float32 and scores (N,) float32.
     """
     positive_int("batch_size", batch_size)
     bound = fitted._bound_backbone(backbone)
+    keys = tuple(feature_keys)
+
+    def timed(stage: str, fn: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+        return out
+
     maps, scores = [], []
     for batch in model_lib._progress(model_lib._iter_batches(images, fitted.config, batch_size), progress, desc):
         n = batch.shape[0]
-        batch_maps, batch_scores = score_images_jit(
-            fitted, bound.apply_fn, bound.params, model_lib._pad_batch(batch, batch_size)
-        )
+        padded = model_lib._pad_batch(batch, batch_size)
+        if timings is None:
+            batch_maps, batch_scores = score_images_jit(fitted, bound.apply_fn, bound.params, padded)
+        else:
+            features = timed("backbone", model_lib._extract_jit, bound.apply_fn, keys, bound.params, padded)
+            batch_maps, batch_scores = timed("matching", score_features_jit, fitted, features)
         maps.append(np.asarray(batch_maps[:n], np.float32))
         scores.append(np.asarray(batch_scores[:n], np.float32))
     if not maps:
         raise ValueError("images: expected at least one image, got none")
     return np.concatenate(maps), np.concatenate(scores)
-
-

@@ -276,15 +276,26 @@ class PatchCoreModel(common.BackboneBinding):
         return _score_features_jit(self, common.check_features(features, keys))
 
     def score(
-        self, images: Any, batch_size: int = 8, *, backbone: Any = None, progress: bool = True
+        self,
+        images: Any,
+        batch_size: int = 8,
+        *,
+        backbone: Any = None,
+        timings: dict[str, float] | None = None,
+        progress: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Maps (N, S, S) float32 and scores (N,) float32 of `images`, in batches, as numpy arrays.
 
         `images`: uint8 (N, S, S, 3) array, an iterable of batches or image paths, as for
         `subspace_jax.Model.score`. `backbone`: default the one `fit` bound, else loaded by name and
-        checked against `weights_sha256`.
+        checked against `weights_sha256`. `timings`: when given, the backbone and the matching run as
+        separately jitted stages and their seconds are added to `timings["backbone" | "matching"]`.
         """
-        return common.score_in_batches(self, images, batch_size, backbone, progress, _score_images_jit, "PatchCore score")
+        return common.score_in_batches(
+            self, images, batch_size, backbone, progress, timings,
+            _score_images_jit, _score_features_jit,
+            [common.level_key(l) for l in self.config.levels], "PatchCore score",
+        )
 
 
 def fit_features(

@@ -150,13 +150,22 @@ class SpadeModel(common.BackboneBinding):
         return _score_features_jit(self, checked)
 
     def score(
-        self, images: Any, batch_size: int = 8, *, backbone: Any = None, progress: bool = True
+        self,
+        images: Any,
+        batch_size: int = 8,
+        *,
+        backbone: Any = None,
+        timings: dict[str, float] | None = None,
+        progress: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Maps (N, S, S) float32 and scores (N,) float32 of `images`, in batches, as numpy arrays.
 
-        `images` and `backbone` as for `PatchCoreModel.score`.
+        `images`, `backbone` and `timings` as for `PatchCoreModel.score`.
         """
-        return common.score_in_batches(self, images, batch_size, backbone, progress, _score_images_jit, "SPADE score")
+        return common.score_in_batches(
+            self, images, batch_size, backbone, progress, timings,
+            _score_images_jit, _score_features_jit, _feature_keys(self.config), "SPADE score",
+        )
 
 
 def _feature_keys(config: SpadeConfig) -> list[str]:
