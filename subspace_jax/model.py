@@ -34,8 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from subspace_jax import omp as omp_lib
+from subspace_jax.backbones.registry import REGISTRY as _BACKBONE_REGISTRY
+from subspace_jax.data.images import read_image, resize_image
 
-BACKBONE_NAMES = ("resnet18", "resnet50", "wide_resnet50_2", "efficientnet_lite0")
+BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 SAMPLING_MODES = ("subspace", "random", "none")
 RECONSTRUCTION_MODES = ("image", "pixel")
 FUSION_MODES = ("sum", "mean", "product")
@@ -300,15 +302,9 @@ class _BoundBackbone(NamedTuple):
 
     @classmethod
     def of(cls, backbone: Any) -> _BoundBackbone:
-        # pure() is called once per backbone so the jitted scorer, keyed on apply_fn, compiles once.
-        cached = getattr(backbone, "_subspace_jax_pure", None)
-        if cached is None:
-            cached = backbone.pure()
-            try:
-                backbone._subspace_jax_pure = cached
-            except AttributeError:
-                pass
-        apply_fn, params = cached
+        # The jitted scorers take apply_fn as a static argument: a backbone's pure() returns its bound
+        # method, equal from call to call, so scoring compiles once per backbone and batch shape.
+        apply_fn, params = backbone.pure()
         return cls(backbone, apply_fn, params)
 
 
@@ -392,7 +388,8 @@ def fit(
 
     Args:
       images: uint8 (N, S, S, 3) array with S = ``config.output_size``, an iterable of such
-        batches, or a list of image paths (read, resized to ``image_size``, centre-cropped).
+        batches, or a list of image paths (read and resized like the dataset loaders:
+        ``subspace_jax.data.read_image`` then ``resize_image(image, image_size, crop)``).
       config: the model configuration.
       backbone: a loaded backbone whose ``name`` is ``config.backbone``; loaded by name if None.
       batch_size: images per backbone call.
@@ -710,7 +707,8 @@ def _iter_batches(images: ImageSource, config: Config, batch_size: int) -> Itera
         return
     if isinstance(images, (list, tuple)) and images and all(isinstance(p, (str, os.PathLike)) for p in images):
         for start in range(0, len(images), batch_size):
-            yield np.stack([read_image(p, config) for p in images[start : start + batch_size]])
+            paths = images[start : start + batch_size]
+            yield np.stack([resize_image(read_image(p), config.image_size, config.crop) for p in paths])
         return
     if not isinstance(images, Iterable):
         raise ValueError(f"images: expected an array, an iterable of batches or a list of paths, got {type(images).__name__}")
@@ -718,23 +716,6 @@ def _iter_batches(images: ImageSource, config: Config, batch_size: int) -> Itera
         batch = _check_batch(batch, config, f"images (batch {index})")
         for start in range(0, batch.shape[0], batch_size):
             yield batch[start : start + batch_size]
-
-
-def read_image(path: str | os.PathLike, config: Config) -> np.ndarray:
-    """Read an image file as uint8 (S, S, 3): RGB, bilinear resize to ``image_size``, centre crop."""
-    from PIL import Image
-
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((config.image_size, config.image_size), Image.BILINEAR)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read as an image ({error})") from error
-    array = np.asarray(image, dtype=np.uint8)
-    if config.crop is not None:
-        top = (config.image_size - config.crop) // 2
-        array = array[top : top + config.crop, top : top + config.crop]
-    return array
 
 
 def _pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:

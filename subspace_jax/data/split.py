@@ -1,4 +1,4 @@
-"""The in-memory result of loading one split of a dataset: images, masks, labels and provenance."""
+"""The in-memory form of a dataset split, shared by every loader and the synthetic set."""
 
 from __future__ import annotations
 
@@ -10,16 +10,18 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One loaded split (train or test) of a dataset, resized to S x S.
+    """One split resized to S x S: N images, their ground-truth masks, labels and provenance.
 
-    images: uint8 (N, S, S, 3); masks: bool (N, S, S), True on defective pixels (all False for good
-    images); labels: int64 (N,), 0 good, 1 defective; defect_types: the defect folder name of each
-    image ("good" for defect-free ones); paths: the source file of each image, None for in-memory
-    samples.
+    Attributes:
+      images: uint8 (N, S, S, 3) RGB images.
+      masks: bool (N, S, S) defect masks (all False for defect-free images).
+      labels: int64 (N,) 0 for defect-free, 1 for defective.
+      defect_types: N defect-type names ("good" for defect-free images).
+      paths: N source image paths, None for samples generated in memory.
     """
 
-    images: np.ndarray
-    masks: np.ndarray
-    labels: np.ndarray
+    images: np.ndarray        # uint8 (N, S, S, 3)
+    masks: np.ndarray         # bool (N, S, S)
+    labels: np.ndarray        # int64 (N,) 0 good, 1 defective
     defect_types: tuple[str, ...]
-    paths: tuple[Path | None, ...]
+    paths: tuple[Path | None, ...]   # None for in-memory samples
