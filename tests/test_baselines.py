@@ -497,3 +497,22 @@ def test_fit_features_rejects_the_wrong_config_type():
         patchcore.fit_features({}, SpadeConfig())
     with pytest.raises(ValueError, match="config: expected a SpadeConfig"):
         spade.fit_features({}, PatchCoreConfig())
+
+
+# --- end to end with real CNN features ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["patchcore", "spade"])
+def test_real_backbone_localizes_synthetic_defects(method):
+    from subspace_jax import backbones, metrics
+    from subspace_jax.data import synthetic
+
+    config_cls, module = METHODS[method]
+    train, test = synthetic.generate("shape", n_train=12, n_test=8, image_size=128, seed=0)
+    backbone = backbones.load("efficientnet_lite0")
+    config = config_cls(backbone="efficientnet_lite0", image_size=128)
+    model = module.fit(train.images, config, backbone, batch_size=4, progress=False)
+    maps, scores = model.score(test.images, batch_size=4, progress=False)
+    assert maps.shape == (8, 128, 128) and np.isfinite(maps).all()
+    assert metrics.pixel_auroc(maps, test.masks) > 0.9
+    assert metrics.image_auroc(scores, test.labels) > 0.7
