@@ -166,9 +166,12 @@ def test_patch_embeddings_match_torch_pool_and_interpolate():
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("n_points", "n_select", "start"), [(200, 20, 0), (200, 37, 123), (50, 50, 7)])
-def test_greedy_coreset_matches_numpy_reference(n_points, n_select, start):
-    points = rng(6).normal(size=(n_points, 8)).astype(np.float32)
+@pytest.mark.parametrize(
+    ("n_points", "n_select", "start", "offset"),
+    [(200, 20, 0, 0.0), (200, 37, 123, 0.0), (50, 50, 7, 0.0), (300, 40, 11, 50.0)],
+)
+def test_greedy_coreset_matches_numpy_reference(n_points, n_select, start, offset):
+    points = (offset + rng(6).normal(size=(n_points, 8))).astype(np.float32)
     ours = patchcore.greedy_coreset(jnp.asarray(points), n_select, start)
     assert ours.dtype == jnp.int32
     assert np.asarray(ours).tolist() == numpy_greedy_k_center(points, n_select, start)
