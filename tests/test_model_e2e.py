@@ -120,6 +120,9 @@ def test_checkpoint_with_the_real_backbone(tmp_path, fitted, backbone, scored, d
     maps, scores = loaded.score(data[1].images, batch_size=4, progress=False)
     np.testing.assert_array_equal(maps, scored[0])
     np.testing.assert_array_equal(scores, scored[1])
+    # Without a backbone, score loads efficientnet_lite0 by name and checks its hash itself.
+    maps, _ = checkpoint.load(path).score(data[1].images[:2], progress=False)
+    np.testing.assert_allclose(maps, scored[0][:2], rtol=1e-5, atol=1e-5)
     # The same bank recorded with other weights: the real backbone is refused on load and on score.
     features = {key: np.asarray(value) for key, value in fitted.banks.items()}
     features["level4"] = np.asarray(fitted.sampling_bank).reshape(12, 4, 4, -1)
@@ -129,3 +132,12 @@ def test_checkpoint_with_the_real_backbone(tmp_path, fitted, backbone, scored, d
         checkpoint.load(foreign_path, backbone=backbone)
     with pytest.raises(ValueError, match="weights differ"):
         checkpoint.load(foreign_path).score(data[1].images[:1], backbone=backbone)
+
+
+def test_extract_features_equals_the_backbone_on_whole_batches(backbone, data, config):
+    images = data[0].images[:5]
+    features = model_lib.extract_features(images, config, backbone, keys=("level2", "pooled"), batch_size=2, progress=False)
+    assert set(features) == {"level2", "pooled"}
+    direct = backbone(images)
+    for key in features:
+        np.testing.assert_allclose(features[key], np.asarray(direct[key]), rtol=1e-4, atol=1e-4)
