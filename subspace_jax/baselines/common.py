@@ -118,11 +118,6 @@ class BaselineConfig:
         return cls(**values)
 
 
-def positive_int(name: str, value: Any) -> None:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-
-
 def check_features(
     features: Mapping[str, Any], keys: Sequence[str], *, name: str = "features"
 ) -> dict[str, Array]:
@@ -233,24 +228,29 @@ def nearest_neighbor(
     return dist.reshape(-1)[:n_query], idx.reshape(-1)[:n_query]
 
 
-def fuse_level_maps(level_maps: Mapping[str, Array], config: Any, fusion: str) -> Array:
-    """Level maps {"level<l>": (B, h_l, w_l)} -> (B, S, S) through the model's ``fuse_maps``.
-
-    Bilinear upsampling to S = config.output_size, fusion ("sum" | "mean" | "product"), Gaussian blur
-    with config.sigma: exactly the subspace model's post-processing. `config` is a baseline config.
-    """
-    levels = tuple(int(key.removeprefix("level")) for key in level_maps)
-    map_config = model_lib.Config(
+def model_config(config: BaselineConfig, levels: tuple[int, ...] | None = None, fusion: str = "sum") -> Any:
+    """The `subspace_jax.Config` with a baseline's backbone, input size, levels and sigma, for calling the
+    model's shared helpers (`fuse_maps`, `extract_features`); no reconstruction is run with it."""
+    return model_lib.Config(
         backbone=config.backbone,
         image_size=config.image_size,
         crop=config.crop,
-        levels=levels,
+        levels=config.levels if levels is None else levels,
         sampling="none",
         fusion=fusion,
         sigma=config.sigma,
     )
+
+
+def fuse_level_maps(level_maps: Mapping[str, Array], config: BaselineConfig, fusion: str) -> Array:
+    """Level maps {"level<l>": (B, h_l, w_l)} -> (B, S, S) through the model's ``fuse_maps``.
+
+    Bilinear upsampling to S = config.output_size, fusion ("sum" | "mean" | "product"), Gaussian blur
+    with config.sigma: exactly the subspace model's post-processing.
+    """
+    levels = tuple(int(key.removeprefix("level")) for key in level_maps)
     size = config.output_size
-    maps, _ = model_lib.fuse_maps(level_maps, (size, size), map_config)
+    maps, _ = model_lib.fuse_maps(level_maps, (size, size), model_config(config, levels, fusion))
     return maps
 
 
@@ -265,38 +265,27 @@ class BackboneBinding:
     _bound_backbone = model_lib.Model._bound_backbone
 
 
-def check_fit_backbone(backbone: Any, config: Any) -> Any:
-    """The backbone to fit with: `backbone`, or `backbones.load(config.backbone)`; names must agree."""
+def extract_features(
+    images: Any,
+    config: BaselineConfig,
+    backbone: Any,
+    keys: Sequence[str],
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> tuple[dict[str, np.ndarray], Any]:
+    """Backbone features `keys` of `images` with the model's `extract_features` (batched, padded).
+
+    `backbone` None loads `config.backbone`. Returns (features, the backbone used).
+    """
     if backbone is None:
         from subspace_jax import backbones
 
         backbone = backbones.load(config.backbone)
-    if backbone.name != config.backbone:
-        raise ValueError(
-            f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}"
-        )
-    return backbone
-
-
-def extract_features(
-    backbone: Any, images: Any, config: Any, keys: Sequence[str], batch_size: int, progress: bool, desc: str
-) -> dict[str, np.ndarray]:
-    """Backbone features `keys` of `images` (array, iterable of batches or paths), batch by batch.
-
-    Uses the model's batching (short last batch padded, one compilation) and jitted extraction.
-    """
-    positive_int("batch_size", batch_size)
-    bound = model_lib._BoundBackbone.of(backbone)
-    keys = tuple(keys)
-    chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-    for batch in model_lib._progress(model_lib._iter_batches(images, config, batch_size), progress, desc):
-        n = batch.shape[0]
-        out = model_lib._extract_jit(bound.apply_fn, keys, bound.params, model_lib._pad_batch(batch, batch_size))
-        for key in keys:
-            chunks[key].append(np.asarray(out[key][:n]))
-    if not chunks[keys[0]]:
-        raise ValueError("images: expected at least one image, got none")
-    return {key: np.concatenate(value) for key, value in chunks.items()}
+    features = model_lib.extract_features(
+        images, model_config(config), backbone, keys=tuple(keys), batch_size=batch_size, progress=progress, desc=desc
+    )
+    return features, backbone
 
 
 def score_in_batches(
@@ -320,7 +309,7 @@ def score_in_batches(
 
     Returns numpy maps (N, S, S) float32 and scores (N,) float32.
     """
-    positive_int("batch_size", batch_size)
+    batch_size = model_lib._batch_size_for(images, batch_size)
     bound = fitted._bound_backbone(backbone)
     keys = tuple(feature_keys)
 
@@ -331,7 +320,8 @@ def score_in_batches(
         return out
 
     maps, scores = [], []
-    for batch in model_lib._progress(model_lib._iter_batches(images, fitted.config, batch_size), progress, desc):
+    batches = model_lib._iter_batches(images, fitted.config, batch_size)
+    for batch in model_lib._progress(batches, progress, desc, model_lib._n_batches(images, batch_size)):
         n = batch.shape[0]
         padded = model_lib._pad_batch(batch, batch_size)
         if timings is None:

@@ -337,8 +337,7 @@ def fit(
     bound to `backbone` (loaded by `config.backbone` when None)."""
     if not isinstance(config, PatchCoreConfig):
         raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
-    backbone = common.check_fit_backbone(backbone, config)
     keys = [common.level_key(l) for l in config.levels]
-    features = common.extract_features(backbone, images, config, keys, batch_size, progress, "PatchCore fit")
+    features, backbone = common.extract_features(images, config, backbone, keys, batch_size, progress, "PatchCore fit")
     model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
     return model.bind(backbone)

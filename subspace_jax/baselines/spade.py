@@ -197,9 +197,8 @@ def fit(
     bound to `backbone` (loaded by `config.backbone` when None)."""
     if not isinstance(config, SpadeConfig):
         raise ValueError(f"config: expected a SpadeConfig, got {type(config).__name__}")
-    backbone = common.check_fit_backbone(backbone, config)
-    features = common.extract_features(
-        backbone, images, config, _feature_keys(config), batch_size, progress, "SPADE fit"
+    features, backbone = common.extract_features(
+        images, config, backbone, _feature_keys(config), batch_size, progress, "SPADE fit"
     )
     model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
     return model.bind(backbone)
