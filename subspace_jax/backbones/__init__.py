@@ -1,0 +1,30 @@
+"""Flax NNX ports of ImageNet CNNs returning multi-level NHWC feature maps, with torch-free weight loading.
+
+``load(name, weights=None)`` -> :class:`Backbone`; ``b(images)`` gives ``{"level1".."level4", "pooled"}``.
+Names: ``resnet18``, ``resnet50``, ``wide_resnet50_2``, ``efficientnet_lite0`` (see :data:`REGISTRY`).
+"""
+
+from __future__ import annotations
+
+from .backbone import Backbone, build_model, load, load_pretrained
+from .convert import WeightsMismatchError, load_state_dict
+from .pretrained import WeightsHashError, WeightsNotFoundError
+from .registry import REGISTRY, BackboneSpec, preprocess
+from .torch_weights import TorchFileError, UnsafePickleError, load_torch_file
+
+__all__ = [
+    "REGISTRY",
+    "Backbone",
+    "BackboneSpec",
+    "TorchFileError",
+    "UnsafePickleError",
+    "WeightsHashError",
+    "WeightsMismatchError",
+    "WeightsNotFoundError",
+    "build_model",
+    "load",
+    "load_pretrained",
+    "load_state_dict",
+    "load_torch_file",
+    "preprocess",
+]

