@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import functools
 import inspect
 import os
 import platform
@@ -349,6 +350,14 @@ def _settings_value(config: Any, namespace: argparse.Namespace, name: str) -> An
     return getattr(config, name) if hasattr(config, name) else getattr(namespace, name)
 
 
+@functools.lru_cache(maxsize=4)
+def load_backbone(name: str, weights: Path | None = None) -> Any:
+    """``backbones.load(name, weights)``, kept for the next run in the same process (notebooks, tests)."""
+    from subspace_jax import backbones
+
+    return backbones.load(name, weights=weights)
+
+
 def missing_weights_message(backbone_name: str, error: Exception) -> str:
     return (
         f"error: cannot load the {backbone_name} backbone: {error}\n"
@@ -391,10 +400,8 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
     crop = _settings_value(config, ns, "crop")
 
     # Before any work: a backbone without weights stops here, with what to do about it.
-    from subspace_jax import backbones
-
     try:
-        backbone = backbones.load(backbone_name, weights=ns.weights)
+        backbone = load_backbone(backbone_name, ns.weights)
     except (OSError, ValueError, RuntimeError) as exc:
         print(missing_weights_message(backbone_name, exc), file=sys.stderr)
         return 2
