@@ -1,0 +1,327 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022) in JAX.
+
+Patch embedding (what this module does, and where it differs from the official code):
+
+* Each chosen level's map (N, h_l, w_l, c_l) is averaged over its 3x3 neighbourhood with stride 1 and
+  zero padding 1, the padded zeros counted in the average (torch ``avg_pool2d(3, 1, 1)`` with its default
+  ``count_include_pad=True``). The official code (amazon-science/patchcore-inspection) unfolds 3x3
+  patches with zero padding and then averages each flattened (c_l * 9) patch down to a fixed
+  ``pretrain_embed_dimension`` with ``adaptive_avg_pool1d``; when that dimension equals c_l the two are
+  identical, zeros included. We keep all c_l channels (no per-level or final adaptive pooling to 1024),
+  so the embedding dimension is the sum of the levels' channels (1536 for WRN50 levels 2+3).
+* Coarser levels are upsampled bilinearly (half-pixel centres, torch ``align_corners=False``) to the
+  finest chosen level's grid, and the levels are concatenated along channels.
+
+Memory bank: greedy k-center coreset (Sener & Savarese) on a Gaussian random projection (Johnson-
+Lindenstrauss) of the patch embeddings to ``projection_dim``; it starts from one seeded random patch,
+which is part of the coreset, and adds ``n - 1`` farthest points. (The official sampler does not keep its
+random start and averages distances to 10 random starts; the greedy rule afterwards is the same.)
+
+Scoring: each test patch's Euclidean distance to its nearest bank patch (chunked, bounded memory) is
+its anomaly score; the map is those scores upsampled to the output size and Gaussian-smoothed
+(sigma 4); the image score is the largest patch score, optionally reweighted by the paper's Eq. (7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from functools import partial
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from subspace_jax.baselines import common
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchCoreConfig:
+    """PatchCore settings. Defaults follow the paper (WRN50, levels 2+3, 10% coreset, sigma 4).
+
+    Attributes:
+      backbone: backbone name for `subspace_jax.backbones.load`.
+      image_size, crop: input resolution (maps are `crop` or `image_size` pixels square).
+      levels: backbone levels to embed (strictly increasing); coarser ones are upsampled to the first.
+      coreset_ratio: fraction of training patches kept in the memory bank, in (0, 1].
+      projection_dim: dimension of the random projection used only for coreset selection; None, or a
+        value >= the embedding dimension, selects on the raw embeddings.
+      reweight: apply PatchCore's image-score reweighting (Eq. 7) instead of the plain maximum.
+      num_neighbors: b in Eq. 7, the size of the bank neighbourhood of the nearest memory patch.
+      sigma: Gaussian smoothing of the maps, in output pixels (0 disables it).
+      seed: seeds the projection and the coreset's starting patch.
+      query_chunk, bank_chunk: nearest-neighbour search block sizes; the search never holds more than a
+        (query_chunk, bank_chunk) float32 distance block.
+    """
+
+    method: ClassVar[str] = "patchcore"
+
+    backbone: str = "wide_resnet50_2"
+    image_size: int = 256
+    crop: int | None = None
+    levels: tuple[int, ...] = (2, 3)
+    coreset_ratio: float = 0.1
+    projection_dim: int | None = 128
+    reweight: bool = False
+    num_neighbors: int = 9
+    sigma: float = 4.0
+    seed: int = 0
+    query_chunk: int = 2048
+    bank_chunk: int = 8192
+
+    def __post_init__(self) -> None:
+        common.validate_common(
+            backbone=self.backbone,
+            image_size=self.image_size,
+            crop=self.crop,
+            levels=self.levels,
+            sigma=self.sigma,
+        )
+        ratio = self.coreset_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+            raise ValueError(f"coreset_ratio: expected a float in (0, 1], got {ratio!r}")
+        if self.projection_dim is not None:
+            common.positive_int("projection_dim", self.projection_dim)
+        if not isinstance(self.reweight, bool):
+            raise ValueError(f"reweight: expected a bool, got {self.reweight!r}")
+        common.positive_int("num_neighbors", self.num_neighbors)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed: expected an int, got {self.seed!r}")
+        common.positive_int("query_chunk", self.query_chunk)
+        common.positive_int("bank_chunk", self.bank_chunk)
+
+    @property
+    def output_size(self) -> int:
+        return common.output_size(self.image_size, self.crop)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings, with the method name, for results files."""
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+
+# --- patch embedding ------------------------------------------------------------------------------------
+
+
+def local_average(feature_map: Array) -> Array:
+    """3x3 mean over each position's neighbourhood, zero padding counted: (B, h, w, c) -> (B, h, w, c)."""
+    summed = lax.reduce_window(
+        feature_map,
+        jnp.array(0.0, feature_map.dtype),
+        lax.add,
+        window_dimensions=(1, 3, 3, 1),
+        window_strides=(1, 1, 1, 1),
+        padding=((0, 0), (1, 1), (1, 1), (0, 0)),
+    )
+    return summed / 9.0
+
+
+def patch_embeddings(features: Mapping[str, Array], levels: tuple[int, ...]) -> Array:
+    """Locally aware patch features: (B, h, w, sum of c_l) on the grid of the first level in `levels`.
+
+    Args:
+      features: backbone dict with "level<l>" maps (B, h_l, w_l, c_l) for every l in `levels`.
+      levels: strictly increasing level numbers.
+    """
+    maps = [local_average(jnp.asarray(features[common.level_key(l)], jnp.float32)) for l in levels]
+    batch, height, width, _ = maps[0].shape
+    resized = [
+        m
+        if m.shape[1:3] == (height, width)
+        else jax.image.resize(m, (batch, height, width, m.shape[3]), method="bilinear", antialias=False)
+        for m in maps
+    ]
+    return jnp.concatenate(resized, axis=-1)
+
+
+# --- coreset --------------------------------------------------------------------------------------------
+
+
+def random_projection(key: Array, in_dim: int, out_dim: int) -> Array:
+    """Gaussian JL matrix (in_dim, out_dim) with N(0, 1/out_dim) entries (norms preserved on average)."""
+    return jax.random.normal(key, (in_dim, out_dim), jnp.float32) / jnp.sqrt(jnp.float32(out_dim))
+
+
+@partial(jax.jit, static_argnames=("n_select",))
+def greedy_coreset(points: Array, n_select: int, start_index: Array | int) -> Array:
+    """Greedy k-center selection: (M, d) points -> (n_select,) int32 indices, the first `start_index`.
+
+    Each further pick is the point farthest (Euclidean) from everything picked so far; the distance to
+    the picked set is kept per point and updated with the newest pick only (min of old and new). Ties go
+    to the lowest index.
+    """
+    points = jnp.asarray(points, jnp.float32)
+    start = jnp.asarray(start_index, jnp.int32)
+
+    def sq_dist_to(index: Array) -> Array:
+        # Direct differences, not the ||a||^2+||b||^2-2ab expansion: the argmax must be exact.
+        diff = points - points[index]
+        return jnp.sum(diff * diff, axis=-1)
+
+    selected = jnp.zeros((n_select,), jnp.int32).at[0].set(start)
+
+    def pick(i, carry):
+        selected, min_dist = carry
+        nxt = jnp.argmax(min_dist).astype(jnp.int32)
+        return selected.at[i].set(nxt), jnp.minimum(min_dist, sq_dist_to(nxt))
+
+    selected, _ = lax.fori_loop(1, n_select, pick, (selected, sq_dist_to(start)))
+    return selected
+
+
+def coreset_size(n_points: int, ratio: float) -> int:
+    """Number of bank patches kept: int(n_points * ratio), at least 1."""
+    return max(1, int(n_points * ratio))
+
+
+def select_coreset(points: Array, ratio: float, projection_dim: int | None, seed: int) -> Array:
+    """Coreset indices (n,) int32 of `points` (M, d): seeded start and projection, then greedy k-center.
+
+    The key `jax.random.key(seed)` splits into (start key, projection key); the start is
+    `randint(start key, 0, M)` and the projection `random_projection(projection key, d, projection_dim)`,
+    skipped when `projection_dim` is None or >= d.
+    """
+    n_points, dim = points.shape
+    start_key, proj_key = jax.random.split(jax.random.key(seed))
+    start = jax.random.randint(start_key, (), 0, n_points, dtype=jnp.int32)
+    if projection_dim is not None and projection_dim < dim:
+        points = jnp.matmul(
+            points, random_projection(proj_key, dim, projection_dim), precision=lax.Precision.HIGHEST
+        )
+    return greedy_coreset(points, coreset_size(n_points, ratio), start)
+
+
+# --- scoring --------------------------------------------------------------------------------------------
+
+
+def reweighted_scores(
+    embeddings: Array, patch_scores: Array, nearest: Array, bank: Array, num_neighbors: int
+) -> Array:
+    """PatchCore Eq. (7): s = (1 - exp(s*) / sum_{m in N_b(m*)} exp(||m_test* - m||)) * s*.
+
+    m_test* is the test patch with the largest score s*, m* its nearest bank patch, N_b(m*) the b bank
+    patches nearest to m* (m* itself included, as in anomalib's implementation).
+
+    Args:
+      embeddings: (B, P, C) test patch embeddings; patch_scores: (B, P) nearest-bank distances;
+      nearest: (B, P) int32 index of each patch's nearest bank patch; bank: (M, C).
+    Returns:
+      (B,) image scores.
+    """
+    b = min(num_neighbors, bank.shape[0])
+    worst = jnp.argmax(patch_scores, axis=1)
+    s_star = jnp.take_along_axis(patch_scores, worst[:, None], axis=1)[:, 0]
+    m_test = jnp.take_along_axis(embeddings, worst[:, None, None], axis=1)[:, 0]
+    m_star = bank[jnp.take_along_axis(nearest, worst[:, None], axis=1)[:, 0]]
+    _, support = lax.top_k(-common.squared_distances(m_star, bank), b)  # (B, b)
+    support_dist = jnp.sqrt(
+        jnp.sum((bank[support] - m_test[:, None, :]) ** 2, axis=-1)
+    )  # (B, b)
+    weight = 1.0 - jnp.exp(s_star - jax.nn.logsumexp(support_dist, axis=1))
+    return weight * s_star
+
+
+@partial(jax.jit, static_argnames=("config",))
+def score_patchcore_features(
+    bank: Array, features: Mapping[str, Array], config: PatchCoreConfig
+) -> tuple[Array, Array]:
+    """Pure scorer: memory bank (M, C) and backbone features of B images -> (maps (B, S, S), scores (B,)).
+
+    S = config.output_size. Jittable and composable; the config is static.
+    """
+    emb = patch_embeddings(features, config.levels)
+    batch, height, width, channels = emb.shape
+    flat = emb.reshape(batch * height * width, channels)
+    dist, nearest = common.nearest_neighbor(
+        flat, bank, query_chunk=config.query_chunk, bank_chunk=config.bank_chunk
+    )
+    patch_scores = dist.reshape(batch, height * width)
+    if config.reweight:
+        scores = reweighted_scores(
+            flat.reshape(batch, height * width, channels),
+            patch_scores,
+            nearest.reshape(batch, height * width),
+            bank,
+            config.num_neighbors,
+        )
+    else:
+        scores = jnp.max(patch_scores, axis=1)
+    maps = common.postprocess_maps(
+        patch_scores.reshape(batch, height, width), config.output_size, config.sigma
+    )
+    return maps, scores
+
+
+# --- model ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchCoreModel:
+    """A fitted PatchCore: the memory bank (M, C) and what produced it.
+
+    `backbone` is the loaded backbone used by `score(images)`; `score_features` needs none.
+    """
+
+    config: PatchCoreConfig
+    bank: Array
+    backbone_name: str
+    weights_sha256: str
+    n_train: int
+    backbone: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def score_features(self, features: Mapping[str, Any]) -> tuple[Array, Array]:
+        """Backbone features of B images -> (maps (B, S, S) float32, scores (B,) float32)."""
+        keys = [common.level_key(l) for l in self.config.levels]
+        return score_patchcore_features(self.bank, common.check_features(features, keys), self.config)
+
+    def score(self, images: Any, batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (B, S, S, 3) -> (maps (B, S, S) float32, scores (B,) float32), in batches."""
+        return common.score_images(self, images, batch_size, progress, desc="PatchCore scoring")
+
+
+def fit_features(
+    features: Mapping[str, Any],
+    config: PatchCoreConfig,
+    backbone_name: str | None = None,
+    weights_sha256: str = "",
+    *,
+    backbone: Any = None,
+) -> PatchCoreModel:
+    """Builds the memory bank from training features {"level<l>": (N, h_l, w_l, c_l)}.
+
+    All N * h * w patch embeddings are computed at once, then coreset-subsampled.
+    """
+    if not isinstance(config, PatchCoreConfig):
+        raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
+    keys = [common.level_key(l) for l in config.levels]
+    checked = common.check_features(features, keys)
+    emb = patch_embeddings(checked, config.levels)
+    flat = emb.reshape(-1, emb.shape[-1])
+    indices = select_coreset(flat, config.coreset_ratio, config.projection_dim, config.seed)
+    return PatchCoreModel(
+        config=config,
+        bank=flat[indices],
+        backbone_name=backbone_name if backbone_name is not None else config.backbone,
+        weights_sha256=weights_sha256,
+        n_train=int(emb.shape[0]),
+        backbone=backbone,
+    )
+
+
+def fit(
+    images: Any, config: PatchCoreConfig, backbone: Any = None, *, batch_size: int = 16, progress: bool = True
+) -> PatchCoreModel:
+    """uint8 training images (N, S, S, 3) -> fitted PatchCoreModel (backbone loaded from the config if None)."""
+    if not isinstance(config, PatchCoreConfig):
+        raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
+    backbone = common.resolve_backbone(backbone, config.backbone)
+    keys = [common.level_key(l) for l in config.levels]
+    features = common.extract_features(
+        backbone, images, config.output_size, keys, batch_size, progress, desc="PatchCore features"
+    )
+    return fit_features(
+        features, config, backbone.name, backbone.weights_sha256, backbone=backbone
+    )
