@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import datetime as _dt
 import functools
-import inspect
 import os
 import platform
 import shlex
@@ -49,25 +48,63 @@ class DatasetSpec:
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-    """A model family: its frozen Config class and ``fit_features(features, config, ...) -> model``."""
+    """A model family: its frozen Config class, ``fit_features(features, config, *, backbone_name,
+    weights_sha256) -> model``, and ``score(model, features, timings) -> (maps, scores)``, which adds
+    seconds per stage to ``timings``."""
 
     name: str
     config_cls: type
     fit_features: Callable[..., Any]
+    score: Callable[[Any, Mapping[str, np.ndarray], dict], tuple[Any, Any]]
+
+
+def _timed(timings: dict, stage: str, fn: Callable, *args: Any) -> Any:
+    import jax
+
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+    return out
+
+
+@functools.cache
+def _subspace_stages() -> tuple[Callable, Callable, Callable]:
+    import jax
+
+    from subspace_jax import model
+
+    return (jax.jit(model.sample_candidates), jax.jit(model.reconstruct_levels),
+            jax.jit(model.fuse_maps, static_argnums=(1, 2)))
+
+
+def _score_subspace(model: Any, features: Mapping[str, np.ndarray], timings: dict) -> tuple[Any, Any]:
+    """The model's three scoring stages (the ones ``Model.score(timings=...)`` reports after the backbone),
+    each jitted and timed on its own."""
+    sample, reconstruct, fuse = _subspace_stages()
+    feats = {key: features[key] for key in model.config.feature_keys}
+    size = model.config.output_size
+    candidates = _timed(timings, "sampling", sample, model, feats)
+    level_maps = _timed(timings, "reconstruction", reconstruct, model, feats, candidates)
+    return _timed(timings, "maps", fuse, level_maps, (size, size), model.config)
+
+
+def _score_whole(model: Any, features: Mapping[str, np.ndarray], timings: dict) -> tuple[Any, Any]:
+    """Baselines score in one call: their time is one stage, "scoring"."""
+    return _timed(timings, "scoring", model.score_features, features)
 
 
 def resolve_method(name: str) -> MethodSpec:
-    """The Config class and feature-level fit function of ``--method name``."""
+    """The Config class, feature-level fit and staged scorer of ``--method name``."""
     if name == "subspace":
         from subspace_jax import model
 
-        return MethodSpec(name, model.Config, model.fit_features)
+        return MethodSpec(name, model.Config, model.fit_features, _score_subspace)
     from subspace_jax.baselines import METHODS
 
     if name not in METHODS:
         raise ValueError(f"--method: expected one of {', '.join(METHOD_CHOICES)}, got {name!r}")
     config_cls, module = METHODS[name]
-    return MethodSpec(name, config_cls, module.fit_features)
+    return MethodSpec(name, config_cls, module.fit_features, _score_whole)
 
 
 def default_config(spec: DatasetSpec, method: MethodSpec) -> Any:
@@ -181,21 +218,12 @@ def _wait_for_arrays(model: Any) -> None:
             leaf.block_until_ready()
 
 
-def _call_with_timings(fn: Callable[..., Any], *args: Any, timings: dict) -> Any:
-    """Call ``fn(*args, timings=timings)`` where ``fn`` accepts it, else ``fn(*args)``."""
-    try:
-        accepts = "timings" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        accepts = False
-    return fn(*args, timings=timings) if accepts else fn(*args)
-
-
 def score_in_batches(
-    model: Any, features: Mapping[str, np.ndarray], batch_size: int, progress: bool, timings: dict,
-    desc: str = "scoring",
+    method: MethodSpec, model: Any, features: Mapping[str, np.ndarray], batch_size: int, progress: bool,
+    timings: dict, desc: str = "scoring",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``model.score_features`` over fixed-size batches of precomputed features (the last one padded, so
-    the scorer compiles once and memory stays bounded). Returns maps (N,S,S) float32, scores (N,) float64.
+    """``method.score`` over fixed-size batches of precomputed features (the last one padded, so the
+    scorer compiles once and memory stays bounded). Returns maps (N,S,S) float32, scores (N,) float64.
     """
     from tqdm.auto import tqdm
 
@@ -210,7 +238,7 @@ def score_in_batches(
                 part = np.concatenate([part, np.repeat(part[-1:], batch - part.shape[0], axis=0)], axis=0)
             block[level] = part
         real = min(batch, n - lo)
-        batch_maps, batch_scores = _call_with_timings(model.score_features, block, timings=timings)
+        batch_maps, batch_scores = method.score(model, block, timings)
         maps.append(np.asarray(batch_maps, dtype=np.float32)[:real])
         scores.append(np.asarray(batch_scores, dtype=np.float64)[:real])
     return np.concatenate(maps), np.concatenate(scores)
@@ -250,13 +278,10 @@ def run_category(
         "test", dataset_obj, settings, category, backbone, test)
     timings["backbone_test"] = test_backbone_s
 
-    stage_timings: dict[str, float] = {}
     start = time.perf_counter()
-    maps, scores = score_in_batches(model, test_feats, settings.batch_size, settings.progress, stage_timings,
+    maps, scores = score_in_batches(method, model, test_feats, settings.batch_size, settings.progress, timings,
                                     desc=f"{category} scoring")
-    timings["score"] = time.perf_counter() - start
-    for stage, seconds in stage_timings.items():
-        timings[f"score_{stage}"] = float(seconds)
+    timings["score_total"] = time.perf_counter() - start  # the stages plus batching and host copies
     del test_feats
 
     masks = np.asarray(test.masks, dtype=bool)
@@ -276,7 +301,7 @@ def run_category(
         "n_train": n_train,
         "n_test": int(maps.shape[0]),
         "fit_seconds": train_backbone_s + timings["fit"],
-        "score_seconds_per_image": (test_backbone_s + timings["score"]) / maps.shape[0],
+        "score_seconds_per_image": (test_backbone_s + timings["score_total"]) / maps.shape[0],
         "f1_max": metrics.f1_max(maps, masks),
     }
     timings["metrics"] = time.perf_counter() - start

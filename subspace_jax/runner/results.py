@@ -1,7 +1,12 @@
 """The results file (``results.json``, schema in DESIGN §3) and its Markdown/console tables.
 
 Required per-category keys are exactly those of the schema; the runner adds ``f1_max``, ``timings``
-(seconds per stage), ``peak_memory`` and ``features_cached`` beside them. All metrics are fractions.
+(seconds: ``load_train``, ``load_test``, ``backbone_train``, ``fit``, ``backbone_test``, the scoring
+stages — ``sampling``, ``reconstruction``, ``maps`` for the subspace model, ``scoring`` for the
+baselines — ``score_total``, ``metrics``, ``figures``), ``peak_memory`` (MiB), ``features_cached`` and
+``figures`` beside them. ``fit_seconds`` = backbone on the training images + fit;
+``score_seconds_per_image`` = (backbone on the test images + scoring) / n_test. Metrics are fractions;
+an image AUROC that cannot be computed (one class only) is null.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ REQUIRED_KEYS: tuple[str, ...] = (
 )
 METRIC_KEYS: tuple[str, ...] = ("pixel_auroc", "pro", "image_auroc", "pixel_ap", "f1_max")
 _MEAN_KEYS: tuple[str, ...] = METRIC_KEYS + ("fit_seconds", "score_seconds_per_image")
+_DISPLAY = {"patchcore": "PatchCore", "spade": "SPADE", "padim": "PaDiM"}
 
 
 class ResultsError(ValueError):
@@ -122,7 +128,8 @@ def comparison_rows(document: Mapping[str, Any], published_method: str) -> tuple
     references = [r for r in references if published(dataset, r)]
     header = ["category", "pixel AUROC", "PRO", "image AUROC", "pixel AP", "F1-max"]
     for ref in references:
-        header += [f"paper {ref} AUROC", f"paper {ref} PRO"]
+        label = "paper" if ref == "subspace" else f"{_DISPLAY.get(ref, ref)} (paper)"
+        header += [f"{label} AUROC", f"{label} PRO"]
     header += ["n train", "n test", "fit s", "score s/img"]
     rows = []
     for name, entry in document["categories"].items():
@@ -189,14 +196,16 @@ def markdown(document: Mapping[str, Any], published_method: str) -> str:
     parts = [
         f"# {dataset}: {config.get('method', '?')} with {config.get('backbone', '?')}",
         "",
-        "Metrics in %. Paper columns: " + TABLE_SOURCES.get(dataset, "none") + "; they use WideResNet-50, so"
-        " with another backbone they are a reference, not a like-for-like comparison.",
+        "Metrics in %. Paper columns: " + TABLE_SOURCES.get(dataset, "none") + "; with another backbone "
+        "they are a reference, not a like-for-like comparison.",
         "",
         _markdown_table(header, rows),
         "",
         "## Time per stage and peak memory",
         "",
-        "Backbone seconds for cached features are those measured when the features were computed.",
+        "Seconds per stage for the whole category. Backbone seconds of cached features are those measured "
+        "when the features were computed; the first scoring batch includes JIT compilation. Peak RSS is the "
+        "process's high-water mark during the category; the device peak is over the whole process.",
         "",
         _markdown_table(t_header, t_rows),
         "",
