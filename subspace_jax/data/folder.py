@@ -15,7 +15,7 @@ from subspace_jax.data.loading import Dataset, Sample, check_split
 GOOD = "good"
 
 
-def _listing(path: Path) -> str:
+def describe_folder(path: Path) -> str:
     """What exists at the nearest existing folder at or above ``path``, for error messages."""
     folder = path
     while not folder.is_dir() and folder != folder.parent:
@@ -31,7 +31,7 @@ def require_dir(path: Path, what: str) -> Path:
     """``path`` if it is a folder, else a FileNotFoundError saying what was expected and what exists beside it."""
     if path.is_dir():
         return path
-    raise FileNotFoundError(f"{what} not found: {path} is not a folder; {_listing(path.parent)}")
+    raise FileNotFoundError(f"{what} not found: {path} is not a folder; {describe_folder(path.parent)}")
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -72,7 +72,7 @@ class FolderDataset(Dataset):
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.name} dataset root {self.root} is not a folder; {_listing(self.root.parent)}")
+            raise FileNotFoundError(f"{self.name} dataset root {self.root} is not a folder; {describe_folder(self.root.parent)}")
         self.good_dir = good_dir
         self.mask_suffixes = tuple(mask_suffixes)
         self.allow_missing_masks = not require_masks
@@ -140,7 +140,7 @@ class CategoryFolderDataset(FolderDataset):
     def __init__(self, root: str | os.PathLike, category: str, **layout) -> None:
         dataset_root = Path(root)
         if not dataset_root.is_dir():
-            raise FileNotFoundError(f"{self.name} root {dataset_root} is not a folder; {_listing(dataset_root.parent)}")
+            raise FileNotFoundError(f"{self.name} root {dataset_root} is not a folder; {describe_folder(dataset_root.parent)}")
         category_dir = dataset_root / str(category)
         if not category_dir.is_dir():
             found = [p.name for p in subfolders(dataset_root)]

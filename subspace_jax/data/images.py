@@ -98,7 +98,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return _decode(path, "mask", _pil_to_mask)
 
 
-def _check_sizes(image_size: int, crop: int | None) -> None:
+def check_sizes(image_size: int, crop: int | None) -> None:
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
     if crop is not None and (not isinstance(crop, (int, np.integer)) or not 1 <= crop <= image_size):
@@ -117,7 +117,7 @@ def center_crop(array: np.ndarray, crop: int) -> np.ndarray:
 
 def resize_image(image: np.ndarray, image_size: int, crop: int | None = None) -> np.ndarray:
     """uint8 (H, W, 3) -> uint8 (S, S, 3): bilinear resize to image_size, then optional center crop (S = crop or image_size)."""
-    _check_sizes(image_size, crop)
+    check_sizes(image_size, crop)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     if image.shape[:2] != (image_size, image_size):
@@ -125,15 +125,20 @@ def resize_image(image: np.ndarray, image_size: int, crop: int | None = None) ->
     return center_crop(image, crop) if crop is not None else image
 
 
+def resize_mask_to(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """bool (h, w) -> bool (height, width) by nearest neighbour (PIL)."""
+    if mask.shape == (height, width):
+        return mask.astype(bool, copy=False)
+    pil = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(pil) > 127
+
+
 def resize_mask(mask: np.ndarray, image_size: int, crop: int | None = None) -> np.ndarray:
     """bool (H, W) -> bool (S, S): nearest-neighbour resize to image_size, then optional center crop."""
-    _check_sizes(image_size, crop)
+    check_sizes(image_size, crop)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    mask = mask.astype(bool, copy=False)
-    if mask.shape != (image_size, image_size):
-        pil = Image.fromarray(mask.astype(np.uint8) * 255)
-        mask = np.asarray(pil.resize((image_size, image_size), Image.Resampling.NEAREST)) > 127
+    mask = resize_mask_to(mask, image_size, image_size)
     return center_crop(mask, crop) if crop is not None else mask
 
 
@@ -151,7 +156,7 @@ def load_images(
     paths: Sequence[str | os.PathLike], image_size: int = 256, crop: int | None = None, progress: bool = True
 ) -> np.ndarray:
     """Read and resize image files: returns uint8 (N, S, S, 3) with S = crop or image_size, in the order given."""
-    _check_sizes(image_size, crop)
+    check_sizes(image_size, crop)
     if len(paths) == 0:
         raise ValueError("paths is empty: expected at least one image file")
     arrays = parallel_map(

@@ -10,7 +10,15 @@ from typing import Sequence
 
 import numpy as np
 
-from subspace_jax.data.images import _check_sizes, parallel_map, read_image, read_mask, resize_image, resize_mask
+from subspace_jax.data.images import (
+    check_sizes,
+    parallel_map,
+    read_image,
+    read_mask,
+    resize_image,
+    resize_mask,
+    resize_mask_to,
+)
 from subspace_jax.data.split import Split
 
 SPLITS = ("train", "test")
@@ -38,7 +46,12 @@ class _Loaded:
     size_mismatch: tuple[tuple[int, int], tuple[int, int]] | None
 
 
-def _load_sample(sample: Sample, image_size: int, crop: int | None) -> _Loaded:
+def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, tuple[tuple[int, int], tuple[int, int]] | None]:
+    """Read a sample at its own size: image uint8 (H, W, 3), mask bool (H, W) aligned with it, size mismatch.
+
+    A missing mask is all False. A mask file whose size differs from the image is resized to the image
+    (nearest); the third value is then ((mask H, W), (image H, W)), else None.
+    """
     image = read_image(sample.image_path)
     height, width = image.shape[:2]
     size_mismatch = None
@@ -48,16 +61,13 @@ def _load_sample(sample: Sample, image_size: int, crop: int | None) -> _Loaded:
         mask = read_mask(sample.mask_path)
         if mask.shape != (height, width):
             size_mismatch = (mask.shape, (height, width))
-            # Align the mask with its image first; both are then resized together below.
-            mask = _resize_mask_to(mask, height, width)
+            mask = resize_mask_to(mask, height, width)
+    return image, mask, size_mismatch
+
+
+def _load_sample(sample: Sample, image_size: int, crop: int | None) -> _Loaded:
+    image, mask, size_mismatch = read_sample(sample)
     return _Loaded(resize_image(image, image_size, crop), resize_mask(mask, image_size, crop), size_mismatch)
-
-
-def _resize_mask_to(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    from PIL import Image
-
-    pil = Image.fromarray(mask.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
-    return np.asarray(pil) > 127
 
 
 def load_samples(
@@ -76,7 +86,7 @@ def load_samples(
     a defective sample without one is an error unless ``allow_missing_masks``. A mask whose size
     differs from its image is resized to the image (nearest) and one warning summarises all such masks.
     """
-    _check_sizes(image_size, crop)
+    check_sizes(image_size, crop)
     if len(samples) == 0:
         raise ValueError("samples is empty: expected at least one sample to load")
     if not allow_missing_masks:
@@ -86,19 +96,25 @@ def load_samples(
     loaded = parallel_map(lambda s: _load_sample(s, image_size, crop), list(samples), desc=desc, progress=progress)
     mismatched = [(s, item.size_mismatch) for s, item in zip(samples, loaded) if item.size_mismatch is not None]
     if mismatched:
-        sample, ((mask_h, mask_w), (image_h, image_w)) = mismatched[0]
-        warnings.warn(
-            f"{len(mismatched)} mask(s) differ in size from their images and were resized to them with nearest "
-            f"neighbour; first: mask {sample.mask_path} is {mask_w}x{mask_h} but image {sample.image_path} is "
-            f"{image_w}x{image_h}",
-            stacklevel=2,
-        )
+        warn_mask_size_mismatch(len(mismatched), *mismatched[0])
     return Split(
         images=np.stack([item.image for item in loaded]),
         masks=np.stack([item.mask for item in loaded]),
         labels=np.array([s.label for s in samples], dtype=np.int64),
         defect_types=tuple(s.defect_type for s in samples),
         paths=tuple(Path(s.image_path) for s in samples),
+    )
+
+
+def warn_mask_size_mismatch(
+    count: int, first: Sample, sizes: tuple[tuple[int, int], tuple[int, int]]
+) -> None:
+    """The one warning for all masks of a split whose size differed from their image's."""
+    (mask_h, mask_w), (image_h, image_w) = sizes
+    warnings.warn(
+        f"{count} mask(s) differ in size from their images and were resized to them with nearest neighbour; "
+        f"first: mask {first.mask_path} is {mask_w}x{mask_h} but image {first.image_path} is {image_w}x{image_h}",
+        stacklevel=3,
     )
 
 

@@ -14,7 +14,7 @@ import importlib.resources
 import os
 from pathlib import Path
 
-from subspace_jax.data.folder import GOOD, _listing, require_dir
+from subspace_jax.data.folder import GOOD, describe_folder, require_dir
 from subspace_jax.data.loading import Dataset, Sample, check_split
 
 FREE_CLASS = "MT_Free"
@@ -42,12 +42,12 @@ class MTD(Dataset):
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"MTD root {self.root} is not a folder; {_listing(self.root.parent)}")
+            raise FileNotFoundError(f"MTD root {self.root} is not a folder; {describe_folder(self.root.parent)}")
         for class_name in MTD_CLASSES:
             if not (self.root / class_name).is_dir():
                 raise FileNotFoundError(
                     f"MTD class folder {class_name}/ not found in {self.root} "
-                    f"(expected {', '.join(MTD_CLASSES)}); {_listing(self.root)}"
+                    f"(expected {', '.join(MTD_CLASSES)}); {describe_folder(self.root)}"
                 )
             require_dir(self.root / class_name / "Imgs", f"MTD image folder of {class_name}")
 
