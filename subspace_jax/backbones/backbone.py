@@ -66,7 +66,9 @@ class Backbone:
         self.name = spec.name
         self.weights_sha256 = weights_sha256
         self.level_channels = dict(spec.level_channels)
-        self._graphdef, self._params = nnx.split(model)
+        self._graphdef, params = nnx.split(model)
+        # Layers keep host (numpy) arrays while loading and folding; move them to the device once.
+        self._params = jax.device_put(params)
         self._features = jax.jit(self._apply)
         self._classify = jax.jit(self._apply_classify)
 

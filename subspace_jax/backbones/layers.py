@@ -23,11 +23,12 @@ def relu6(x: jax.Array) -> jax.Array:
     return jnp.clip(x, 0.0, 6.0)
 
 
-def _as_param_array(array: np.ndarray, shape: tuple[int, ...]) -> jax.Array:
-    array = np.asarray(array, dtype=np.float32)
+def _as_param_array(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """float32 numpy copy; parameters stay in host memory until the Backbone puts them on the device once."""
+    array = np.array(array, dtype=np.float32)
     if array.shape != shape:  # convert.py checks shapes first; this guards direct callers
         raise ValueError(f"expected an array of shape {shape}, got {array.shape}")
-    return jnp.asarray(array)
+    return array
 
 
 class ConvNorm(nnx.Module):
@@ -52,11 +53,12 @@ class ConvNorm(nnx.Module):
         self.torch_norm = torch_norm
         kernel_shape = (kernel_size, kernel_size, in_channels // groups, out_channels)
         fan_in = kernel_size * kernel_size * (in_channels // groups)
-        self.kernel = nnx.Param(jnp.asarray(rng.normal(0.0, np.sqrt(2.0 / fan_in), kernel_shape), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32))
-        self.scale = nnx.Param(jnp.ones((out_channels,), jnp.float32))
-        self.mean = nnx.BatchStat(jnp.zeros((out_channels,), jnp.float32))
-        self.var = nnx.BatchStat(jnp.ones((out_channels,), jnp.float32))
+        kernel = rng.standard_normal(kernel_shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        self.kernel = nnx.Param(kernel)
+        self.bias = nnx.Param(np.zeros((out_channels,), np.float32))
+        self.scale = nnx.Param(np.ones((out_channels,), np.float32))
+        self.mean = nnx.BatchStat(np.zeros((out_channels,), np.float32))
+        self.var = nnx.BatchStat(np.ones((out_channels,), np.float32))
         self.folded = False
 
     def torch_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -82,17 +84,16 @@ class ConvNorm(nnx.Module):
         self.var[...] = _as_param_array(tensors[f"{n}.running_var"], self.var.shape)
 
     def fold_batchnorm(self) -> None:
-        """Bake the BatchNorm into the kernel and bias (in float64, then back to float32)."""
+        """Bake the BatchNorm into the kernel and bias (per-channel factor computed in float64)."""
         if self.folded:
             return
         factor = np.asarray(self.scale[...], np.float64) / np.sqrt(np.asarray(self.var[...], np.float64) + self.eps)
-        kernel = np.asarray(self.kernel[...], np.float64) * factor
         bias = np.asarray(self.bias[...], np.float64) - np.asarray(self.mean[...], np.float64) * factor
-        self.kernel[...] = jnp.asarray(kernel, jnp.float32)
-        self.bias[...] = jnp.asarray(bias, jnp.float32)
-        self.scale[...] = jnp.ones_like(self.scale[...])
-        self.mean[...] = jnp.zeros_like(self.mean[...])
-        self.var[...] = jnp.ones_like(self.var[...])
+        self.kernel[...] = np.asarray(self.kernel[...], np.float32) * factor.astype(np.float32)
+        self.bias[...] = bias.astype(np.float32)
+        self.scale[...] = np.ones_like(self.scale[...])
+        self.mean[...] = np.zeros_like(self.mean[...])
+        self.var[...] = np.ones_like(self.var[...])
         self.folded = True
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -112,9 +113,8 @@ class Linear(nnx.Module):
     def __init__(self, in_features: int, out_features: int, *, torch_name: str, rng: np.random.Generator):
         self.torch_name = torch_name
         bound = 1.0 / np.sqrt(in_features)
-        kernel = rng.uniform(-bound, bound, (in_features, out_features))
-        self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.kernel = nnx.Param(rng.uniform(-bound, bound, (in_features, out_features)).astype(np.float32))
+        self.bias = nnx.Param(np.zeros((out_features,), np.float32))
 
     def torch_shapes(self) -> dict[str, tuple[int, ...]]:
         fan_in, fan_out = self.kernel.shape
