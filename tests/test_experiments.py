@@ -219,3 +219,145 @@ def test_best_and_worst_are_ranked_by_per_image_pixel_auroc(tmp_path):
     written = figures.save_best_worst(tmp_path, images, masks, maps, paths, 1)
     assert [p.name for p in written] == ["best_01_crack_000.png", "worst_01_crack_002.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+# --- the runner end to end ------------------------------------------------------------------------------
+
+from subspace_jax.runner import core, datasets  # noqa: E402
+
+SYNTHETIC = dataclasses.replace(datasets.MVTEC, categories=("weave", "shape"))  # the MVTec loader, our tree
+TINY = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--k", "2", "--lam", "4", "--batch-size", "4",
+        "--no-progress"]
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    from subspace_jax.data import synthetic
+
+    return synthetic.write_mvtec_tree(tmp_path / "tree", categories=("weave", "shape"), n_train=6, n_test=8,
+                                      image_size=64, seed=0)
+
+
+def _read(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def _check_entry(entry: dict, n_train: int, n_test: int) -> None:
+    assert set(results.REQUIRED_KEYS) <= set(entry)
+    for key in ("pixel_auroc", "pro", "image_auroc", "pixel_ap", "f1_max"):
+        assert 0.0 <= entry[key] <= 1.0, key
+    assert (entry["n_train"], entry["n_test"]) == (n_train, n_test)
+    assert entry["fit_seconds"] > 0 and entry["score_seconds_per_image"] > 0
+    assert {"backbone_train", "backbone_test", "sampling", "reconstruction", "maps"} <= set(entry["timings"])
+    assert entry["peak_memory"]["rss_mib"] > 0
+
+
+def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tmp_path, capsys):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    corrupt = tree / "shape" / "test" / "blob" / "000.png"
+    original = corrupt.read_bytes()
+    corrupt.write_bytes(b"this is not a PNG")
+    argv = ["--data-root", str(tree), "--out", str(out), "--feature-cache", str(cache), "--save-maps", "1", *TINY]
+
+    assert core.main(SYNTHETIC, argv) == 1
+    err = capsys.readouterr().err
+    assert "'shape' failed" in err and str(corrupt) in err and "--resume" in err
+    first = _read(out)
+    assert list(first["categories"]) == ["weave"]
+    weave = first["categories"]["weave"]
+    _check_entry(weave, n_train=6, n_test=8)
+    assert weave["pixel_auroc"] > 0.8  # the synthetic defects are plain to see; a broken map would not be
+    assert first["config"]["k"] == 2 and first["config"]["backbone"] == "efficientnet_lite0"
+    figures_written = sorted((out / "figures" / "weave").iterdir())
+    assert [p.name.split("_")[0] for p in figures_written] == ["best", "worst"]
+
+    corrupt.write_bytes(original)
+    assert core.main(SYNTHETIC, [*argv, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipping finished categories weave" in printed
+    second = _read(out)
+    assert second["categories"]["weave"] == weave  # reused as stored, not recomputed
+    _check_entry(second["categories"]["shape"], n_train=6, n_test=8)
+    assert second["mean"]["pixel_auroc"] == pytest.approx(
+        (weave["pixel_auroc"] + second["categories"]["shape"]["pixel_auroc"]) / 2)
+    markdown = (out / "results.md").read_text()
+    assert "| weave |" in markdown and "| shape |" in markdown and "| mean |" in markdown
+
+    # Another configuration may not be mixed into this folder, nor may a run overwrite it.
+    assert core.main(SYNTHETIC, [*argv, "--resume", "--k", "3"]) == 2
+    assert "k: stored 2, requested 3" in capsys.readouterr().err
+    assert core.main(SYNTHETIC, argv) == 2
+    assert "already holds results" in capsys.readouterr().err
+
+    # The cache written by the first run gives the same numbers without the backbone.
+    assert core.main(SYNTHETIC, [*argv[:2], "--out", str(tmp_path / "again"), *argv[4:], "--categories",
+                                 "weave"]) == 0
+    again = _read(tmp_path / "again")["categories"]["weave"]
+    assert again["features_cached"] == {"train": True, "test": True}
+    for key in ("pixel_auroc", "pro", "image_auroc", "pixel_ap"):
+        assert again[key] == pytest.approx(weave[key], abs=1e-6)
+
+
+def test_baseline_method_writes_the_same_schema(tree, tmp_path):
+    out = tmp_path / "patchcore"
+    argv = ["--data-root", str(tree), "--out", str(out), "--categories", "weave", "--method", "patchcore",
+            "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "4", "--no-progress"]
+    assert core.main(SYNTHETIC, argv) == 0
+    document = _read(out)
+    assert document["config"]["method"] == "patchcore" and "coreset_ratio" in document["config"]
+    entry = document["categories"]["weave"]
+    assert set(results.REQUIRED_KEYS) <= set(entry) and "scoring" in entry["timings"]
+    assert 0.5 < entry["pixel_auroc"] <= 1.0
+
+
+def test_missing_backbone_weights_stop_before_any_work(tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--data-root", str(tree), "--out", str(out), "--weights", str(tmp_path / "absent.pth")]
+    assert core.main(SYNTHETIC, argv) == 2
+    err = capsys.readouterr().err
+    assert "wide_resnet50_2" in err and "absent.pth" in err and "--backbone efficientnet_lite0" in err
+    assert not out.exists()
+
+
+def test_data_root_comes_from_the_environment(tree, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SUBSPACE_JAX_MVTEC", raising=False)
+    with pytest.raises(SystemExit):
+        core.main(SYNTHETIC, ["--out", str(tmp_path / "x")])
+    assert "SUBSPACE_JAX_MVTEC is not set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        core.main(SYNTHETIC, ["--data-root", str(tree), "--categories", "bottle"])
+    assert "unknown ['bottle']" in capsys.readouterr().err
+
+
+def test_mtd_defaults_are_the_papers_mtd_setting_and_every_field_is_a_flag(capsys):
+    method = core.resolve_method("subspace")
+    config = core.default_config(datasets.MTD, method)
+    assert config.levels == (2, 3, 4) and config.sampling_level == "pooled"
+    assert core.default_config(datasets.MVTEC, method) == method.config_cls()
+    with pytest.raises(SystemExit):
+        core.main(datasets.MTD, ["--help"])
+    help_text = capsys.readouterr().out
+    for field in dataclasses.fields(method.config_cls):
+        assert cli.flag_name(field.name) in help_text
+    assert "SUBSPACE_JAX_MTD" in help_text and "--categories" not in help_text
+
+
+def test_staged_scoring_equals_the_models_fused_scorer():
+    from subspace_jax import model as model_lib
+
+    rng = np.random.default_rng(0)
+
+    def feats(n):
+        return {"level2": rng.random((n, 8, 8, 4), np.float32), "level3": rng.random((n, 4, 4, 6), np.float32),
+                "pooled": rng.random((n, 6), np.float32)}
+
+    config = model_lib.Config(backbone="efficientnet_lite0", image_size=32, levels=(2, 3), sampling_level="pooled",
+                              lam=4, k=2)
+    fitted = model_lib.fit_features(feats(7), config)
+    test = feats(3)
+    timings: dict = {}
+    maps, scores = core.resolve_method("subspace").score(fitted, test, timings)
+    ref_maps, ref_scores = fitted.score_features(test)
+    np.testing.assert_allclose(np.asarray(maps), np.asarray(ref_maps), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(ref_scores), rtol=1e-5, atol=1e-5)
+    assert set(timings) == {"sampling", "reconstruction", "maps"}
