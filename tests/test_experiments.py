@@ -361,3 +361,19 @@ def test_staged_scoring_equals_the_models_fused_scorer():
     np.testing.assert_allclose(np.asarray(maps), np.asarray(ref_maps), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(scores), np.asarray(ref_scores), rtol=1e-5, atol=1e-5)
     assert set(timings) == {"sampling", "reconstruction", "maps"}
+
+
+def test_demo_runs_and_writes_its_figures(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", Path(__file__).resolve().parents[1] / "experiments/demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.main(["--out", str(tmp_path), "--categories", "shape", "--image-size", "64", "--n-train", "8",
+                      "--n-test", "8"]) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.startswith("shape"))
+    assert 50.0 < float(row.split()[1]) <= 100.0  # pixel AUROC in %
+    pngs = sorted(p.name for p in (tmp_path / "shape").iterdir())
+    assert len(pngs) == 2 and pngs[0].startswith("best_01_") and pngs[1].startswith("worst_01_")
+    assert all(str(tmp_path / "shape" / name) in printed for name in pngs)
