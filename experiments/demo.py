@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{score_start - fit_start:.1f}",
             f"{done - score_start:.1f}",
         ])
-        names = [Path(category) / kind / f"{i:03d}.png" for i, kind in enumerate(test.defect_types)]
+        names = [f"{kind}/{i:03d}.png" for i, kind in enumerate(test.defect_types)]
         written += figures.save_best_worst(args.out / category, test.images, test.masks, maps, names, 1)
     print(f"subspace-guided reconstruction, efficientnet_lite0, {args.image_size} px, k={config.k}, "
           f"lam={config.lam}, {args.n_train} training images per category (metrics in %)")

@@ -310,7 +310,7 @@ def run_category(
         start = time.perf_counter()
         written = figures.save_best_worst(
             settings.out_dir / "figures" / category, np.asarray(test.images), masks, maps,
-            list(test.paths), settings.save_maps)
+            [f"{kind}/{Path(path).name}" for kind, path in zip(test.defect_types, test.paths)], settings.save_maps)
         timings["figures"] = time.perf_counter() - start
         entry["figures"] = [str(p.relative_to(settings.out_dir)) for p in written]
 
@@ -443,6 +443,7 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
                     "or choose another --out")
             document = results.read(results_path)
             results.check_resumable(document, spec.name, run_config, results_path)
+            document.setdefault("run", {}).setdefault("resumed", []).append(_run_info(argv, spec))
         else:
             document = results.new_document(spec.name, run_config, _run_info(argv, spec))
     except results.ResultsError as exc:

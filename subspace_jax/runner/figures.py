@@ -69,11 +69,12 @@ def save_figure(
 
 
 def save_best_worst(
-    folder: Path, images: np.ndarray, masks: np.ndarray, maps: np.ndarray, paths: Sequence[Path], n: int,
+    folder: Path, images: np.ndarray, masks: np.ndarray, maps: np.ndarray, names: Sequence[str], n: int,
 ) -> list[Path]:
     """Figures for the ``n`` best and ``n`` worst defective images (module docstring) under ``folder``.
 
-    images (N,H,W,3) uint8, masks (N,H,W) bool, maps (N,H,W) float. Returns the written paths.
+    images (N,H,W,3) uint8, masks (N,H,W) bool, maps (N,H,W) float; ``names`` (N,) label each image in
+    titles and file names, e.g. "crack/003.png". Returns the written paths.
     """
     if n <= 0:
         return []
@@ -83,9 +84,8 @@ def save_best_worst(
     written = []
     for kind, indices in (("best", best), ("worst", worst)):
         for rank, i in enumerate(indices, start=1):
-            stem = Path(paths[i]).stem
-            parent = Path(paths[i]).parent.name
-            title = f"{kind} {rank}: {parent}/{Path(paths[i]).name}, per-image pixel AUROC {auroc[i]:.3f}"
-            target = folder / f"{kind}_{rank:02d}_{parent}_{stem}.png"
+            title = f"{kind} {rank}: {names[i]}, per-image pixel AUROC {auroc[i]:.3f}"
+            label = "".join(ch if ch.isalnum() or ch in "-" else "_" for ch in Path(names[i]).with_suffix("").as_posix())
+            target = folder / f"{kind}_{rank:02d}_{label}.png"
             written.append(save_figure(target, images[i], masks[i], maps[i], title, vmin, vmax))
     return written
