@@ -316,3 +316,12 @@ def test_fpr_limit_out_of_range_is_an_error():
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="fpr_limit must be in"):
             metrics.pro(maps, masks, bad)
+
+
+def test_jax_arrays_are_accepted():
+    import jax.numpy as jnp
+
+    maps, masks = random_case(np.random.default_rng(4))
+    assert metrics.pro(jnp.asarray(maps, jnp.float32), jnp.asarray(masks)) == pytest.approx(
+        metrics.pro(maps.astype(np.float32), masks), abs=1e-12
+    )

@@ -1,8 +1,10 @@
-"""Plumbing shared by the memory-bank baselines: chunked nearest-neighbour search and input checks.
+"""Plumbing shared by the memory-bank baselines: chunked nearest-neighbour search, input checks, and
+thin adapters onto :mod:`subspace_jax.model`'s map post-processing, batching and backbone binding.
 
-Everything numerical here is pure JAX with static shapes. The map post-processing (bilinear upsampling
-and Gaussian smoothing) and batched feature extraction belong to :mod:`subspace_jax.model`; the private
-stand-ins at the bottom of this module exist only until that module lands and are marked as such.
+Everything numerical here is pure JAX with static shapes. Maps go through the model's own
+``fuse_maps`` (bilinear upsampling, level fusion, Gaussian blur) and images through the model's
+batching, padding and backbone checks, so baselines and the subspace model are post-processed and fed
+identically.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from subspace_jax import model as model_lib
+
 Array = jax.Array
 
 # Squared distances by ||a||^2 + ||b||^2 - 2ab lose digits to cancellation; on GPUs the default matmul
@@ -24,9 +28,7 @@ Array = jax.Array
 _DOT_PRECISION = lax.Precision.HIGHEST
 
 
-def level_key(level: int) -> str:
-    """The backbone feature-dict key of a level number: 2 -> "level2"."""
-    return f"level{level}"
+level_key = model_lib.level_key
 
 
 def validate_common(
@@ -38,8 +40,8 @@ def validate_common(
     sigma: float,
 ) -> None:
     """Checks the fields every baseline config shares; raises ValueError naming the field."""
-    if not isinstance(backbone, str) or not backbone:
-        raise ValueError(f"backbone: expected a backbone name such as 'wide_resnet50_2', got {backbone!r}")
+    if backbone not in model_lib.BACKBONE_NAMES:
+        raise ValueError(f"backbone: expected one of {model_lib.BACKBONE_NAMES}, got {backbone!r}")
     if not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size: expected an int >= 32, got {image_size!r}")
     if crop is not None and (not isinstance(crop, int) or not 32 <= crop <= image_size):
@@ -108,13 +110,22 @@ def nearest_neighbor(
 
     Returns:
       (distances (Q,) float32, indices (Q,) int32). Ties go to the lowest bank index.
+
+    The search ranks by ||q||^2 + ||b||^2 - 2 q.b on data centred at the bank mean (distances are
+    translation-invariant; centring shrinks the norms whose cancellation costs digits), and the returned
+    distance is recomputed directly as ||q - b_nearest||, so it is accurate even when tiny.
     """
     queries = jnp.asarray(queries, jnp.float32)
     bank = jnp.asarray(bank, jnp.float32)
+    if queries.ndim != 2:
+        raise ValueError(f"queries: expected shape (Q, d), got {queries.shape}")
     n_query, dim = queries.shape
-    n_bank = bank.shape[0]
-    if bank.ndim != 2 or bank.shape[1] != dim or n_bank == 0:
+    if bank.ndim != 2 or bank.shape[1] != dim or bank.shape[0] == 0:
         raise ValueError(f"bank: expected shape (M>=1, {dim}), got {bank.shape}")
+    n_bank = bank.shape[0]
+    centre = jnp.mean(bank, axis=0)
+    queries = queries - centre
+    bank = bank - centre
     q_chunk = max(1, min(query_chunk, n_query))
     b_chunk = max(1, min(bank_chunk, n_bank))
     n_q_chunks = -(-n_query // q_chunk)
@@ -146,13 +157,12 @@ def nearest_neighbor(
             ), None
 
         init = (jnp.full((q_chunk,), jnp.inf, jnp.float32), jnp.zeros((q_chunk,), jnp.int32))
-        (best_d2, best_idx), _ = lax.scan(scan_bank, init, (bank_blocks, bank_sq_blocks, offsets))
-        return best_d2, best_idx
+        (_, best_idx), _ = lax.scan(scan_bank, init, (bank_blocks, bank_sq_blocks, offsets))
+        diff = q - bank[best_idx]
+        return jnp.sqrt(jnp.sum(diff * diff, axis=-1)), best_idx
 
-    d2, idx = lax.map(one_query_chunk, q_pad.reshape(n_q_chunks, q_chunk, dim))
-    d2 = d2.reshape(-1)[:n_query]
-    idx = idx.reshape(-1)[:n_query]
-    return jnp.sqrt(jnp.maximum(d2, 0.0)), idx
+    dist, idx = lax.map(one_query_chunk, q_pad.reshape(n_q_chunks, q_chunk, dim))
+    return dist.reshape(-1)[:n_query], idx.reshape(-1)[:n_query]
 
 
 def output_size(image_size: int, crop: int | None) -> int:
@@ -160,106 +170,97 @@ def output_size(image_size: int, crop: int | None) -> int:
     return crop if crop is not None else image_size
 
 
-# --- TEMPORARY stand-ins for subspace_jax.model's map helpers (delete after `git merge model`) ---------
+def fuse_level_maps(level_maps: Mapping[str, Array], config: Any, fusion: str) -> Array:
+    """Level maps {"level<l>": (B, h_l, w_l)} -> (B, S, S) through the model's ``fuse_maps``.
+
+    Bilinear upsampling to S = config.output_size, fusion ("sum" | "mean" | "product"), Gaussian blur
+    with config.sigma: exactly the subspace model's post-processing. `config` is a baseline config.
+    """
+    levels = tuple(int(key.removeprefix("level")) for key in level_maps)
+    map_config = model_lib.Config(
+        backbone=config.backbone,
+        image_size=config.image_size,
+        crop=config.crop,
+        levels=levels,
+        sampling="none",
+        fusion=fusion,
+        sigma=config.sigma,
+    )
+    size = config.output_size
+    maps, _ = model_lib.fuse_maps(level_maps, (size, size), map_config)
+    return maps
 
 
-def _upsample_bilinear(maps: Array, size: int) -> Array:
-    """(B, h, w) -> (B, size, size), bilinear with half-pixel centres (torch align_corners=False)."""
-    return jax.image.resize(maps, (maps.shape[0], size, size), method="bilinear", antialias=False)
+class BackboneBinding:
+    """Backbone handling of a fitted baseline, borrowed from ``subspace_jax.model.Model``.
+
+    The subclass needs `backbone_name`, `weights_sha256` and `config`; `bind(backbone)` checks the
+    backbone's name and weights hash against them, and `score` uses the bound one (or loads it by name).
+    """
+
+    bind = model_lib.Model.bind
+    _bound_backbone = model_lib.Model._bound_backbone
 
 
-def _gaussian_blur(maps: Array, sigma: float) -> Array:
-    """Separable Gaussian blur of (B, H, W) maps, reflect padding, radius int(4 sigma + 0.5)."""
-    if sigma == 0:
-        return maps
-    radius = int(4.0 * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    kernel = jnp.asarray(kernel / kernel.sum(), jnp.float32)
-    padded = jnp.pad(maps, ((0, 0), (radius, radius), (radius, radius)), mode="symmetric")
-    rows = jax.vmap(lambda m: jax.vmap(lambda r: jnp.convolve(r, kernel, mode="valid"))(m))(padded)
-    cols = jax.vmap(lambda m: jax.vmap(lambda c: jnp.convolve(c, kernel, mode="valid"))(m.T).T)(rows)
-    return cols
+def check_fit_backbone(backbone: Any, config: Any) -> Any:
+    """The backbone to fit with: `backbone`, or `backbones.load(config.backbone)`; names must agree."""
+    if backbone is None:
+        from subspace_jax import backbones
 
-
-# --- end of TEMPORARY map helpers ----------------------------------------------------------------------
-
-
-def upsample_maps(maps: Array, size: int) -> Array:
-    """(B, h, w) -> (B, size, size), bilinear (half-pixel centres), the model's upsampling."""
-    return _upsample_bilinear(maps, size)
-
-
-def smooth_maps(maps: Array, sigma: float) -> Array:
-    """Gaussian smoothing of (B, H, W) maps, the model's blur (reflect padding, radius int(4 sigma + 0.5))."""
-    return _gaussian_blur(maps, sigma)
-
-
-def postprocess_maps(maps: Array, size: int, sigma: float) -> Array:
-    """Patch-resolution maps (B, h, w) -> (B, size, size): bilinear upsampling, then Gaussian blur."""
-    return smooth_maps(upsample_maps(maps, size), sigma)
-
-
-# --- TEMPORARY stand-ins for subspace_jax.model's batched feature extraction (replace after merge) -----
-
-
-def resolve_backbone(backbone: Any, name: str) -> Any:
-    """The given backbone, or `subspace_jax.backbones.load(name)` when None."""
-    if backbone is not None:
-        return backbone
-    from subspace_jax import backbones  # imported lazily: fitting from cached features needs no backbone
-
-    return backbones.load(name)
-
-
-def check_images(images: Any, size: int, *, name: str = "images") -> np.ndarray:
-    """uint8 (or float in [0, 255]) NHWC images of side `size` -> numpy (N, size, size, 3)."""
-    arr = np.asarray(images)
-    if arr.ndim != 4 or arr.shape[1:] != (size, size, 3):
-        raise ValueError(f"{name}: expected shape (N, {size}, {size}, 3) images, got {arr.shape}")
-    if arr.shape[0] == 0:
-        raise ValueError(f"{name}: expected at least one image, got none")
-    return arr
+        backbone = backbones.load(config.backbone)
+    if backbone.name != config.backbone:
+        raise ValueError(
+            f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}"
+        )
+    return backbone
 
 
 def extract_features(
-    backbone: Any,
+    backbone: Any, images: Any, config: Any, keys: Sequence[str], batch_size: int, progress: bool, desc: str
+) -> dict[str, np.ndarray]:
+    """Backbone features `keys` of `images` (array, iterable of batches or paths), batch by batch.
+
+    Uses the model's batching (short last batch padded, one compilation) and jitted extraction.
+    """
+    positive_int("batch_size", batch_size)
+    bound = model_lib._BoundBackbone.of(backbone)
+    keys = tuple(keys)
+    chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+    for batch in model_lib._progress(model_lib._iter_batches(images, config, batch_size), progress, desc):
+        n = batch.shape[0]
+        out = model_lib._extract_jit(bound.apply_fn, keys, bound.params, model_lib._pad_batch(batch, batch_size))
+        for key in keys:
+            chunks[key].append(np.asarray(out[key][:n]))
+    if not chunks[keys[0]]:
+        raise ValueError("images: expected at least one image, got none")
+    return {key: np.concatenate(value) for key, value in chunks.items()}
+
+
+def score_in_batches(
+    fitted: Any,
     images: Any,
-    size: int,
-    keys: Sequence[str],
     batch_size: int,
+    backbone: Any,
     progress: bool,
+    score_images_jit: Any,
     desc: str,
-) -> dict[str, Array]:
-    """Runs the backbone over `images` (N, size, size, 3) in batches; keeps `keys` of its output dict."""
-    from tqdm.auto import tqdm
-
-    positive_int("batch_size", batch_size)
-    arr = check_images(images, size)
-    parts: dict[str, list[Array]] = {k: [] for k in keys}
-    for start in tqdm(range(0, arr.shape[0], batch_size), desc=desc, disable=not progress):
-        out = backbone(arr[start : start + batch_size])
-        for k in keys:
-            parts[k].append(out[k])
-    return {k: jnp.concatenate(v, axis=0) for k, v in parts.items()}
-
-
-def score_images(
-    model: Any, images: Any, batch_size: int, progress: bool, desc: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Backbone + `model.score_features` over batches -> (maps (N, S, S) float32, scores (N,) float32)."""
-    from tqdm.auto import tqdm
+    """Runs `score_images_jit(fitted, apply_fn, params, batch)` over padded batches of `images`.
 
-    if model.backbone is None:
-        raise ValueError(
-            "model.backbone: this model was fitted from features without a backbone; "
-            "use score_features(features) or fit with a backbone"
-        )
+    Returns numpy maps (N, S, S) float32 and scores (N,) float32.
+    """
     positive_int("batch_size", batch_size)
-    arr = check_images(images, model.config.output_size)
+    bound = fitted._bound_backbone(backbone)
     maps, scores = [], []
-    for start in tqdm(range(0, arr.shape[0], batch_size), desc=desc, disable=not progress):
-        m, s = model.score_features(model.backbone(arr[start : start + batch_size]))
-        maps.append(np.asarray(m, np.float32))
-        scores.append(np.asarray(s, np.float32))
+    for batch in model_lib._progress(model_lib._iter_batches(images, fitted.config, batch_size), progress, desc):
+        n = batch.shape[0]
+        batch_maps, batch_scores = score_images_jit(
+            fitted, bound.apply_fn, bound.params, model_lib._pad_batch(batch, batch_size)
+        )
+        maps.append(np.asarray(batch_maps[:n], np.float32))
+        scores.append(np.asarray(batch_scores[:n], np.float32))
+    if not maps:
+        raise ValueError("images: expected at least one image, got none")
     return np.concatenate(maps), np.concatenate(scores)
+
+

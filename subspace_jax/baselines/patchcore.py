@@ -182,16 +182,19 @@ def select_coreset(points: Array, ratio: float, projection_dim: int | None, seed
 
     The key `jax.random.key(seed)` splits into (start key, projection key); the start is
     `randint(start key, 0, M)` and the projection `random_projection(projection key, d, projection_dim)`,
-    skipped when `projection_dim` is None or >= d.
+    skipped when `projection_dim` is None or >= d. A ratio giving n = M returns arange(M).
     """
     n_points, dim = points.shape
+    n_select = coreset_size(n_points, ratio)
+    if n_select == n_points:  # ratio 1 keeps every patch: nothing to select
+        return jnp.arange(n_points, dtype=jnp.int32)
     start_key, proj_key = jax.random.split(jax.random.key(seed))
     start = jax.random.randint(start_key, (), 0, n_points, dtype=jnp.int32)
     if projection_dim is not None and projection_dim < dim:
         points = jnp.matmul(
             points, random_projection(proj_key, dim, projection_dim), precision=lax.Precision.HIGHEST
         )
-    return greedy_coreset(points, coreset_size(n_points, ratio), start)
+    return greedy_coreset(points, n_select, start)
 
 
 # --- scoring --------------------------------------------------------------------------------------------
@@ -224,14 +227,17 @@ def reweighted_scores(
     return weight * s_star
 
 
-@partial(jax.jit, static_argnames=("config",))
-def score_patchcore_features(
-    bank: Array, features: Mapping[str, Array], config: PatchCoreConfig
-) -> tuple[Array, Array]:
-    """Pure scorer: memory bank (M, C) and backbone features of B images -> (maps (B, S, S), scores (B,)).
+def score_features(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
+    """Pure scorer: fitted model (a pytree) and backbone features of B images -> maps, scores.
 
-    S = config.output_size. Jittable and composable; the config is static.
+    Args:
+      model: a fitted `PatchCoreModel`; its config is static.
+      features: {"level<l>": (B, h_l, w_l, c_l)} for the config's levels.
+    Returns:
+      maps (B, S, S) float32 (S = config.output_size) and scores (B,) float32.
     """
+    config = model.config
+    bank = model.bank
     emb = patch_embeddings(features, config.levels)
     batch, height, width, channels = emb.shape
     flat = emb.reshape(batch * height * width, channels)
@@ -249,48 +255,70 @@ def score_patchcore_features(
         )
     else:
         scores = jnp.max(patch_scores, axis=1)
-    maps = common.postprocess_maps(
-        patch_scores.reshape(batch, height, width), config.output_size, config.sigma
-    )
-    return maps, scores
+    patch_map = {common.level_key(config.levels[0]): patch_scores.reshape(batch, height, width)}
+    return common.fuse_level_maps(patch_map, config, fusion="sum"), scores
+
+
+def score_images(model: PatchCoreModel, apply_fn: Any, params: Any, images: Array) -> tuple[Array, Array]:
+    """Pure scorer on images, backbone included (`apply_fn, params = backbone.pure()`), for a user's jit.
+
+    images: (B, S, S, 3) uint8 or float in [0, 255] -> maps (B, S, S) float32, scores (B,) float32.
+    """
+    return score_features(model, apply_fn(params, images))
+
+
+_score_features_jit = jax.jit(score_features)
+_score_images_jit = jax.jit(score_images, static_argnums=(1,))
 
 
 # --- model ----------------------------------------------------------------------------------------------
 
 
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class PatchCoreModel:
-    """A fitted PatchCore: the memory bank (M, C) and what produced it.
+class PatchCoreModel(common.BackboneBinding):
+    """A fitted PatchCore, a pytree: the memory bank (leaf) plus static metadata.
 
-    `backbone` is the loaded backbone used by `score(images)`; `score_features` needs none.
+    Attributes:
+      bank: (M, C) float32 coreset of training patch embeddings, C = sum of the levels' channels.
+      config: the `PatchCoreConfig` (static).
+      backbone_name, weights_sha256: the backbone that produced the features (static); a
+        weights_sha256 of None means unknown, and `score(images)` then needs `bind(backbone)` first
+        or fails, as for the subspace model.
+      n_train: number of training images (static).
     """
 
-    config: PatchCoreConfig
     bank: Array
-    backbone_name: str
-    weights_sha256: str
-    n_train: int
-    backbone: Any = dataclasses.field(default=None, compare=False, repr=False)
+    config: PatchCoreConfig = dataclasses.field(metadata=dict(static=True))
+    backbone_name: str = dataclasses.field(metadata=dict(static=True))
+    weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
+    n_train: int = dataclasses.field(metadata=dict(static=True))
 
     def score_features(self, features: Mapping[str, Any]) -> tuple[Array, Array]:
-        """Backbone features of B images -> (maps (B, S, S) float32, scores (B,) float32)."""
+        """Backbone features of B images -> (maps (B, S, S) float32, scores (B,) float32); jitted."""
         keys = [common.level_key(l) for l in self.config.levels]
-        return score_patchcore_features(self.bank, common.check_features(features, keys), self.config)
+        return _score_features_jit(self, common.check_features(features, keys))
 
-    def score(self, images: Any, batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 images (B, S, S, 3) -> (maps (B, S, S) float32, scores (B,) float32), in batches."""
-        return common.score_images(self, images, batch_size, progress, desc="PatchCore scoring")
+    def score(
+        self, images: Any, batch_size: int = 8, *, backbone: Any = None, progress: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Maps (N, S, S) float32 and scores (N,) float32 of `images`, in batches, as numpy arrays.
+
+        `images`: uint8 (N, S, S, 3) array, an iterable of batches or image paths, as for
+        `subspace_jax.Model.score`. `backbone`: default the one `fit` bound, else loaded by name and
+        checked against `weights_sha256`.
+        """
+        return common.score_in_batches(self, images, batch_size, backbone, progress, _score_images_jit, "PatchCore score")
 
 
 def fit_features(
     features: Mapping[str, Any],
     config: PatchCoreConfig,
-    backbone_name: str | None = None,
-    weights_sha256: str = "",
     *,
-    backbone: Any = None,
+    backbone_name: str | None = None,
+    weights_sha256: str | None = None,
 ) -> PatchCoreModel:
-    """Builds the memory bank from training features {"level<l>": (N, h_l, w_l, c_l)}.
+    """Builds the memory bank from training features {"level<l>": (N, h_l, w_l, c_l)}; extra keys ignored.
 
     All N * h * w patch embeddings are computed at once, then coreset-subsampled.
     """
@@ -302,26 +330,23 @@ def fit_features(
     flat = emb.reshape(-1, emb.shape[-1])
     indices = select_coreset(flat, config.coreset_ratio, config.projection_dim, config.seed)
     return PatchCoreModel(
-        config=config,
         bank=flat[indices],
-        backbone_name=backbone_name if backbone_name is not None else config.backbone,
+        config=config,
+        backbone_name=config.backbone if backbone_name is None else backbone_name,
         weights_sha256=weights_sha256,
         n_train=int(emb.shape[0]),
-        backbone=backbone,
     )
 
 
 def fit(
-    images: Any, config: PatchCoreConfig, backbone: Any = None, *, batch_size: int = 16, progress: bool = True
+    images: Any, config: PatchCoreConfig, backbone: Any = None, *, batch_size: int = 8, progress: bool = True
 ) -> PatchCoreModel:
-    """uint8 training images (N, S, S, 3) -> fitted PatchCoreModel (backbone loaded from the config if None)."""
+    """Fits on nominal `images` (uint8 (N, S, S, 3), iterable of batches, or paths); returns the model
+    bound to `backbone` (loaded by `config.backbone` when None)."""
     if not isinstance(config, PatchCoreConfig):
         raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
-    backbone = common.resolve_backbone(backbone, config.backbone)
+    backbone = common.check_fit_backbone(backbone, config)
     keys = [common.level_key(l) for l in config.levels]
-    features = common.extract_features(
-        backbone, images, config.output_size, keys, batch_size, progress, desc="PatchCore features"
-    )
-    return fit_features(
-        features, config, backbone.name, backbone.weights_sha256, backbone=backbone
-    )
+    features = common.extract_features(backbone, images, config, keys, batch_size, progress, "PatchCore fit")
+    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
+    return model.bind(backbone)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from functools import partial
 from typing import Any, ClassVar
 
 import jax
@@ -85,53 +84,73 @@ def nearest_images(test_pooled: Array, train_pooled: Array, k: int) -> tuple[Arr
     return jnp.sqrt(-neg_d2), idx.astype(jnp.int32)
 
 
-@partial(jax.jit, static_argnames=("config", "k"))
-def score_spade_features(
-    train: Mapping[str, Array], features: Mapping[str, Array], config: SpadeConfig, k: int
-) -> tuple[Array, Array]:
-    """Pure scorer: training features and test features of B images -> (maps (B, S, S), scores (B,)).
+def score_features(model: SpadeModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
+    """Pure scorer: fitted model (a pytree) and backbone features of B images -> maps, scores.
 
     Args:
-      train: {"pooled": (N, c), "level<l>": (N, h_l, w_l, c_l)} of the training images.
-      features: the same keys for B test images.
-      config: static settings; k: static number of gallery images (<= N).
+      model: a fitted `SpadeModel`; its config is static.
+      features: {"pooled": (B, c), "level<l>": (B, h_l, w_l, c_l)} for the config's levels.
+    Returns:
+      maps (B, S, S) float32 (S = config.output_size; per-level distance maps upsampled, averaged and
+      smoothed) and scores (B,) float32 (mean distance to the K nearest training images).
     """
+    config = model.config
+    train = model.train_features
+    k = min(config.top_k_images, train["pooled"].shape[0])  # static: shapes are static under jit
     knn_dist, knn_idx = nearest_images(features["pooled"], train["pooled"], k)
-    size = config.output_size
 
-    def one_image(args):
-        idx, test_maps = args
-        level_maps = []
-        for level in config.levels:
-            key = common.level_key(level)
-            gallery = train[key][idx]  # (k, h, w, c)
-            height, width, channels = test_maps[key].shape
+    level_maps = {}
+    for level in config.levels:
+        key = common.level_key(level)
+        _, height, width, channels = features[key].shape
+
+        def one_image(args, key=key, height=height, width=width, channels=channels):
+            idx, test_map = args
+            # One test image at a time, so only one gallery of k images is gathered at once.
+            gallery = train[key][idx].reshape(-1, channels)  # (k * h * w, c)
             dist, _ = common.nearest_neighbor(
-                test_maps[key].reshape(height * width, channels),
-                gallery.reshape(-1, channels),
+                test_map.reshape(height * width, channels),
+                gallery,
                 query_chunk=config.query_chunk,
                 bank_chunk=config.bank_chunk,
             )
-            level_maps.append(common.upsample_maps(dist.reshape(1, height, width), size)[0])
-        return jnp.mean(jnp.stack(level_maps), axis=0)
+            return dist.reshape(height, width)
 
-    # One test image at a time, so only one gallery of k images is gathered at once.
-    level_inputs = {common.level_key(l): features[common.level_key(l)] for l in config.levels}
-    maps = lax.map(one_image, (knn_idx, level_inputs))
-    maps = common.smooth_maps(maps, config.sigma)
-    return maps, jnp.mean(knn_dist, axis=1)
+        level_maps[key] = lax.map(one_image, (knn_idx, jnp.asarray(features[key], jnp.float32)))
+    return common.fuse_level_maps(level_maps, config, fusion="mean"), jnp.mean(knn_dist, axis=1)
 
 
+def score_images(model: SpadeModel, apply_fn: Any, params: Any, images: Array) -> tuple[Array, Array]:
+    """Pure scorer on images, backbone included (`apply_fn, params = backbone.pure()`), for a user's jit.
+
+    images: (B, S, S, 3) uint8 or float in [0, 255] -> maps (B, S, S) float32, scores (B,) float32.
+    """
+    return score_features(model, apply_fn(params, images))
+
+
+_score_features_jit = jax.jit(score_features)
+_score_images_jit = jax.jit(score_images, static_argnums=(1,))
+
+
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class SpadeModel:
-    """A fitted SPADE: the training features it matches against (all levels plus "pooled")."""
+class SpadeModel(common.BackboneBinding):
+    """A fitted SPADE, a pytree: the training features it matches against (leaves) plus static metadata.
 
-    config: SpadeConfig
+    Attributes:
+      train_features: {"pooled": (N, c), "level<l>": (N, h_l, w_l, c_l)} float32.
+      config, backbone_name, weights_sha256: static, as for `PatchCoreModel`.
+    """
+
     train_features: dict[str, Array]
-    backbone_name: str
-    weights_sha256: str
-    n_train: int
-    backbone: Any = dataclasses.field(default=None, compare=False, repr=False)
+    config: SpadeConfig = dataclasses.field(metadata=dict(static=True))
+    backbone_name: str = dataclasses.field(metadata=dict(static=True))
+    weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
+
+    @property
+    def n_train(self) -> int:
+        """N, the number of training images."""
+        return int(self.train_features["pooled"].shape[0])
 
     @property
     def top_k(self) -> int:
@@ -139,7 +158,7 @@ class SpadeModel:
         return min(self.config.top_k_images, self.n_train)
 
     def score_features(self, features: Mapping[str, Any]) -> tuple[Array, Array]:
-        """Backbone features of B images -> (maps (B, S, S) float32, scores (B,) float32)."""
+        """Backbone features of B images -> (maps (B, S, S) float32, scores (B,) float32); jitted."""
         keys = _feature_keys(self.config)
         checked = common.check_features(features, keys)
         for key in keys:
@@ -148,11 +167,16 @@ class SpadeModel:
                     f"features[{key!r}]: expected per-image shape {self.train_features[key].shape[1:]} "
                     f"as in training, got {checked[key].shape[1:]}"
                 )
-        return score_spade_features(self.train_features, checked, self.config, self.top_k)
+        return _score_features_jit(self, checked)
 
-    def score(self, images: Any, batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 images (B, S, S, 3) -> (maps (B, S, S) float32, scores (B,) float32), in batches."""
-        return common.score_images(self, images, batch_size, progress, desc="SPADE scoring")
+    def score(
+        self, images: Any, batch_size: int = 8, *, backbone: Any = None, progress: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Maps (N, S, S) float32 and scores (N,) float32 of `images`, in batches, as numpy arrays.
+
+        `images` and `backbone` as for `PatchCoreModel.score`.
+        """
+        return common.score_in_batches(self, images, batch_size, backbone, progress, _score_images_jit, "SPADE score")
 
 
 def _feature_keys(config: SpadeConfig) -> list[str]:
@@ -162,33 +186,31 @@ def _feature_keys(config: SpadeConfig) -> list[str]:
 def fit_features(
     features: Mapping[str, Any],
     config: SpadeConfig,
-    backbone_name: str | None = None,
-    weights_sha256: str = "",
     *,
-    backbone: Any = None,
+    backbone_name: str | None = None,
+    weights_sha256: str | None = None,
 ) -> SpadeModel:
-    """Stores the training features {"pooled": (N, c), "level<l>": (N, h_l, w_l, c_l)}."""
+    """Stores the training features {"pooled": (N, c), "level<l>": (N, h_l, w_l, c_l)}; extra keys ignored."""
     if not isinstance(config, SpadeConfig):
         raise ValueError(f"config: expected a SpadeConfig, got {type(config).__name__}")
-    checked = common.check_features(features, _feature_keys(config))
     return SpadeModel(
+        train_features=common.check_features(features, _feature_keys(config)),
         config=config,
-        train_features=checked,
-        backbone_name=backbone_name if backbone_name is not None else config.backbone,
+        backbone_name=config.backbone if backbone_name is None else backbone_name,
         weights_sha256=weights_sha256,
-        n_train=int(checked["pooled"].shape[0]),
-        backbone=backbone,
     )
 
 
 def fit(
-    images: Any, config: SpadeConfig, backbone: Any = None, *, batch_size: int = 16, progress: bool = True
+    images: Any, config: SpadeConfig, backbone: Any = None, *, batch_size: int = 8, progress: bool = True
 ) -> SpadeModel:
-    """uint8 training images (N, S, S, 3) -> fitted SpadeModel (backbone loaded from the config if None)."""
+    """Fits on nominal `images` (uint8 (N, S, S, 3), iterable of batches, or paths); returns the model
+    bound to `backbone` (loaded by `config.backbone` when None)."""
     if not isinstance(config, SpadeConfig):
         raise ValueError(f"config: expected a SpadeConfig, got {type(config).__name__}")
-    backbone = common.resolve_backbone(backbone, config.backbone)
+    backbone = common.check_fit_backbone(backbone, config)
     features = common.extract_features(
-        backbone, images, config.output_size, _feature_keys(config), batch_size, progress, desc="SPADE features"
+        backbone, images, config, _feature_keys(config), batch_size, progress, "SPADE fit"
     )
-    return fit_features(features, config, backbone.name, backbone.weights_sha256, backbone=backbone)
+    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
+    return model.bind(backbone)

@@ -87,7 +87,7 @@ def _coverage(signed_distance: np.ndarray, size: int) -> np.ndarray:
 
 def _texture(image: np.ndarray) -> _Render:
     size = image.shape[0]
-    # Through a hole in a texture one sees a dark backing, slightly uneven.
+    # Through a hole in a texture one sees a dark backing (sensor noise is added later, as everywhere).
     backing = np.full_like(image, 0.06)
     return _Render(image=image, material=np.ones((size, size), dtype=bool), backdrop=backing)
 
@@ -120,7 +120,7 @@ def _render_grain(rng: np.random.Generator, size: int) -> _Render:
     # Long along x, short along y: wood-like grain; a fresh random field for every image.
     field = scipy.ndimage.gaussian_filter(noise, sigma=(0.012 * size, 0.08 * size), mode="wrap")
     field /= field.std() + 1e-6
-    x, y = _grid(size)
+    _, y = _grid(size)
     rings = np.sin(2 * np.pi * (y * 9.0 + 0.35 * field + rng.uniform(0, 1)))
     weight = np.clip(0.5 + 0.25 * rings + 0.12 * field, 0.0, 1.0)
     return _texture(_mix((0.45, 0.28, 0.14), (0.80, 0.60, 0.38), weight))
@@ -212,7 +212,7 @@ def _apply_defect(rng: np.random.Generator, render: _Render, defect: str) -> tup
             if defect == "blob":
                 region = _blob_region(rng, x, y, cx, cy, max(rng.uniform(0.04, 0.08), 3 * pixel))
             elif defect == "color_spot":
-                region = np.hypot(x - cx, y - cy) < max(rng.uniform(0.025, 0.045), 2 * pixel)
+                region = np.hypot(x - cx, y - cy) < max(rng.uniform(0.03, 0.05), 2 * pixel)
             else:  # scratch: a thin segment of random direction through (cx, cy)
                 direction = rng.uniform(0, np.pi)
                 half_length = rng.uniform(0.1, 0.22)
