@@ -181,9 +181,13 @@ class RunSettings:
 
 def _features_for(
     split_name: str, dataset_obj: Any, settings: RunSettings, category: str, backbone: Any,
-    loaded: Any | None,
-) -> tuple[dict[str, np.ndarray], float, bool, Any | None, float]:
-    """(features, backbone seconds, from cache?, loaded Split or None, seconds spent loading images)."""
+    loaded: Any | None = None,
+) -> tuple[dict[str, np.ndarray], float, bool, float]:
+    """(features, backbone seconds, from the cache?, seconds spent loading images) of one split.
+
+    ``loaded``: the split's images when the caller has them already; otherwise they are read only if
+    the cache cannot supply the features.
+    """
     cache = feature_io.FeatureCache(settings.feature_cache) if settings.feature_cache else None
     paths = [str(s.image_path) for s in dataset_obj.samples(split_name)]
     entry = None
@@ -192,7 +196,7 @@ def _features_for(
                             settings.image_size, settings.crop)
         hit = cache.load(entry, paths)
         if hit is not None:
-            return hit[0], hit[1], True, loaded, 0.0
+            return hit[0], hit[1], True, 0.0
     load_seconds = 0.0
     if loaded is None:
         start = time.perf_counter()
@@ -205,7 +209,7 @@ def _features_for(
     if cache is not None and entry is not None:
         cache.store(entry, feats, paths, seconds, extra={"backbone": backbone.name,
                                                          "weights_sha256": backbone.weights_sha256})
-    return feats, seconds, False, loaded, load_seconds
+    return feats, seconds, False, load_seconds
 
 
 def _wait_for_arrays(model: Any) -> None:
@@ -248,8 +252,6 @@ def run_category(
     spec: DatasetSpec, method: MethodSpec, config: Any, backbone: Any, category: str, settings: RunSettings,
 ) -> dict[str, Any]:
     """Fit and evaluate one category; returns its results entry (DESIGN §3 keys plus extras)."""
-    import jax
-
     from subspace_jax import metrics
 
     reset_peak_rss()
@@ -261,8 +263,8 @@ def run_category(
                             progress=settings.progress)
     timings["load_test"] = time.perf_counter() - start
 
-    train_feats, train_backbone_s, train_cached, _, train_load_s = _features_for(
-        "train", dataset_obj, settings, category, backbone, None)
+    train_feats, train_backbone_s, train_cached, train_load_s = _features_for(
+        "train", dataset_obj, settings, category, backbone)
     timings["load_train"] = train_load_s
     timings["backbone_train"] = train_backbone_s
     n_train = int(next(iter(train_feats.values())).shape[0])
@@ -274,7 +276,7 @@ def run_category(
     timings["fit"] = time.perf_counter() - start
     del train_feats
 
-    test_feats, test_backbone_s, test_cached, _, _ = _features_for(
+    test_feats, test_backbone_s, test_cached, _ = _features_for(
         "test", dataset_obj, settings, category, backbone, test)
     timings["backbone_test"] = test_backbone_s
 
