@@ -34,8 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from subspace_jax import omp as omp_lib
+from subspace_jax.backbones.registry import REGISTRY as _BACKBONE_REGISTRY
+from subspace_jax.data.images import read_image, resize_image
 
-BACKBONE_NAMES = ("resnet18", "resnet50", "wide_resnet50_2", "efficientnet_lite0")
+BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 SAMPLING_MODES = ("subspace", "random", "none")
 RECONSTRUCTION_MODES = ("image", "pixel")
 FUSION_MODES = ("sum", "mean", "product")
@@ -71,17 +73,22 @@ class Config:
         (all training images are candidates).
       lam: λ, the number of candidate images kept by sampling (ignored by ``"none"``).
       k: atoms per test map in image mode (at most ``lam`` when sampling).
-      tol: relative OMP tolerance ε; pursuit stops once ‖e‖² ≤ ε‖y‖² (0 = always ``k`` atoms).
+      tol: relative OMP tolerance ε of every pursuit (sampling and reconstruction): it stops once
+        ‖e‖² ≤ ε‖y‖² (0: ``k`` atoms unless the target is rebuilt exactly first).
       reconstruction: ``"image"`` (whole maps are atoms, the paper) or ``"pixel"`` (each pixel's
         feature vector is rebuilt from the candidate images' vectors in a window around it).
-      radius: window radius r of pixel mode; atoms come from the (2r+1)² neighbourhood.
+      radius: window radius r of pixel mode; atoms come from the (2r+1)² neighbourhood of m
+        candidate images (m = lam, or N with ``sampling="none"``), so each pixel pursues over
+        m·(2r+1)² atoms and one row's (w_l, m·(2r+1)², c_l) float32 block is held at a time:
+        with "none" and a large N prefer sampling.
       pixel_k: atoms per pixel in pixel mode.
       normalize_selection: select atoms by normalised correlation (the least-squares fit always
         uses the raw features).
       fusion: how level maps are combined after upsampling: ``"sum"``, ``"mean"``, ``"product"``.
       sigma: Gaussian smoothing of the fused map in pixels (0 disables it).
-      bank_dtype: storage dtype of the banks, ``"float32"`` or ``"bfloat16"`` (Gram matrices and
-        all arithmetic stay float32).
+      bank_dtype: storage dtype of the banks, ``"float32"`` or ``"bfloat16"``: bfloat16 halves the
+        stored bank (and checkpoints); Gram matrices and all arithmetic stay float32, so scoring
+        upcasts the bank inside the jitted function (a transient float32 copy on CPU).
       seed: seed of ``"random"`` sampling.
 
     ``k = 10`` and ``lam = 30`` are provisional defaults (the paper's banks span λ = 10..50 and its
@@ -110,15 +117,26 @@ class Config:
         def fail(name: str, expected: str) -> None:
             raise ValueError(f"Config.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        if self.backbone not in BACKBONE_NAMES:
-            fail("backbone", f"one of {BACKBONE_NAMES}")
-        if not _is_int(self.image_size) or self.image_size < 32:
-            fail("image_size", "an int >= 32")
+        def choice(name: str, options: tuple) -> None:
+            if getattr(self, name) not in options:
+                fail(name, f"one of {options}")
+
+        def integer(name: str, minimum: int | None) -> None:
+            value = getattr(self, name)
+            if not _is_int(value) or (minimum is not None and value < minimum):
+                fail(name, "an int" if minimum is None else f"an int >= {minimum}")
+
+        def number(name: str, low: float, high: float) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+                fail(name, f"a number in [{low}, {high})")
+            object.__setattr__(self, name, float(value))
+
+        choice("backbone", BACKBONE_NAMES)
+        integer("image_size", 32)
         if self.crop is not None and (not _is_int(self.crop) or not 32 <= self.crop <= self.image_size):
             fail("crop", f"None or an int in [32, image_size={self.image_size}]")
-        levels = self.levels
-        if _is_int(levels):
-            levels = (levels,)
+        levels = (self.levels,) if _is_int(self.levels) else self.levels
         if (
             not isinstance(levels, (tuple, list))
             or not levels
@@ -129,34 +147,21 @@ class Config:
         object.__setattr__(self, "levels", tuple(sorted(int(level) for level in levels)))
         if self.sampling_level != "pooled" and not (_is_int(self.sampling_level) and self.sampling_level in LEVELS):
             fail("sampling_level", "a level in {1, 2, 3, 4} or 'pooled'")
-        if self.sampling not in SAMPLING_MODES:
-            fail("sampling", f"one of {SAMPLING_MODES}")
-        if not _is_int(self.lam) or self.lam < 1:
-            fail("lam", "an int >= 1")
-        if not _is_int(self.k) or self.k < 1:
-            fail("k", "an int >= 1")
+        choice("sampling", SAMPLING_MODES)
+        integer("lam", 1)
+        integer("k", 1)
         if self.sampling != "none" and self.reconstruction == "image" and self.k > self.lam:
             fail("k", f"at most lam={self.lam} (image mode picks k atoms among the lam sampled images)")
-        if isinstance(self.tol, bool) or not isinstance(self.tol, (int, float)) or not 0.0 <= self.tol < 1.0:
-            fail("tol", "a float in [0, 1)")
-        if self.reconstruction not in RECONSTRUCTION_MODES:
-            fail("reconstruction", f"one of {RECONSTRUCTION_MODES}")
-        if not _is_int(self.radius) or self.radius < 0:
-            fail("radius", "an int >= 0")
-        if not _is_int(self.pixel_k) or self.pixel_k < 1:
-            fail("pixel_k", "an int >= 1")
+        number("tol", 0.0, 1.0)
+        choice("reconstruction", RECONSTRUCTION_MODES)
+        integer("radius", 0)
+        integer("pixel_k", 1)
         if not isinstance(self.normalize_selection, bool):
             fail("normalize_selection", "a bool")
-        if self.fusion not in FUSION_MODES:
-            fail("fusion", f"one of {FUSION_MODES}")
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or not self.sigma >= 0:
-            fail("sigma", "a number >= 0")
-        if self.bank_dtype not in BANK_DTYPES:
-            fail("bank_dtype", f"one of {BANK_DTYPES}")
-        if not _is_int(self.seed):
-            fail("seed", "an int")
-        object.__setattr__(self, "tol", float(self.tol))
-        object.__setattr__(self, "sigma", float(self.sigma))
+        choice("fusion", FUSION_MODES)
+        number("sigma", 0.0, math.inf)
+        choice("bank_dtype", BANK_DTYPES)
+        integer("seed", None)
 
     @property
     def output_size(self) -> int:
@@ -240,7 +245,8 @@ class Model:
         Args:
           images: uint8 (B, S, S, 3) array, an iterable of such batches, or a list of image paths
             (read, resized to ``image_size`` and centre-cropped); S = ``config.output_size``.
-          batch_size: images per compiled call; the last batch is padded so there is one compilation.
+          batch_size: images per compiled call (at most the number of images); the last batch is
+            padded so there is one compilation.
           backbone: the backbone to use; by default the one ``fit`` used, else loaded by name. Its
             weights must be the ones the bank was built with.
           timings: when given, the four stages run as separately jitted functions and their
@@ -251,11 +257,11 @@ class Model:
         Returns:
           maps (B, S, S) float32 and scores (B,) float32 (the maximum of each map), as numpy arrays.
         """
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+        batch_size = _batch_size_for(images, batch_size)
         bound = self._bound_backbone(backbone)
         maps, scores = [], []
-        for batch in _progress(_iter_batches(images, self.config, batch_size), progress, "score"):
+        batches = _iter_batches(images, self.config, batch_size)
+        for batch in _progress(batches, progress, "score", _n_batches(images, batch_size)):
             n = batch.shape[0]
             padded = _pad_batch(batch, batch_size)
             if timings is None:
@@ -300,15 +306,9 @@ class _BoundBackbone(NamedTuple):
 
     @classmethod
     def of(cls, backbone: Any) -> _BoundBackbone:
-        # pure() is called once per backbone so the jitted scorer, keyed on apply_fn, compiles once.
-        cached = getattr(backbone, "_subspace_jax_pure", None)
-        if cached is None:
-            cached = backbone.pure()
-            try:
-                backbone._subspace_jax_pure = cached
-            except AttributeError:
-                pass
-        apply_fn, params = cached
+        # The jitted scorers take apply_fn as a static argument: a backbone's pure() returns its bound
+        # method, equal from call to call, so scoring compiles once per backbone and batch shape.
+        apply_fn, params = backbone.pure()
         return cls(backbone, apply_fn, params)
 
 
@@ -392,33 +392,64 @@ def fit(
 
     Args:
       images: uint8 (N, S, S, 3) array with S = ``config.output_size``, an iterable of such
-        batches, or a list of image paths (read, resized to ``image_size``, centre-cropped).
+        batches, or a list of image paths (read and resized like the dataset loaders:
+        ``subspace_jax.data.read_image`` then ``resize_image(image, image_size, crop)``).
       config: the model configuration.
       backbone: a loaded backbone whose ``name`` is ``config.backbone``; loaded by name if None.
       batch_size: images per backbone call.
       progress: show a progress bar.
     """
-    if not isinstance(config, Config):
-        raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
     if backbone is None:
         from subspace_jax import backbones
 
+        if not isinstance(config, Config):
+            raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
         backbone = backbones.load(config.backbone)
+    features = extract_features(images, config, backbone, batch_size=batch_size, progress=progress, desc="fit")
+    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
+    return model.bind(backbone)
+
+
+def extract_features(
+    images: ImageSource,
+    config: Config,
+    backbone: Any,
+    *,
+    keys: tuple[str, ...] | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "features",
+) -> dict[str, np.ndarray]:
+    """Backbone features of ``images`` in batches, as host arrays (for ``fit_features`` or caches).
+
+    Args:
+      images: as for ``fit``.
+      config: gives the image size and, by default, the keys (``config.feature_keys``).
+      backbone: a loaded backbone whose ``name`` is ``config.backbone``.
+      keys: feature keys to keep ("level1".."level4", "pooled"); the others are never computed.
+      batch_size: images per compiled call; the last batch is padded (one compilation).
+      progress: show a progress bar labelled ``desc``.
+
+    Returns:
+      key -> (N, h, w, c) float32 (or (N, c) for "pooled") numpy arrays.
+    """
+    if not isinstance(config, Config):
+        raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
     if backbone.name != config.backbone:
         raise ValueError(f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}")
+    batch_size = _batch_size_for(images, batch_size)
     bound = _BoundBackbone.of(backbone)
-    keys = config.feature_keys
+    keys = config.feature_keys if keys is None else tuple(keys)
     chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-    for batch in _progress(_iter_batches(images, config, batch_size), progress, "fit"):
+    batches = _iter_batches(images, config, batch_size)
+    for batch in _progress(batches, progress, desc, _n_batches(images, batch_size)):
         n = batch.shape[0]
         out = _extract_jit(bound.apply_fn, keys, bound.params, _pad_batch(batch, batch_size))
         for key in keys:
             chunks[key].append(np.asarray(out[key][:n]))
     if not chunks[keys[0]]:
-        raise ValueError("images: expected at least one training image, got none")
-    features = {key: np.concatenate(value) for key, value in chunks.items()}
-    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
-    return model.bind(backbone)
+        raise ValueError("images: expected at least one image, got none")
+    return {key: np.concatenate(value) for key, value in chunks.items()}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -429,6 +460,22 @@ def _extract_jit(apply_fn, keys, params, images):
 
 # ---------------------------------------------------------------------------------------------
 # The pure scorer
+
+
+def _full_float32(fn: Callable) -> Callable:
+    """Run ``fn``'s matrix products at full float32 precision.
+
+    Accelerators may round float32 products to TF32 or bfloat16 by default; residuals are small
+    differences of large terms, so the pursuit and the reconstruction ask for full precision (on
+    CPU this changes nothing).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with jax.default_matmul_precision("highest"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class Candidates(NamedTuple):
@@ -442,6 +489,7 @@ class Candidates(NamedTuple):
     valid: Array
 
 
+@_full_float32
 def sample_candidates(model: Model, features: Features) -> Candidates:
     """Per test image, the candidate training images of the reconstruction (pure, jittable).
 
@@ -467,7 +515,7 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
 
 def _omp_on_bank(bank: Array, gram: Array, targets: Array, k: int, candidates: Array | None, cfg: Config):
     """Batch-OMP of float32 targets (B, d) on a bank (N, d) with its Gram matrix (N, N)."""
-    alpha = jnp.matmul(targets, bank.astype(jnp.float32).T, precision=jax.lax.Precision.HIGHEST)
+    alpha = targets @ bank.astype(jnp.float32).T
     return omp_lib.omp_gram(
         gram,
         alpha,
@@ -487,6 +535,7 @@ def candidate_mask(candidates: Candidates, n_train: int) -> Array:
     return hits > 0
 
 
+@_full_float32
 def reconstruct_levels(model: Model, features: Features, candidates: Candidates) -> dict[str, Array]:
     """Per reconstruction level, the (B, h_l, w_l) channel norm of the reconstruction residual."""
     cfg = model.config
@@ -710,7 +759,8 @@ def _iter_batches(images: ImageSource, config: Config, batch_size: int) -> Itera
         return
     if isinstance(images, (list, tuple)) and images and all(isinstance(p, (str, os.PathLike)) for p in images):
         for start in range(0, len(images), batch_size):
-            yield np.stack([read_image(p, config) for p in images[start : start + batch_size]])
+            paths = images[start : start + batch_size]
+            yield np.stack([resize_image(read_image(p), config.image_size, config.crop) for p in paths])
         return
     if not isinstance(images, Iterable):
         raise ValueError(f"images: expected an array, an iterable of batches or a list of paths, got {type(images).__name__}")
@@ -718,23 +768,6 @@ def _iter_batches(images: ImageSource, config: Config, batch_size: int) -> Itera
         batch = _check_batch(batch, config, f"images (batch {index})")
         for start in range(0, batch.shape[0], batch_size):
             yield batch[start : start + batch_size]
-
-
-def read_image(path: str | os.PathLike, config: Config) -> np.ndarray:
-    """Read an image file as uint8 (S, S, 3): RGB, bilinear resize to ``image_size``, centre crop."""
-    from PIL import Image
-
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB").resize((config.image_size, config.image_size), Image.BILINEAR)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read as an image ({error})") from error
-    array = np.asarray(image, dtype=np.uint8)
-    if config.crop is not None:
-        top = (config.image_size - config.crop) // 2
-        array = array[top : top + config.crop, top : top + config.crop]
-    return array
 
 
 def _pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:
@@ -745,9 +778,26 @@ def _pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
 
 
-def _progress(iterable: Iterable, enabled: bool, desc: str) -> Iterable:
+def _n_images(images: ImageSource) -> int | None:
+    return len(images) if isinstance(images, (np.ndarray, jax.Array, list, tuple)) else None
+
+
+def _n_batches(images: ImageSource, batch_size: int) -> int | None:
+    n = _n_images(images)
+    return None if n is None else -(-n // batch_size)
+
+
+def _batch_size_for(images: ImageSource, batch_size: int) -> int:
+    """``batch_size``, lowered to the number of images when fewer are given (less padding)."""
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    n = _n_images(images)
+    return max(1, min(batch_size, n)) if n else batch_size
+
+
+def _progress(batches: Iterable, enabled: bool, desc: str, total: int | None = None) -> Iterable:
     if not enabled:
-        return iterable
+        return batches
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, unit="batch")
+    return tqdm(batches, desc=desc, unit="batch", total=total)
