@@ -4,7 +4,7 @@
         [--k 1 3 5 10] [--lam 10 20 30 50] [-- any other experiments/mtd.py flags]
 
 Each grid point is one ``experiments/mtd.py`` run (in this process) writing ``<out>/k<k>-lam<lam>/``;
-points already finished there are reused. ``<out>/grid.md`` and ``grid.json`` hold pixel AUROC and PRO
+points already finished there are reused; k > lam is skipped (k atoms are chosen among lam images). ``<out>/grid.md`` and ``grid.json`` hold pixel AUROC and PRO
 per point and the best point by PRO (ties: pixel AUROC). The grid is evaluated on MTD's test set, so
 parameters chosen from it are tuned on the data they are reported on: state that bias with them.
 """
@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     grid: dict[str, dict] = {}
     for k in args.k:
         for lam in args.lam:
+            if k > lam:  # the model picks k atoms among the lam sampled images: no such setting
+                continue
             name = f"k{k}-lam{lam}"
             out = args.out / name
             run_argv = ["--data-root", str(args.data_root), "--feature-cache", str(args.feature_cache),
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for k in args.k:
         cells = [f"{100 * grid[f'k{k}-lam{lam}']['pixel_auroc']:.1f} / {100 * grid[f'k{k}-lam{lam}']['pro']:.1f}"
-                 for lam in args.lam]
+                 if f"k{k}-lam{lam}" in grid else "(k > lam)" for lam in args.lam]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", f"Best by PRO (ties: pixel AUROC): k={best['k']}, lam={best['lam']} "
               f"(pixel AUROC {100 * best['pixel_auroc']:.1f}, PRO {100 * best['pro']:.1f})."]
