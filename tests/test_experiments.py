@@ -55,6 +55,17 @@ def test_published_lookup_in_fractions():
 
 @dataclasses.dataclass(frozen=True)
 class _ToyConfig:
+    """A config in the package's style.
+
+    Attributes:
+      k: atoms per map,
+        at most ``lam``.
+      sigma, crop: two fields described at once.
+      levels: backbone levels.
+
+    Text after the attributes is not a description.
+    """
+
     k: int = 5
     sigma: float = 4.0
     crop: int | None = None
@@ -85,6 +96,14 @@ def test_every_config_field_is_a_flag_with_its_type():
     assert isinstance(config.levels, tuple)
     assert _parse(["--sampling-level", "3"]).sampling_level == 3  # int read before str
     assert _parse(["--crop", "none"]).crop is None
+
+
+def test_flag_help_comes_from_the_attributes_docstring(capsys):
+    assert cli.field_docs(_ToyConfig) == {"k": "atoms per map, at most lam.", "sigma": "two fields described at once.",
+                                          "crop": "two fields described at once.", "levels": "backbone levels."}
+    with pytest.raises(SystemExit):
+        _parse(["--help"])
+    assert "atoms per map, at most lam. (default: 5)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_unset_flags_keep_the_given_defaults():

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import re
 import types
 import typing
 from typing import Any, Callable, Literal, Union
@@ -87,6 +89,35 @@ def _optional(tp: Any) -> bool:
     return _is_union(tp) and type(None) in typing.get_args(tp)
 
 
+def field_docs(config_cls: type) -> dict[str, str]:
+    """Field name -> description, read from the "Attributes:" section of a Google-style class docstring
+    (``name: text`` or ``a, b: text``, continuation lines indented deeper)."""
+    docs: dict[str, str] = {}
+    lines = inspect.cleandoc(config_cls.__doc__ or "").splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:") + 1
+    except StopIteration:
+        return docs
+    current: list[str] = []
+    indent = None
+    for line in lines[start:]:
+        if not line.strip():
+            break
+        depth = len(line) - len(line.lstrip())
+        match = re.match(r"^\s*([\w, ]+):\s+(.*)$", line)
+        if match and (indent is None or depth <= indent):
+            indent = depth
+            current = [name.strip() for name in match.group(1).split(",")]
+            for name in current:
+                docs[name] = match.group(2).strip()
+        elif indent is not None and depth > indent:
+            for name in current:
+                docs[name] += " " + line.strip()
+        else:
+            break
+    return {name: text.replace("``", "") for name, text in docs.items()}
+
+
 def _describe_default(value: Any) -> str:
     if isinstance(value, (tuple, list)):
         return " ".join(map(str, value))
@@ -103,6 +134,7 @@ def add_config_flags(
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config_cls: expected a dataclass type, got {config_cls!r}")
     hints = typing.get_type_hints(config_cls)
+    descriptions = field_docs(config_cls)
     group = parser.add_argument_group(title)
     names = []
     for field in dataclasses.fields(config_cls):
@@ -110,7 +142,8 @@ def add_config_flags(
             continue
         tp = hints[field.name]
         default = getattr(defaults, field.name)
-        doc = f"(default: {_describe_default(default)})"
+        doc = f"{descriptions.get(field.name, '')} (default: {_describe_default(default)})".lstrip()
+        doc = doc.replace("%", "%%")  # argparse formats help strings with %
         element = _sequence_element(tp)
         if tp is bool:
             group.add_argument(

@@ -341,7 +341,6 @@ def build_parser(spec: DatasetSpec, method: MethodSpec, defaults: Any) -> tuple[
             f"Fit and evaluate on {spec.title}; writes results.json and results.md to --out after every "
             "category, and prints our metrics beside the paper's published numbers."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     run = parser.add_argument_group("run")
     run.add_argument("--data-root", type=Path, default=None,
@@ -350,24 +349,26 @@ def build_parser(spec: DatasetSpec, method: MethodSpec, defaults: Any) -> tuple[
         run.add_argument("--categories", nargs="+", default=list(spec.categories), metavar="NAME",
                          help=f"categories to run, from: {' '.join(spec.categories)}")
     run.add_argument("--method", default="subspace", choices=METHOD_CHOICES,
-                     help="model family: the paper's subspace-guided reconstruction or a baseline")
+                     help="model family: the paper's subspace-guided reconstruction (default) or a baseline; "
+                          "the flags below are that family's Config fields")
     config_fields = {f.name for f in dataclasses.fields(method.config_cls)}
     for name, default in _RUNNER_SETTINGS.items():
         if name not in config_fields:  # a Config that carries these owns their flags
             run.add_argument(cli.flag_name(name), dest=name, default=default,
-                             type=str if name == "backbone" else int)
+                             type=str if name == "backbone" else int, help=f"(default: {default})")
     run.add_argument("--weights", type=Path, default=None,
                      help="backbone weight file (default: the backbone's own cache or download)")
     run.add_argument("--out", type=Path, default=None,
                      help=f"output folder (default: results/{spec.name}/<timestamp>)")
     run.add_argument("--save-maps", type=int, default=0, metavar="N",
                      help="save figures of the N best and N worst defective test images per category, "
-                          "ranked by per-image pixel AUROC")
+                          "ranked by per-image pixel AUROC (default: 0, none)")
     run.add_argument("--resume", action="store_true",
                      help="skip the categories already in --out/results.json (same configuration only)")
     run.add_argument("--feature-cache", type=Path, default=None, metavar="DIR",
                      help="store and reuse backbone features under DIR (.npy per level)")
-    run.add_argument("--batch-size", type=int, default=16, help="images per backbone forward pass")
+    run.add_argument("--batch-size", type=int, default=16,
+                     help="images per backbone forward pass and per scoring call (default: 16)")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     names = cli.add_config_flags(parser, method.config_cls, defaults, f"{method.name} configuration")
     return parser, names
