@@ -1,0 +1,508 @@
+"""The experiment loop shared by ``experiments/mvtec.py``, ``btad.py`` and ``mtd.py``.
+
+Per category: load the splits, compute (or read cached) backbone features, fit on the training
+features, score the test features, compute the metrics, optionally save figures, and rewrite
+``results.json`` / ``results.md`` atomically, so an interrupted run keeps every finished category and
+``--resume`` continues from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import functools
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from subspace_jax.runner import cli, features as feature_io, figures, results
+
+METHOD_CHOICES: tuple[str, ...] = ("subspace", "patchcore", "spade")
+DEFAULT_BACKBONE = "wide_resnet50_2"
+_RUNNER_SETTINGS = {"backbone": DEFAULT_BACKBONE, "image_size": 256, "crop": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What distinguishes one benchmark script from another; everything else is shared.
+
+    ``open(root, category)`` returns a dataset with ``.samples(split)`` and ``.load(split, ...)``.
+    ``config_overrides[method]`` replaces that method's Config defaults for this dataset (the paper's
+    per-dataset settings).
+    """
+
+    name: str
+    title: str
+    env_var: str
+    categories: tuple[str, ...]
+    open: Callable[[Path, str], Any]
+    config_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """A model family: its frozen Config class, ``fit_features(features, config, *, backbone_name,
+    weights_sha256) -> model``, and ``score(model, features, timings) -> (maps, scores)``, which adds
+    seconds per stage to ``timings``."""
+
+    name: str
+    config_cls: type
+    fit_features: Callable[..., Any]
+    score: Callable[[Any, Mapping[str, np.ndarray], dict], tuple[Any, Any]]
+
+
+def _timed(timings: dict, stage: str, fn: Callable, *args: Any) -> Any:
+    import jax
+
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+    return out
+
+
+@functools.cache
+def _subspace_stages() -> tuple[Callable, Callable, Callable]:
+    import jax
+
+    from subspace_jax import model
+
+    return (jax.jit(model.sample_candidates), jax.jit(model.reconstruct_levels),
+            jax.jit(model.fuse_maps, static_argnums=(1, 2)))
+
+
+def _score_subspace(model: Any, features: Mapping[str, np.ndarray], timings: dict) -> tuple[Any, Any]:
+    """The model's three scoring stages (the ones ``Model.score(timings=...)`` reports after the backbone),
+    each jitted and timed on its own."""
+    sample, reconstruct, fuse = _subspace_stages()
+    feats = {key: features[key] for key in model.config.feature_keys}
+    size = model.config.output_size
+    candidates = _timed(timings, "sampling", sample, model, feats)
+    level_maps = _timed(timings, "reconstruction", reconstruct, model, feats, candidates)
+    return _timed(timings, "maps", fuse, level_maps, (size, size), model.config)
+
+
+def _score_whole(model: Any, features: Mapping[str, np.ndarray], timings: dict) -> tuple[Any, Any]:
+    """Baselines score in one call: their time is one stage, "scoring"."""
+    return _timed(timings, "scoring", model.score_features, features)
+
+
+def resolve_method(name: str) -> MethodSpec:
+    """The Config class, feature-level fit and staged scorer of ``--method name``."""
+    if name == "subspace":
+        from subspace_jax import model
+
+        return MethodSpec(name, model.Config, model.fit_features, _score_subspace)
+    from subspace_jax.baselines import METHODS
+
+    if name not in METHODS:
+        raise ValueError(f"--method: expected one of {', '.join(METHOD_CHOICES)}, got {name!r}")
+    config_cls, module = METHODS[name]
+    return MethodSpec(name, config_cls, module.fit_features, _score_whole)
+
+
+def default_config(spec: DatasetSpec, method: MethodSpec) -> Any:
+    """The method's Config with this dataset's overrides applied."""
+    names = {f.name for f in dataclasses.fields(method.config_cls)}
+    overrides = dict(spec.config_overrides.get(method.name, {}))
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"{spec.name} overrides {unknown} are not fields of {method.config_cls.__name__}")
+    return dataclasses.replace(method.config_cls(), **overrides)
+
+
+def config_dict(method: MethodSpec, config: Any, settings: Mapping[str, Any], weights_sha256: str) -> dict:
+    """What identifies a run's results (stored in results.json and compared on --resume)."""
+    body = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+    return results.jsonable({"method": method.name, **settings, **body, "weights_sha256": weights_sha256})
+
+
+# --- memory -------------------------------------------------------------------------------------------
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (Linux: VmHWM) so the next reading covers one category."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # not Linux or not permitted: the reading then covers the whole process so far
+
+
+def peak_memory_mib() -> dict[str, float | None]:
+    """Peak host RSS (MiB) since the last reset, and the accelerator's peak bytes in use (process
+    lifetime; None on CPU, where JAX reports no device statistics)."""
+    rss = None
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                rss = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    if rss is None:
+        import resource
+
+        scale = 1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+    device = None
+    try:
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats()
+        if stats and "peak_bytes_in_use" in stats:
+            device = stats["peak_bytes_in_use"] / 2**20
+    except Exception:  # noqa: BLE001 - statistics are optional on every backend
+        device = None
+    return {"rss_mib": rss, "device_mib": device}
+
+
+# --- one category ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """The runner-side settings of one invocation (not part of the model's Config)."""
+
+    dataset: str
+    data_root: Path
+    out_dir: Path
+    image_size: int
+    crop: int | None
+    batch_size: int = 16
+    save_maps: int = 0
+    feature_cache: Path | None = None
+    progress: bool = True
+
+
+def _features_for(
+    split_name: str, dataset_obj: Any, settings: RunSettings, category: str, backbone: Any,
+    loaded: Any | None = None,
+) -> tuple[dict[str, np.ndarray], float, bool, float]:
+    """(features, backbone seconds, from the cache?, seconds spent loading images) of one split.
+
+    ``loaded``: the split's images when the caller has them already; otherwise they are read only if
+    the cache cannot supply the features.
+    """
+    cache = feature_io.FeatureCache(settings.feature_cache) if settings.feature_cache else None
+    paths = [str(s.image_path) for s in dataset_obj.samples(split_name)]
+    entry = None
+    if cache is not None:
+        entry = cache.entry(settings.dataset, category, split_name, backbone.name, backbone.weights_sha256,
+                            settings.image_size, settings.crop)
+        hit = cache.load(entry, paths)
+        if hit is not None:
+            return hit[0], hit[1], True, 0.0
+    load_seconds = 0.0
+    if loaded is None:
+        start = time.perf_counter()
+        loaded = dataset_obj.load(split_name, image_size=settings.image_size, crop=settings.crop,
+                                  progress=settings.progress)
+        load_seconds = time.perf_counter() - start
+    feats, seconds = feature_io.extract_features(
+        backbone, loaded.images, settings.batch_size, settings.progress, desc=f"{category} {split_name} backbone"
+    )
+    if cache is not None and entry is not None:
+        cache.store(entry, feats, paths, seconds, extra={"backbone": backbone.name,
+                                                         "weights_sha256": backbone.weights_sha256})
+    return feats, seconds, False, load_seconds
+
+
+def _wait_for_arrays(model: Any) -> None:
+    """Block until the device arrays a fitted model holds are computed (JAX dispatch is asynchronous)."""
+    import jax
+
+    fields = vars(model) if hasattr(model, "__dict__") else {}
+    for leaf in jax.tree_util.tree_leaves(fields):
+        if isinstance(leaf, jax.Array):
+            leaf.block_until_ready()
+
+
+def score_in_batches(
+    method: MethodSpec, model: Any, features: Mapping[str, np.ndarray], batch_size: int, progress: bool,
+    timings: dict, desc: str = "scoring",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``method.score`` over fixed-size batches of precomputed features (the last one padded, so the
+    scorer compiles once and memory stays bounded). Returns maps (N,S,S) float32, scores (N,) float64.
+    """
+    from tqdm.auto import tqdm
+
+    n = int(next(iter(features.values())).shape[0])
+    batch = min(batch_size, n)
+    maps, scores = [], []
+    for lo in tqdm(range(0, n, batch), desc=desc, unit="batch", disable=not progress, leave=False):
+        block = {}
+        for level, value in features.items():
+            part = np.asarray(value[lo:lo + batch])
+            if part.shape[0] < batch:
+                part = np.concatenate([part, np.repeat(part[-1:], batch - part.shape[0], axis=0)], axis=0)
+            block[level] = part
+        real = min(batch, n - lo)
+        batch_maps, batch_scores = method.score(model, block, timings)
+        maps.append(np.asarray(batch_maps, dtype=np.float32)[:real])
+        scores.append(np.asarray(batch_scores, dtype=np.float64)[:real])
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def run_category(
+    spec: DatasetSpec, method: MethodSpec, config: Any, backbone: Any, category: str, settings: RunSettings,
+) -> dict[str, Any]:
+    """Fit and evaluate one category; returns its results entry (DESIGN §3 keys plus extras)."""
+    from subspace_jax import metrics
+
+    reset_peak_rss()
+    dataset_obj = spec.open(settings.data_root, category)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    test = dataset_obj.load("test", image_size=settings.image_size, crop=settings.crop,
+                            progress=settings.progress)
+    timings["load_test"] = time.perf_counter() - start
+
+    train_feats, train_backbone_s, train_cached, train_load_s = _features_for(
+        "train", dataset_obj, settings, category, backbone)
+    timings["load_train"] = train_load_s
+    timings["backbone_train"] = train_backbone_s
+    n_train = int(next(iter(train_feats.values())).shape[0])
+
+    start = time.perf_counter()
+    model = method.fit_features(train_feats, config, backbone_name=backbone.name,
+                                weights_sha256=backbone.weights_sha256)
+    _wait_for_arrays(model)
+    timings["fit"] = time.perf_counter() - start
+    del train_feats
+
+    test_feats, test_backbone_s, test_cached, _ = _features_for(
+        "test", dataset_obj, settings, category, backbone, test)
+    timings["backbone_test"] = test_backbone_s
+
+    start = time.perf_counter()
+    maps, scores = score_in_batches(method, model, test_feats, settings.batch_size, settings.progress, timings,
+                                    desc=f"{category} scoring")
+    timings["score_total"] = time.perf_counter() - start  # the stages plus batching and host copies
+    del test_feats
+
+    masks = np.asarray(test.masks, dtype=bool)
+    labels = np.asarray(test.labels)
+    if maps.shape != masks.shape:
+        raise ValueError(
+            f"category {category!r}: the model returned maps of shape {maps.shape} for masks of shape "
+            f"{masks.shape}; the maps must have the masks' size"
+        )
+    start = time.perf_counter()
+    has_both_labels = len(np.unique(labels)) == 2
+    entry: dict[str, Any] = {
+        "pixel_auroc": metrics.pixel_auroc(maps, masks),
+        "pro": metrics.pro(maps, masks),
+        "image_auroc": metrics.image_auroc(scores, labels) if has_both_labels else None,
+        "pixel_ap": metrics.pixel_ap(maps, masks),
+        "n_train": n_train,
+        "n_test": int(maps.shape[0]),
+        "fit_seconds": train_backbone_s + timings["fit"],
+        "score_seconds_per_image": (test_backbone_s + timings["score_total"]) / maps.shape[0],
+        "f1_max": metrics.f1_max(maps, masks),
+    }
+    timings["metrics"] = time.perf_counter() - start
+
+    if settings.save_maps > 0:
+        start = time.perf_counter()
+        written = figures.save_best_worst(
+            settings.out_dir / "figures" / category, np.asarray(test.images), masks, maps,
+            [f"{kind}/{Path(path).name}" for kind, path in zip(test.defect_types, test.paths)], settings.save_maps)
+        timings["figures"] = time.perf_counter() - start
+        entry["figures"] = [str(p.relative_to(settings.out_dir)) for p in written]
+
+    entry["timings"] = timings
+    entry["peak_memory"] = peak_memory_mib()
+    entry["features_cached"] = {"train": train_cached, "test": test_cached}
+    entry["finished"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    return entry
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+
+def _method_from_argv(argv: Sequence[str]) -> str:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--method", default="subspace", choices=METHOD_CHOICES)
+    known, _ = pre.parse_known_args(argv)
+    return known.method
+
+
+def build_parser(spec: DatasetSpec, method: MethodSpec, defaults: Any) -> tuple[argparse.ArgumentParser, list[str]]:
+    """The full parser for ``spec`` and ``method``: runner flags, then one flag per Config field."""
+    parser = argparse.ArgumentParser(
+        prog=f"experiments/{spec.name}.py",
+        description=(
+            f"Fit and evaluate on {spec.title}; writes results.json and results.md to --out after every "
+            "category, and prints our metrics beside the paper's published numbers."
+        ),
+    )
+    run = parser.add_argument_group("run")
+    run.add_argument("--data-root", type=Path, default=None,
+                     help=f"dataset folder (default: the environment variable {spec.env_var})")
+    if len(spec.categories) > 1:
+        run.add_argument("--categories", nargs="+", default=list(spec.categories), metavar="NAME",
+                         help=f"categories to run, from: {' '.join(spec.categories)}")
+    run.add_argument("--method", default="subspace", choices=METHOD_CHOICES,
+                     help="model family: the paper's subspace-guided reconstruction (default) or a baseline; "
+                          "the flags below are that family's Config fields")
+    config_fields = {f.name for f in dataclasses.fields(method.config_cls)}
+    for name, default in _RUNNER_SETTINGS.items():
+        if name not in config_fields:  # a Config that carries these owns their flags
+            run.add_argument(cli.flag_name(name), dest=name, default=default,
+                             type=str if name == "backbone" else int, help=f"(default: {default})")
+    run.add_argument("--weights", type=Path, default=None,
+                     help="backbone weight file (default: the backbone's own cache or download)")
+    run.add_argument("--out", type=Path, default=None,
+                     help=f"output folder (default: results/{spec.name}/<timestamp>)")
+    run.add_argument("--save-maps", type=int, default=0, metavar="N",
+                     help="save figures of the N best and N worst defective test images per category, "
+                          "ranked by per-image pixel AUROC (default: 0, none)")
+    run.add_argument("--resume", action="store_true",
+                     help="skip the categories already in --out/results.json (same configuration only)")
+    run.add_argument("--feature-cache", type=Path, default=None, metavar="DIR",
+                     help="store and reuse backbone features under DIR (.npy per level)")
+    run.add_argument("--batch-size", type=int, default=16,
+                     help="images per backbone forward pass and per scoring call (default: 16)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    names = cli.add_config_flags(parser, method.config_cls, defaults, f"{method.name} configuration")
+    return parser, names
+
+
+def _settings_value(config: Any, namespace: argparse.Namespace, name: str) -> Any:
+    return getattr(config, name) if hasattr(config, name) else getattr(namespace, name)
+
+
+@functools.lru_cache(maxsize=4)
+def load_backbone(name: str, weights: Path | None = None) -> Any:
+    """``backbones.load(name, weights)``, kept for the next run in the same process (notebooks, tests)."""
+    from subspace_jax import backbones
+
+    return backbones.load(name, weights=weights)
+
+
+def missing_weights_message(backbone_name: str, error: Exception) -> str:
+    return (
+        f"error: cannot load the {backbone_name} backbone: {error}\n"
+        "Put its ImageNet weights where the message above says (or pass --weights FILE), or run offline "
+        "with the packaged weights: --backbone efficientnet_lite0"
+    )
+
+
+def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark ``spec`` with command-line arguments ``argv``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    method = resolve_method(_method_from_argv(argv))
+    defaults = default_config(spec, method)
+    parser, names = build_parser(spec, method, defaults)
+    ns = parser.parse_args(argv)
+    try:
+        config = cli.config_from_namespace(defaults, ns, names)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+
+    data_root = ns.data_root or (Path(os.environ[spec.env_var]) if os.environ.get(spec.env_var) else None)
+    if data_root is None:
+        parser.error(f"--data-root: not given and {spec.env_var} is not set; pass the {spec.title} folder")
+    if not data_root.is_dir():
+        parser.error(f"--data-root: {data_root} is not a folder")
+    categories = list(getattr(ns, "categories", spec.categories))
+    unknown = [c for c in categories if c not in spec.categories]
+    if unknown:
+        parser.error(f"--categories: unknown {unknown}; expected names from {' '.join(spec.categories)}")
+    if ns.resume and ns.out is None:
+        parser.error("--resume: needs --out, the folder of the run to continue")
+    if ns.save_maps < 0:
+        parser.error(f"--save-maps: expected a count >= 0, got {ns.save_maps}")
+    if ns.batch_size < 1:
+        parser.error(f"--batch-size: expected a positive integer, got {ns.batch_size}")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir: Path = ns.out or Path("results") / spec.name / stamp
+    backbone_name = _settings_value(config, ns, "backbone")
+    image_size = _settings_value(config, ns, "image_size")
+    crop = _settings_value(config, ns, "crop")
+
+    # Before any work: a backbone without weights stops here, with what to do about it.
+    try:
+        backbone = load_backbone(backbone_name, ns.weights)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(missing_weights_message(backbone_name, exc), file=sys.stderr)
+        return 2
+
+    settings_for_config = {k: v for k, v in
+                           {"backbone": backbone_name, "image_size": image_size, "crop": crop}.items()}
+    run_config = config_dict(method, config, settings_for_config, backbone.weights_sha256)
+    results_path = out_dir / "results.json"
+    try:
+        if results_path.exists():
+            if not ns.resume:
+                raise results.ResultsError(
+                    f"{results_path}: already holds results; pass --resume to continue that run, "
+                    "or choose another --out")
+            document = results.read(results_path)
+            results.check_resumable(document, spec.name, run_config, results_path)
+            document.setdefault("run", {}).setdefault("resumed", []).append(_run_info(argv, spec))
+        else:
+            document = results.new_document(spec.name, run_config, _run_info(argv, spec))
+    except results.ResultsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    settings = RunSettings(
+        dataset=spec.name, data_root=data_root, out_dir=out_dir, image_size=image_size, crop=crop,
+        batch_size=ns.batch_size, save_maps=ns.save_maps, feature_cache=ns.feature_cache,
+        progress=not ns.no_progress,
+    )
+    todo = [c for c in categories if c not in document["categories"]]
+    skipped = [c for c in categories if c in document["categories"]]
+    if skipped:
+        print(f"resuming {out_dir}: skipping finished categories {' '.join(skipped)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results.write(out_dir, document, method.name)
+
+    from tqdm.auto import tqdm
+
+    for category in tqdm(todo, desc=spec.title, unit="category", disable=not settings.progress or len(todo) < 2):
+        try:
+            entry = run_category(spec, method, config, backbone, category, settings)
+        except (OSError, ValueError) as exc:
+            print(
+                f"error: {spec.title} category {category!r} failed: {exc}\n"
+                f"Finished categories are kept in {results_path}; fix the cause and rerun with "
+                f"--resume --out {out_dir}",
+                file=sys.stderr,
+            )
+            return 1
+        document["categories"][category] = entry
+        results.write(out_dir, document, method.name)
+        print(
+            f"{category}: pixel AUROC {100 * entry['pixel_auroc']:.1f}  PRO {100 * entry['pro']:.1f}  "
+            f"fit {entry['fit_seconds']:.1f} s  score {entry['score_seconds_per_image'] * 1000:.0f} ms/image"
+        )
+
+    header, rows = results.comparison_rows(document, method.name)
+    print()
+    print(f"{spec.title}, {method.name} with {backbone_name} (metrics in %; paper columns: "
+          f"{results.TABLE_SOURCES.get(spec.name, 'none')})")
+    print(results.format_table(header, rows))
+    print(f"\nwrote {results_path} and {out_dir / 'results.md'}")
+    return 0
+
+
+def _run_info(argv: Sequence[str], spec: DatasetSpec) -> dict[str, Any]:
+    import jax
+
+    return {
+        "command": shlex.join([f"experiments/{spec.name}.py", *argv]),
+        "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "host": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }

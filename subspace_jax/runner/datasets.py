@@ -1,0 +1,48 @@
+"""The three benchmarks of the paper as :class:`DatasetSpec` values (the scripts in ``experiments/`` run them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from subspace_jax.runner.core import DatasetSpec
+
+
+def _mvtec(root: Path, category: str) -> Any:
+    from subspace_jax.data import MVTecAD
+
+    return MVTecAD(root, category)
+
+
+def _btad(root: Path, category: str) -> Any:
+    from subspace_jax.data import BTAD
+
+    return BTAD(root, category)
+
+
+def _mtd(root: Path, category: str) -> Any:
+    from subspace_jax.data import MTD
+
+    return MTD(root)
+
+
+def _categories(name: str) -> tuple[str, ...]:
+    from subspace_jax import data
+
+    return tuple(getattr(data, name))
+
+
+MVTEC = DatasetSpec(
+    name="mvtec", title="MVTec AD", env_var="SUBSPACE_JAX_MVTEC", categories=_categories("MVTEC_CATEGORIES"),
+    open=_mvtec,
+)
+BTAD = DatasetSpec(
+    name="btad", title="BTAD", env_var="SUBSPACE_JAX_BTAD", categories=_categories("BTAD_CATEGORIES"),
+    open=_btad,
+)
+# MTD is one category. The paper's MTD setting (Sec. IV-B3): reconstruction at levels 2, 3 and 4, and
+# sampling on the last level ("pooled", one vector per image).
+MTD = DatasetSpec(
+    name="mtd", title="MTD", env_var="SUBSPACE_JAX_MTD", categories=("mtd",), open=_mtd,
+    config_overrides={"subspace": {"levels": (2, 3, 4), "sampling_level": "pooled"}},
+)

@@ -1,0 +1,117 @@
+"""Backbone feature extraction in fixed-size batches, and an on-disk cache of the features as .npy files.
+
+The cache key is (dataset, category, split, backbone name, weights SHA-256, image size, crop): change any of
+them and the features are computed afresh. Each entry is a folder holding one ``<level>.npy`` per feature
+level and ``meta.json`` (the image paths, in order, and the seconds the backbone took), written atomically.
+An entry whose image list differs from the current split's is recomputed, never reused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from subspace_jax._io import atomic_directory
+
+CACHE_FORMAT = 1
+
+
+def extract_features(
+    backbone: Any, images: np.ndarray, batch_size: int = 16, progress: bool = True, desc: str = "features"
+) -> tuple[dict[str, np.ndarray], float]:
+    """Run ``backbone`` over uint8 images (N,H,W,3) in batches of ``batch_size``.
+
+    Returns ({level: (N, ...) float32 array on the host}, wall seconds). The last batch is padded to the
+    full batch size so the jitted forward pass compiles once.
+    """
+    import jax
+    from tqdm.auto import tqdm
+
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images: expected (N,H,W,3), got shape {images.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("images: expected at least one image, got none")
+    apply_fn, params = backbone.pure()
+    forward = jax.jit(apply_fn)
+    batch = min(batch_size, n)
+    chunks: dict[str, list[np.ndarray]] = {}
+    start = time.perf_counter()
+    for lo in tqdm(range(0, n, batch), desc=desc, unit="batch", disable=not progress, leave=False):
+        block = images[lo:lo + batch]
+        real = block.shape[0]
+        if real < batch:
+            block = np.concatenate([block, np.repeat(block[-1:], batch - real, axis=0)], axis=0)
+        out = jax.block_until_ready(forward(params, block))
+        for level, value in out.items():
+            chunks.setdefault(level, []).append(np.asarray(value[:real], dtype=np.float32))
+    seconds = time.perf_counter() - start
+    return {level: np.concatenate(parts, axis=0) for level, parts in chunks.items()}, seconds
+
+
+def _safe(part: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in part)
+    return cleaned or "_"
+
+
+class FeatureCache:
+    """Backbone features on disk under ``root``, reused across runs (see the module docstring)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def entry(
+        self, dataset: str, category: str, split: str, backbone: str, weights_sha256: str,
+        image_size: int, crop: int | None,
+    ) -> Path:
+        """The folder of one cache entry."""
+        setting = f"{_safe(backbone)}-{weights_sha256[:16]}-size{image_size}-crop{crop if crop else 'none'}"
+        return self.root / _safe(dataset) / _safe(category) / _safe(split) / setting
+
+    def load(self, entry: Path, paths: Sequence[str | Path]) -> tuple[dict[str, np.ndarray], float] | None:
+        """The cached (features, backbone seconds) if ``entry`` holds the features of exactly ``paths``.
+
+        Arrays are memory-mapped read-only. None when absent or stale.
+        """
+        meta_path = entry / "meta.json"
+        if not meta_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        if meta.get("format") != CACHE_FORMAT or meta.get("paths") != [str(p) for p in paths]:
+            return None
+        features = {}
+        for level in meta["levels"]:
+            array = np.load(entry / f"{level}.npy", mmap_mode="r", allow_pickle=False)
+            if array.shape[0] != len(paths):
+                return None
+            features[level] = array
+        return features, float(meta["seconds"])
+
+    def store(
+        self, entry: Path, features: Mapping[str, np.ndarray], paths: Sequence[str | Path], seconds: float,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write ``features`` (level -> (N, ...) arrays for the N ``paths``) to ``entry``, atomically."""
+        for level, array in features.items():
+            if array.shape[0] != len(paths):
+                raise ValueError(
+                    f"features[{level!r}]: expected {len(paths)} rows (one per image), got {array.shape[0]}"
+                )
+        with atomic_directory(entry) as tmp:
+            for level, array in features.items():
+                np.save(tmp / f"{_safe(level)}.npy", np.ascontiguousarray(array), allow_pickle=False)
+            meta = {
+                "format": CACHE_FORMAT, "levels": [_safe(level) for level in features],
+                "paths": [str(p) for p in paths], "seconds": seconds, **(extra or {}),
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
