@@ -14,25 +14,21 @@ holds (banks, Gram matrices, coreset).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
 import shlex
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
-from subspace_jax import metrics  # noqa: E402
 from subspace_jax._io import atomic_write_text  # noqa: E402
 from subspace_jax.data import MTD  # noqa: E402
 from subspace_jax.runner import core  # noqa: E402
-from subspace_jax.runner.datasets import MTD as MTD_SPEC  # noqa: E402
+from subspace_jax.runner import workbench  # noqa: E402
 from subspace_jax.runner.workbench import Workbench  # noqa: E402
 
 # (row label, --method name, Config overrides beyond the backbone)
@@ -44,52 +40,13 @@ ROWS = (
 )
 
 
-def bank_bytes(model) -> int:
-    """Bytes of every array leaf of a fitted model (pytree)."""
-    return int(sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(model) if hasattr(leaf, "nbytes")))
-
-
-def evaluate(label, method_name, overrides, bench, backbone, coreset_ratio, batch_size, progress) -> dict:
-    method = core.resolve_method(method_name)
-    config = core.default_config(MTD_SPEC, method)
-    overrides = dict(overrides, backbone=backbone.name, image_size=bench.image_size)
+def run_row(label, method_name, overrides, bench, coreset_ratio, batch_size, progress) -> dict:
+    overrides = dict(overrides, backbone=bench.backbone.name, image_size=bench.image_size)
     if method_name == "patchcore":
         overrides["coreset_ratio"] = coreset_ratio
-    config = dataclasses.replace(config, **overrides)
-    train = bench.features("train")
-    start = time.perf_counter()
-    model = method.fit_features(train, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
-    jax.block_until_ready(model)
-    fit_seconds = time.perf_counter() - start
-    test_features = bench.features("test")
-    # Compile the scorer on one batch first, so seconds per image measure steady-state scoring.
-    warm = {key: value[:batch_size] for key, value in test_features.items()}
-    core.score_in_batches(method, model, warm, batch_size, False, {})
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    maps, scores = core.score_in_batches(method, model, test_features, batch_size, progress, timings, desc=label)
-    score_seconds = time.perf_counter() - start
-    test = bench.split("test")
-    n_test = maps.shape[0]
-    row = {
-        "label": label,
-        "method": method_name,
-        "config": config.to_dict(),
-        "pixel_auroc": metrics.pixel_auroc(maps, test.masks),
-        "pro": metrics.pro(maps, test.masks),
-        "image_auroc": metrics.image_auroc(scores, test.labels),
-        "pixel_ap": metrics.pixel_ap(maps, test.masks),
-        "backbone_train_seconds": bench.backbone_seconds["train"],
-        "bank_seconds": fit_seconds,
-        "fit_seconds": bench.backbone_seconds["train"] + fit_seconds,
-        "backbone_seconds_per_image": bench.backbone_seconds["test"] / n_test,
-        "method_seconds_per_image": score_seconds / n_test,
-        "seconds_per_image": (bench.backbone_seconds["test"] + score_seconds) / n_test,
-        "bank_bytes": bank_bytes(model),
-        "n_train": int(next(iter(train.values())).shape[0]),
-        "n_test": int(n_test),
-        "stage_seconds": timings,
-    }
+    config = workbench.default_config(method_name, "mtd", **overrides)
+    row, _, _ = workbench.evaluate(bench, method_name, config, batch_size=batch_size, progress=progress)
+    row["label"] = label
     print(f"{label}: pixel AUROC {row['pixel_auroc']:.4f} PRO {row['pro']:.4f} image AUROC {row['image_auroc']:.4f} "
           f"bank {row['bank_seconds']:.1f} s, method {1000 * row['method_seconds_per_image']:.1f} ms/image", flush=True)
     return row
@@ -176,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rows: unknown {unknown}")
     backbone = core.load_backbone(args.backbone)
     limits = {k: v for k, v in {"train": args.limit_train, "test": args.limit_test}.items() if v is not None}
-    bench = Workbench(MTD(args.data_root), "mtd", backbone, cache_dir=args.feature_cache,
+    bench = Workbench(MTD(Path(args.data_root).resolve()), "mtd", backbone, cache_dir=args.feature_cache,
                       image_size=args.image_size, limits=limits, batch_size=args.batch_size,
                       progress=not args.no_progress)
-    rows = [evaluate(label, name, overrides, bench, backbone, args.coreset_ratio, args.batch_size, not args.no_progress)
+    rows = [run_row(label, name, overrides, bench, args.coreset_ratio, args.batch_size, not args.no_progress)
             for label, name, overrides in ROWS if label in args.rows]
     command = shlex.join(["python", "experiments/compare_mtd.py", *(sys.argv[1:] if argv is None else argv)])
     info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "jax": jax.__version__,

@@ -112,3 +112,80 @@ class Workbench:
                 extra={"backbone": self.backbone.name, "weights_sha256": self.backbone.weights_sha256},
             )
         return features
+
+
+def bank_bytes(model: Any) -> int:
+    """Bytes of every array a fitted model (a pytree) holds: banks, Gram matrices, coresets."""
+    import jax
+
+    return int(sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(model) if hasattr(leaf, "nbytes")))
+
+
+def evaluate(
+    bench: Workbench, method_name: str, config: Any, *, batch_size: int = 16, progress: bool = True
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Fit ``method_name`` ("subspace" | "patchcore" | "spade") with ``config`` on the bench's cached
+    training features, score its test features and compute the metrics.
+
+    The scorer is compiled on one untimed batch first, so the per-image times are steady-state.
+
+    Returns (row, maps (N, S, S) float32, scores (N,)); ``row`` holds the metrics (fractions),
+    ``bank_seconds`` (building the bank from features), ``fit_seconds`` (training backbone + bank),
+    ``method_seconds_per_image`` (scoring from features), ``seconds_per_image`` (backbone + scoring),
+    ``bank_bytes``, ``stage_seconds`` (summed over the test set), ``n_train``, ``n_test`` and the config.
+    """
+    import time
+
+    import jax
+
+    from subspace_jax import metrics
+    from subspace_jax.runner import core
+
+    method = core.resolve_method(method_name)
+    train = bench.features("train")
+    start = time.perf_counter()
+    model = method.fit_features(train, config, backbone_name=bench.backbone.name,
+                                weights_sha256=bench.backbone.weights_sha256)
+    jax.block_until_ready(model)
+    bank_seconds = time.perf_counter() - start
+    test_features = bench.features("test")
+    warm = {key: value[:batch_size] for key, value in test_features.items()}
+    core.score_in_batches(method, model, warm, batch_size, False, {})
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    maps, scores = core.score_in_batches(method, model, test_features, batch_size, progress, stages,
+                                         desc=method_name)
+    score_seconds = time.perf_counter() - start
+    test = bench.split("test")
+    n_test = int(maps.shape[0])
+    has_both_labels = len(np.unique(test.labels)) == 2
+    row = {
+        "method": method_name,
+        "config": config.to_dict(),
+        "pixel_auroc": metrics.pixel_auroc(maps, test.masks),
+        "pro": metrics.pro(maps, test.masks),
+        "image_auroc": metrics.image_auroc(scores, test.labels) if has_both_labels else None,
+        "pixel_ap": metrics.pixel_ap(maps, test.masks),
+        "backbone_train_seconds": bench.backbone_seconds["train"],
+        "bank_seconds": bank_seconds,
+        "fit_seconds": bench.backbone_seconds["train"] + bank_seconds,
+        "backbone_seconds_per_image": bench.backbone_seconds["test"] / n_test,
+        "method_seconds_per_image": score_seconds / n_test,
+        "seconds_per_image": (bench.backbone_seconds["test"] + score_seconds) / n_test,
+        "bank_bytes": bank_bytes(model),
+        "stage_seconds": stages,
+        "n_train": int(next(iter(train.values())).shape[0]),
+        "n_test": n_test,
+    }
+    return row, maps, scores
+
+
+def default_config(method_name: str, dataset: str = "mtd", **overrides: Any) -> Any:
+    """``method_name``'s Config with the runner's per-dataset overrides (MTD: levels 2-4, pooled
+    sampling for the subspace model), then ``overrides``."""
+    import dataclasses
+
+    from subspace_jax.runner import core, datasets
+
+    spec = {"mtd": datasets.MTD, "mvtec": datasets.MVTEC, "btad": datasets.BTAD}[dataset]
+    return dataclasses.replace(core.default_config(spec, core.resolve_method(method_name)), **overrides)
