@@ -1,0 +1,72 @@
+"""Every notebook in notebooks/ runs headless on real MTD at its small setting and produces its results.
+
+Each notebook is read into memory and executed by a fresh ``python3`` kernel (nbclient) from the
+notebooks/ folder, so the committed file and its outputs are never touched. ``SUBSPACE_JAX_NOTEBOOK_SMALL=1``
+selects a few images at 128 px; the backbone features go to a temporary cache shared by the notebooks of
+one session. Each notebook ends by defining ``SUMMARY``, a dict of its results, which an appended cell
+prints as JSON for the checks below.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK_NAMES = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+MARKER = "SUMMARY-JSON:"
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("notebook-feature-cache")
+
+
+def run_notebook(name: str, mtd_root: Path, cache: Path, monkeypatch) -> dict:
+    """Execute notebooks/<name>.ipynb at the small setting; return its SUMMARY."""
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(f"import json; print({MARKER!r} + json.dumps(SUMMARY))"))
+    monkeypatch.setenv("SUBSPACE_JAX_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("SUBSPACE_JAX_MTD", str(mtd_root))
+    monkeypatch.setenv("SUBSPACE_JAX_CACHE", str(cache))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # A cell error raises CellExecutionError, which fails the test with the cell's traceback.
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    printed = "".join(
+        output.get("text", "") for output in nb.cells[-1].outputs if output.get("output_type") == "stream"
+    )
+    assert MARKER in printed, f"{name}: the SUMMARY cell printed nothing: {nb.cells[-1].outputs}"
+    return json.loads(printed.split(MARKER, 1)[1])
+
+
+
+
+def is_fraction(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and 0.0 <= value <= 1.0
+
+
+def test_every_notebook_is_covered():
+    assert set(NOTEBOOK_NAMES) == set(EXPECTATIONS), "add the new notebook's checks to EXPECTATIONS"
+
+
+def check_sampling_ablation(summary: dict) -> None:
+    assert summary["lams"] == [10, 20]
+    assert len(summary["subspace_pro"]) == len(summary["random_pro"]) == 2
+    assert all(is_fraction(v) for v in summary["subspace_pro"] + summary["random_pro"] + [summary["none_pro"]])
+
+
+EXPECTATIONS = {
+    "sampling_ablation": check_sampling_ablation,
+}
+
+
+@pytest.mark.mtd
+@pytest.mark.parametrize("name", NOTEBOOK_NAMES)
+def test_notebook_runs(name, mtd_root, feature_cache, monkeypatch):
+    summary = run_notebook(name, mtd_root, feature_cache, monkeypatch)
+    EXPECTATIONS[name](summary)
