@@ -60,7 +60,21 @@ def check_sampling_ablation(summary: dict) -> None:
     assert all(is_fraction(v) for v in summary["subspace_pro"] + summary["random_pro"] + [summary["none_pro"]])
 
 
+def check_representation_error(summary: dict) -> None:
+    assert summary["bank_sizes"] == [4, 8, 16]
+    errors = summary["errors"]
+    assert len(errors) == 4
+    image_nn, spade, patchcore = (errors[name] for name in list(errors)[1:])
+    for level in ("2", "3"):
+        for method in errors.values():
+            assert len(method[level]) == 3 and all(math.isfinite(e) and e >= 0 for e in method[level])
+        # Nested candidate sets: whole bank ⊇ the K nearest images' positions ⊇ the nearest image's same position.
+        for whole, gallery, same_position in zip(patchcore[level], spade[level], image_nn[level]):
+            assert whole <= gallery * (1 + 1e-5) and gallery <= same_position * (1 + 1e-5)
+
+
 EXPECTATIONS = {
+    "representation_error": check_representation_error,
     "sampling_ablation": check_sampling_ablation,
 }
 
