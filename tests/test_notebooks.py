@@ -63,8 +63,8 @@ def check_sampling_ablation(summary: dict) -> None:
 def check_representation_error(summary: dict) -> None:
     assert summary["bank_sizes"] == [4, 8, 16]
     errors = summary["errors"]
-    assert len(errors) == 4
-    image_nn, spade, patchcore = (errors[name] for name in list(errors)[1:])
+    assert len(errors) == 5
+    image_nn, spade, patchcore = (errors[name] for name in list(errors)[2:])
     for level in ("2", "3"):
         for method in errors.values():
             assert len(method[level]) == 3 and all(math.isfinite(e) and e >= 0 for e in method[level])
