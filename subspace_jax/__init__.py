@@ -10,3 +10,7 @@ Layout:
 """
 
 __version__ = "0.1.0"
+
+from subspace_jax.model import Config, Model, fit, fit_features  # noqa: E402
+
+__all__ = ["Config", "Model", "fit", "fit_features", "__version__"]
