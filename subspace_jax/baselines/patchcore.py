@@ -1,0 +1,343 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022) in JAX.
+
+Patch embedding (what this module does, and where it differs from the official code):
+
+* Each chosen level's map (N, h_l, w_l, c_l) is averaged over its 3x3 neighbourhood with stride 1 and
+  zero padding 1, the padded zeros counted in the average (torch ``avg_pool2d(3, 1, 1)`` with its default
+  ``count_include_pad=True``). The official code (amazon-science/patchcore-inspection) unfolds 3x3
+  patches with zero padding and then averages each flattened (c_l * 9) patch down to a fixed
+  ``pretrain_embed_dimension`` with ``adaptive_avg_pool1d``; when that dimension equals c_l the two are
+  identical, zeros included. We keep all c_l channels (no per-level or final adaptive pooling to 1024),
+  so the embedding dimension is the sum of the levels' channels (1536 for WRN50 levels 2+3).
+* Coarser levels are upsampled bilinearly (half-pixel centres, torch ``align_corners=False``) to the
+  finest chosen level's grid, and the levels are concatenated along channels.
+
+Memory bank: greedy k-center coreset (Sener & Savarese) on a Gaussian random projection (Johnson-
+Lindenstrauss) of the patch embeddings to ``projection_dim``; it starts from one seeded random patch,
+which is part of the coreset, and adds ``n - 1`` farthest points. (The official sampler does not keep its
+random start and averages distances to 10 random starts; the greedy rule afterwards is the same.)
+
+Scoring: each test patch's Euclidean distance to its nearest bank patch (chunked, bounded memory) is
+its anomaly score; the map is those scores upsampled to the output size and Gaussian-smoothed
+(sigma 4); the image score is the largest patch score, optionally reweighted by the paper's Eq. (7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from functools import partial
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from subspace_jax.baselines import common
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchCoreConfig(common.BaselineConfig):
+    """PatchCore settings. Defaults follow the paper (WRN50, levels 2+3, 10% coreset, sigma 4).
+
+    Shared fields (backbone, image_size, crop, levels, sigma, query_chunk, bank_chunk) are described in
+    `common.BaselineConfig`; coarser levels are upsampled to the first (finest) one. Own fields:
+
+    Attributes:
+      coreset_ratio: fraction of training patches kept in the memory bank, in (0, 1].
+      projection_dim: dimension of the random projection used only for coreset selection; None, or a
+        value >= the embedding dimension, selects on the raw embeddings.
+      reweight: apply PatchCore's image-score reweighting (Eq. 7) instead of the plain maximum.
+      num_neighbors: b in Eq. 7, the size of the bank neighbourhood of the nearest memory patch.
+      seed: seeds the projection and the coreset's starting patch.
+    """
+
+    method: ClassVar[str] = "patchcore"
+
+    levels: tuple[int, ...] = (2, 3)
+    coreset_ratio: float = 0.1
+    projection_dim: int | None = 128
+    reweight: bool = False
+    num_neighbors: int = 9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ratio = self.coreset_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+            self.fail("coreset_ratio", "a number in (0, 1]")
+        object.__setattr__(self, "coreset_ratio", float(ratio))
+        if self.projection_dim is not None:
+            self.check_positive_int("projection_dim")
+        if not isinstance(self.reweight, bool):
+            self.fail("reweight", "a bool")
+        self.check_positive_int("num_neighbors")
+        if not common._is_int(self.seed):
+            self.fail("seed", "an int")
+
+
+# --- patch embedding ------------------------------------------------------------------------------------
+
+
+def local_average(feature_map: Array) -> Array:
+    """3x3 mean over each position's neighbourhood, zero padding counted: (B, h, w, c) -> (B, h, w, c)."""
+    summed = lax.reduce_window(
+        feature_map,
+        jnp.array(0.0, feature_map.dtype),
+        lax.add,
+        window_dimensions=(1, 3, 3, 1),
+        window_strides=(1, 1, 1, 1),
+        padding=((0, 0), (1, 1), (1, 1), (0, 0)),
+    )
+    return summed / 9.0
+
+
+def patch_embeddings(features: Mapping[str, Array], levels: tuple[int, ...]) -> Array:
+    """Locally aware patch features: (B, h, w, sum of c_l) on the grid of the first level in `levels`.
+
+    Args:
+      features: backbone dict with "level<l>" maps (B, h_l, w_l, c_l) for every l in `levels`.
+      levels: strictly increasing level numbers.
+    """
+    maps = [local_average(jnp.asarray(features[common.level_key(l)], jnp.float32)) for l in levels]
+    batch, height, width, _ = maps[0].shape
+    resized = [
+        m
+        if m.shape[1:3] == (height, width)
+        else jax.image.resize(m, (batch, height, width, m.shape[3]), method="bilinear", antialias=False)
+        for m in maps
+    ]
+    return jnp.concatenate(resized, axis=-1)
+
+
+# --- coreset --------------------------------------------------------------------------------------------
+
+
+def random_projection(key: Array, in_dim: int, out_dim: int) -> Array:
+    """Gaussian JL matrix (in_dim, out_dim) with N(0, 1/out_dim) entries (norms preserved on average)."""
+    return jax.random.normal(key, (in_dim, out_dim), jnp.float32) / jnp.sqrt(jnp.float32(out_dim))
+
+
+@partial(jax.jit, static_argnames=("n_select",))
+def greedy_coreset(points: Array, n_select: int, start_index: Array | int) -> Array:
+    """Greedy k-center selection: (M, d) points -> (n_select,) int32 indices, the first `start_index`.
+
+    Each further pick is the point farthest (Euclidean) from everything picked so far; the distance to
+    the picked set is kept per point and updated with the newest pick only (min of old and new). Ties go
+    to the lowest index.
+
+    Distances to a pick come from ||p||^2 + ||x||^2 - 2 P x on points centred at their mean, a
+    full-precision matrix-vector product: one pass over the points per pick, about 3x faster on CPU than
+    differencing (measured at 779k x 128), and its rounding only matters between near-equal distances.
+    """
+    points = jnp.asarray(points, jnp.float32)
+    points = points - jnp.mean(points, axis=0)
+    sq_norms = jnp.sum(points * points, axis=-1)
+    start = jnp.asarray(start_index, jnp.int32)
+
+    def sq_dist_to(index: Array) -> Array:
+        cross = jnp.matmul(points, points[index], precision=lax.Precision.HIGHEST)
+        return jnp.maximum(sq_norms + sq_norms[index] - 2.0 * cross, 0.0)
+
+    selected = jnp.zeros((n_select,), jnp.int32).at[0].set(start)
+
+    def pick(i, carry):
+        selected, min_dist = carry
+        nxt = jnp.argmax(min_dist).astype(jnp.int32)
+        return selected.at[i].set(nxt), jnp.minimum(min_dist, sq_dist_to(nxt))
+
+    selected, _ = lax.fori_loop(1, n_select, pick, (selected, sq_dist_to(start)))
+    return selected
+
+
+def coreset_size(n_points: int, ratio: float) -> int:
+    """Number of bank patches kept: int(n_points * ratio), at least 1."""
+    return max(1, int(n_points * ratio))
+
+
+def select_coreset(points: Array, ratio: float, projection_dim: int | None, seed: int) -> Array:
+    """Coreset indices (n,) int32 of `points` (M, d): seeded start and projection, then greedy k-center.
+
+    The key `jax.random.key(seed)` splits into (start key, projection key); the start is
+    `randint(start key, 0, M)` and the projection `random_projection(projection key, d, projection_dim)`,
+    skipped when `projection_dim` is None or >= d. A ratio giving n = M returns arange(M).
+    """
+    n_points, dim = points.shape
+    n_select = coreset_size(n_points, ratio)
+    if n_select == n_points:  # ratio 1 keeps every patch: nothing to select
+        return jnp.arange(n_points, dtype=jnp.int32)
+    start_key, proj_key = jax.random.split(jax.random.key(seed))
+    start = jax.random.randint(start_key, (), 0, n_points, dtype=jnp.int32)
+    if projection_dim is not None and projection_dim < dim:
+        points = jnp.matmul(
+            points, random_projection(proj_key, dim, projection_dim), precision=lax.Precision.HIGHEST
+        )
+    return greedy_coreset(points, n_select, start)
+
+
+# --- scoring --------------------------------------------------------------------------------------------
+
+
+def reweighted_scores(
+    embeddings: Array, patch_scores: Array, nearest: Array, bank: Array, num_neighbors: int
+) -> Array:
+    """PatchCore Eq. (7): s = (1 - exp(s*) / sum_{m in N_b(m*)} exp(||m_test* - m||)) * s*.
+
+    m_test* is the test patch with the largest score s*, m* its nearest bank patch, N_b(m*) the b bank
+    patches nearest to m* (m* itself included, as in anomalib's implementation).
+
+    Args:
+      embeddings: (B, P, C) test patch embeddings; patch_scores: (B, P) nearest-bank distances;
+      nearest: (B, P) int32 index of each patch's nearest bank patch; bank: (M, C).
+    Returns:
+      (B,) image scores.
+    """
+    b = min(num_neighbors, bank.shape[0])
+    worst = jnp.argmax(patch_scores, axis=1)
+    s_star = jnp.take_along_axis(patch_scores, worst[:, None], axis=1)[:, 0]
+    m_test = jnp.take_along_axis(embeddings, worst[:, None, None], axis=1)[:, 0]
+    m_star = bank[jnp.take_along_axis(nearest, worst[:, None], axis=1)[:, 0]]
+    _, support = lax.top_k(-common.squared_distances(m_star, bank), b)  # (B, b)
+    support_dist = jnp.sqrt(
+        jnp.sum((bank[support] - m_test[:, None, :]) ** 2, axis=-1)
+    )  # (B, b)
+    weight = 1.0 - jnp.exp(s_star - jax.nn.logsumexp(support_dist, axis=1))
+    return weight * s_star
+
+
+def score_features(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
+    """Pure scorer: fitted model (a pytree) and backbone features of B images -> maps, scores.
+
+    Args:
+      model: a fitted `PatchCoreModel`; its config is static.
+      features: {"level<l>": (B, h_l, w_l, c_l)} for the config's levels.
+    Returns:
+      maps (B, S, S) float32 (S = config.output_size) and scores (B,) float32.
+    """
+    config = model.config
+    bank = model.bank
+    emb = patch_embeddings(features, config.levels)
+    batch, height, width, channels = emb.shape
+    flat = emb.reshape(batch * height * width, channels)
+    dist, nearest = common.nearest_neighbor(
+        flat, bank, query_chunk=config.query_chunk, bank_chunk=config.bank_chunk
+    )
+    patch_scores = dist.reshape(batch, height * width)
+    if config.reweight:
+        scores = reweighted_scores(
+            flat.reshape(batch, height * width, channels),
+            patch_scores,
+            nearest.reshape(batch, height * width),
+            bank,
+            config.num_neighbors,
+        )
+    else:
+        scores = jnp.max(patch_scores, axis=1)
+    patch_map = {common.level_key(config.levels[0]): patch_scores.reshape(batch, height, width)}
+    return common.fuse_level_maps(patch_map, config, fusion="sum"), scores
+
+
+def score_images(model: PatchCoreModel, apply_fn: Any, params: Any, images: Array) -> tuple[Array, Array]:
+    """Pure scorer on images, backbone included (`apply_fn, params = backbone.pure()`), for a user's jit.
+
+    images: (B, S, S, 3) uint8 or float in [0, 255] -> maps (B, S, S) float32, scores (B,) float32.
+    """
+    return score_features(model, apply_fn(params, images))
+
+
+_score_features_jit = jax.jit(score_features)
+_score_images_jit = jax.jit(score_images, static_argnums=(1,))
+
+
+# --- model ----------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PatchCoreModel(common.BackboneBinding):
+    """A fitted PatchCore, a pytree: the memory bank (leaf) plus static metadata.
+
+    Attributes:
+      bank: (M, C) float32 coreset of training patch embeddings, C = sum of the levels' channels.
+      config: the `PatchCoreConfig` (static).
+      backbone_name, weights_sha256: the backbone that produced the features (static); a
+        weights_sha256 of None means unknown, and `score(images)` then needs `bind(backbone)` first
+        or fails, as for the subspace model.
+      n_train: number of training images (static).
+    """
+
+    bank: Array
+    config: PatchCoreConfig = dataclasses.field(metadata=dict(static=True))
+    backbone_name: str = dataclasses.field(metadata=dict(static=True))
+    weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
+    n_train: int = dataclasses.field(metadata=dict(static=True))
+
+    def score_features(self, features: Mapping[str, Any]) -> tuple[Array, Array]:
+        """Backbone features of B images -> (maps (B, S, S) float32, scores (B,) float32); jitted."""
+        keys = [common.level_key(l) for l in self.config.levels]
+        return _score_features_jit(self, common.check_features(features, keys))
+
+    def score(
+        self,
+        images: Any,
+        batch_size: int = 8,
+        *,
+        backbone: Any = None,
+        timings: dict[str, float] | None = None,
+        progress: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Maps (N, S, S) float32 and scores (N,) float32 of `images`, in batches, as numpy arrays.
+
+        `images`: uint8 (N, S, S, 3) array, an iterable of batches or image paths, as for
+        `subspace_jax.Model.score`. `backbone`: default the one `fit` bound, else loaded by name and
+        checked against `weights_sha256`. `timings`: when given, the backbone and the matching run as
+        separately jitted stages and their seconds are added to `timings["backbone" | "matching"]`.
+        """
+        return common.score_in_batches(
+            self, images, batch_size, backbone, progress, timings,
+            _score_images_jit, _score_features_jit,
+            [common.level_key(l) for l in self.config.levels], "PatchCore score",
+        )
+
+
+def fit_features(
+    features: Mapping[str, Any],
+    config: PatchCoreConfig,
+    *,
+    backbone_name: str | None = None,
+    weights_sha256: str | None = None,
+) -> PatchCoreModel:
+    """Builds the memory bank from training features {"level<l>": (N, h_l, w_l, c_l)}; extra keys ignored.
+
+    All N * h * w patch embeddings are computed at once, then coreset-subsampled.
+    """
+    if not isinstance(config, PatchCoreConfig):
+        raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
+    keys = [common.level_key(l) for l in config.levels]
+    checked = common.check_features(features, keys)
+    emb = patch_embeddings(checked, config.levels)
+    flat = emb.reshape(-1, emb.shape[-1])
+    indices = select_coreset(flat, config.coreset_ratio, config.projection_dim, config.seed)
+    return PatchCoreModel(
+        bank=flat[indices],
+        config=config,
+        backbone_name=config.backbone if backbone_name is None else backbone_name,
+        weights_sha256=weights_sha256,
+        n_train=int(emb.shape[0]),
+    )
+
+
+def fit(
+    images: Any, config: PatchCoreConfig, backbone: Any = None, *, batch_size: int = 8, progress: bool = True
+) -> PatchCoreModel:
+    """Fits on nominal `images` (uint8 (N, S, S, 3), iterable of batches, or paths); returns the model
+    bound to `backbone` (loaded by `config.backbone` when None)."""
+    if not isinstance(config, PatchCoreConfig):
+        raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
+    keys = [common.level_key(l) for l in config.levels]
+    features, backbone = common.extract_features(images, config, backbone, keys, batch_size, progress, "PatchCore fit")
+    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
+    return model.bind(backbone)
