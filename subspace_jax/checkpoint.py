@@ -3,14 +3,16 @@
 Layout of a checkpoint directory::
 
     <path>/metadata.json   format version, package version, config, backbone name and weights
-                           sha256, image size, and shape/dtype/sha256 of every array
+                           sha256, image size, shape/dtype/sha256 of every array, and size and
+                           sha256 of every file under arrays/
     <path>/arrays/         orbax StandardCheckpointer tree {"banks", "grams", "sampling_bank",
                            "sampling_gram"}
 
 Saving writes into a temporary sibling directory and renames it into place, so an interrupted save
 never leaves a half-written checkpoint where a good one was. Loading checks everything (metadata,
-config, array shapes, dtypes and content hashes, and optionally the backbone) before it returns a
-model, and raises ``CheckpointError`` (a ``ValueError``) naming the path and the problem otherwise.
+config, file sizes and hashes, array shapes, dtypes and content hashes, and optionally the
+backbone) before it returns a model, and raises ``CheckpointError`` (a ``ValueError``) naming the
+path and the problem otherwise.
 """
 
 from __future__ import annotations
@@ -63,6 +65,35 @@ def _array_sha256(array: Any) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.asarray(array)).tobytes()).hexdigest()
 
 
+def _file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """Relative path -> {"size", "sha256"} of every file orbax wrote under ``folder``."""
+    manifest = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        manifest[file.relative_to(folder).as_posix()] = {"size": file.stat().st_size, "sha256": digest.hexdigest()}
+    return manifest
+
+
+def _check_files(arrays_path: Path, manifest: Any) -> None:
+    """Every file the save wrote is there, whole and unchanged, before orbax reads any of them
+    (a restore that fails half-way inside orbax leaves its asynchronous reads dangling)."""
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{arrays_path.parent / METADATA_FILE}: corrupted metadata, 'files' must map paths to sizes")
+    found = _file_manifest(arrays_path)
+    for name, expected in manifest.items():
+        actual = found.get(name)
+        if actual is None:
+            raise CheckpointError(f"{arrays_path / name}: missing, the checkpoint is incomplete or corrupted")
+        if not isinstance(expected, dict) or actual != expected:
+            raise CheckpointError(
+                f"{arrays_path / name}: {actual['size']} bytes with sha256 {actual['sha256'][:16]}…, expected "
+                f"{expected}; the file is truncated or altered, the checkpoint is corrupted"
+            )
+
+
 def save(model: Model, path: str | os.PathLike) -> Path:
     """Save ``model`` to the directory ``path`` (replaced atomically if it exists); returns the path."""
     import orbax.checkpoint as ocp
@@ -88,6 +119,7 @@ def save(model: Model, path: str | os.PathLike) -> Path:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(tmp / ARRAYS_DIR, _nest(flat))
             checkpointer.wait_until_finished()
+        metadata["files"] = _file_manifest(tmp / ARRAYS_DIR)
         atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -112,7 +144,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{meta_path}: unknown checkpoint format version {version!r}; this subspace-jax "
             f"{__version__} reads format version {FORMAT_VERSION}"
         )
-    required = ("config", "backbone", "image_size", "n_train", "arrays")
+    required = ("config", "backbone", "image_size", "n_train", "arrays", "files")
     missing = [key for key in required if key not in metadata]
     if missing:
         raise CheckpointError(f"{meta_path}: corrupted metadata, missing {missing}")
@@ -183,6 +215,7 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Model:
     arrays_path = path / ARRAYS_DIR
     if not arrays_path.is_dir():
         raise CheckpointError(f"{path}: the arrays directory {ARRAYS_DIR}/ is missing")
+    _check_files(arrays_path, metadata["files"])
     specs = metadata["arrays"]
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = _nest(
@@ -193,7 +226,20 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Model:
     )
     try:
         with ocp.StandardCheckpointer() as checkpointer:
+            # Compare the stored shapes first: a mismatching restore fails inside orbax's async reads.
+            stored = checkpointer.metadata(arrays_path).item_metadata.tree
+            for name, spec in specs.items():
+                node = stored
+                for part in name.split("/"):
+                    node = node[part]
+                if list(node.shape) != spec["shape"] or str(jnp.dtype(node.dtype)) != spec["dtype"]:
+                    raise CheckpointError(
+                        f"{arrays_path}: stored array {name!r} is {jnp.dtype(node.dtype)}{list(node.shape)} but "
+                        f"{METADATA_FILE} says {spec['dtype']}{spec['shape']}, the checkpoint is corrupted"
+                    )
             restored = checkpointer.restore(arrays_path, abstract)
+    except CheckpointError:
+        raise
     except Exception as error:  # orbax and tensorstore raise many types for unreadable files
         raise CheckpointError(f"{arrays_path}: cannot read the arrays, the checkpoint is corrupted ({error})") from error
     flat = {}

@@ -10,12 +10,14 @@ Two kernels share one pursuit (selection, Cholesky least squares, stopping rules
   large M or for per-pixel atoms that change from target to target (vmap it over pixels).
 
 Both follow ``sklearn.linear_model.orthogonal_mp`` / ``orthogonal_mp_gram``: no normalisation of
-the atoms, the next atom is the candidate with the largest ``|<atom, residual>|`` (first index on
-exact ties), the coefficients are the least-squares fit on the chosen atoms, and the pursuit stops
-early when the chosen atom is linearly dependent on the support or carries no correlation. They
-differ from sklearn in that the tolerance is relative (``||r||^2 <= tol * ||y||^2``) and is applied
-together with ``k`` (sklearn's absolute ``tol`` replaces ``n_nonzero_coefs``), and in the guards
-(relative thresholds instead of sklearn's absolute machine epsilon, see ``_PIVOT_RTOL``).
+the atoms; the next atom is the candidate with the largest ``|<atom, residual>|`` (the lowest index
+on exact ties, like numpy's argmax; sklearn's Gram variant breaks exact ties in its internally
+swapped order, which can differ after the first step); the coefficients are the least-squares fit
+on the chosen atoms; the pursuit stops early when the chosen atom is linearly dependent on the
+support or carries no correlation. They differ from sklearn in that the tolerance is relative
+(``||r||^2 <= tol * ||y||^2``) and applies together with ``k`` (sklearn's absolute ``tol`` replaces
+``n_nonzero_coefs``), and in the guards (relative thresholds instead of sklearn's absolute machine
+epsilon, see ``_PIVOT_RTOL`` and ``_CORRELATION_RTOL``).
 
 Everything has static shapes: a fixed ``k``-step ``lax.fori_loop``, (k,)-sized support buffers and
 masks instead of data-dependent shapes, so both kernels run under ``jit`` and ``vmap`` in float32 and
@@ -24,13 +26,14 @@ float64. Results are an :class:`OMPResult` pytree.
 
 from __future__ import annotations
 
+from functools import partial
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.linalg import solve_triangular
 
 __all__ = ["OMPResult", "omp", "omp_gram", "reconstruct", "residual"]
 
@@ -81,12 +84,11 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def _check_tol(tol: Any) -> jax.Array:
+def _check_tol(tol: Any) -> None:
     if np.ndim(tol) != 0:
         raise _shape_error("tol", "a scalar relative tolerance", tol)
     if isinstance(tol, (int, float, np.number)) and not tol >= 0:  # also rejects NaN
         raise ValueError(f"tol: expected a relative tolerance >= 0, got {tol!r}")
-    return jnp.asarray(tol)
 
 
 def _float_dtype(*arrays: Any) -> jnp.dtype:
@@ -94,16 +96,18 @@ def _float_dtype(*arrays: Any) -> jnp.dtype:
     return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
 
 
-def _check_candidates(candidates: Any, batch: int, n_atoms: int) -> tuple[jax.Array, int | None]:
-    """Returns the mask as bool and its vmap axis (None: one mask shared by the batch)."""
-    if candidates is None:
-        return jnp.ones((n_atoms,), bool), None
-    shape = np.shape(candidates)
-    if shape == (n_atoms,):
-        return jnp.asarray(candidates, bool), None
+def _candidates_axis(candidates: Any, batch: int, n_atoms: int) -> int | None:
+    """The vmap axis of the candidate mask: None when absent or shared by the batch, else 0."""
+    shape = None if candidates is None else np.shape(candidates)
+    if shape is None or shape == (n_atoms,):
+        return None
     if shape == (batch, n_atoms):
-        return jnp.asarray(candidates, bool), 0
+        return 0
     raise _shape_error("candidates", f"a bool mask of shape ({n_atoms},) or ({batch}, {n_atoms})", candidates)
+
+
+def _candidate_mask(candidates: Any, n_atoms: int) -> jax.Array:
+    return jnp.ones((n_atoms,), bool) if candidates is None else jnp.asarray(candidates, bool)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,8 +119,8 @@ class _Pursuit(NamedTuple):
 
     support: jax.Array  # (k,) int32, -1 unused
     selected: jax.Array  # (M,) bool
-    factor: jax.Array  # (k, k) lower Cholesky factor of gram[support][:, support]; identity in unused slots
-    forward: jax.Array  # (k,) factor^-1 @ alpha[support]; its squared norm is the explained energy
+    inverse_factor: jax.Array  # (k, k) L^-1, L the lower Cholesky factor of gram[support][:, support]
+    forward: jax.Array  # (k,) L^-1 @ alpha[support]; its squared norm is the explained energy
     coef: jax.Array  # (k,)
     active: jax.Array  # () bool: still adding atoms
     residual_norm_sq: jax.Array  # ()
@@ -126,7 +130,7 @@ def _initial_state(k: int, n_atoms: int, dtype: jnp.dtype, norm_sq: jax.Array) -
     return _Pursuit(
         support=jnp.full((k,), -1, jnp.int32),
         selected=jnp.zeros((n_atoms,), bool),
-        factor=jnp.eye(k, dtype=dtype),
+        inverse_factor=jnp.eye(k, dtype=dtype),
         forward=jnp.zeros((k,), dtype),
         coef=jnp.zeros((k,), dtype),
         active=jnp.asarray(True),
@@ -150,7 +154,7 @@ def _step(
     state: _Pursuit,
     step: jax.Array,
     correlations: jax.Array,
-    cross_gram: jax.Array,
+    cross_gram: Callable[[jax.Array], jax.Array],
     norms_sq: jax.Array,
     alpha: jax.Array,
     selectable: jax.Array,
@@ -173,25 +177,29 @@ def _step(
     found = available[lam] & (magnitude[lam] > floor)
 
     # Incremental Cholesky update rather than a masked re-factorisation each step: O(k^2) per step
-    # instead of O(k^3), the same arithmetic as sklearn (so float64 results agree to rounding), and
-    # the new pivot is exactly the atom's distance to the span of the support, which is the test for
-    # a dependent (duplicate, zero, or in-span) atom. Unused rows of the factor stay identity rows, so
-    # full-size triangular solves leave the unused slots at exactly 0.
+    # instead of O(k^3), the same recurrence as sklearn, and the new pivot is exactly the atom's
+    # distance to the span of the support, which is the test for a dependent (duplicate, zero or
+    # in-span) atom. The loop carries L^-1 instead of L: appending a row to L appends a row to L^-1,
+    # so every solve becomes a (k, k) matrix-vector product. XLA's batched triangular solve (under
+    # vmap) is slower to compile and to run than these products at k <= a few tens, and the pivot
+    # test keeps the factor well conditioned. Unused slots hold identity rows, so they stay exactly 0.
     cross = cross_gram(lam)
-    new_row = solve_triangular(state.factor, cross, lower=True)
+    new_row = state.inverse_factor @ cross  # row `step` of L, left of the diagonal
     pivot_sq = norms_sq[lam] - new_row @ new_row
     independent = pivot_sq > _PIVOT_RTOL * jnp.finfo(pivot_sq.dtype).eps * norms_sq[lam]
     pivot = jnp.sqrt(jnp.where(independent, pivot_sq, 1))
     accept = state.active & found & independent
 
-    factor = state.factor.at[step].set(jnp.where(accept, new_row.at[step].set(pivot), state.factor[step]))
+    unit = jax.nn.one_hot(step, new_row.shape[0], dtype=new_row.dtype)
+    inverse_row = (unit - new_row @ state.inverse_factor) / pivot
+    inverse_factor = state.inverse_factor.at[step].set(jnp.where(accept, inverse_row, state.inverse_factor[step]))
     forward_value = (alpha[lam] - new_row @ state.forward) / pivot
     forward = state.forward.at[step].set(jnp.where(accept, forward_value, 0))
-    coef = solve_triangular(factor, forward, lower=True, trans=1)
+    coef = forward @ inverse_factor  # L^-T L^-1 alpha[support]
     new_state = state._replace(
         support=state.support.at[step].set(jnp.where(accept, lam, -1)),
         selected=state.selected.at[lam].set(state.selected[lam] | accept),
-        factor=factor,
+        inverse_factor=inverse_factor,
         forward=forward,
         coef=jnp.where(accept, coef, state.coef),
         active=accept,
@@ -283,22 +291,31 @@ def _plain_pursuit(
     return _finish(state)
 
 
-def _batched_gram(gram, alpha, candidates, norm_sq, tol, k, normalize_selection, has_norm, candidates_axis):
-    single = lambda a, c, n: _gram_pursuit(  # noqa: E731
-        gram, a, c, n, tol, k=k, normalize_selection=normalize_selection, has_norm=has_norm
-    )
-    return jax.vmap(single, in_axes=(0, candidates_axis, 0))(alpha, candidates, norm_sq)
+# The batched kernels take the caller's arrays as they are and convert inside jit, so an eager call
+# compiles one program instead of dispatching (and compiling) a conversion per argument.
 
 
-def _batched_plain(atoms, targets, candidates, tol, k, normalize_selection, candidates_axis):
-    single = lambda t, c: _plain_pursuit(atoms, t, c, tol, k=k, normalize_selection=normalize_selection)  # noqa: E731
-    return jax.vmap(single, in_axes=(0, candidates_axis))(targets, candidates)
+@partial(jax.jit, static_argnames=("k", "normalize_selection", "candidates_axis", "dtype"))
+def _batched_gram(gram, alpha, candidates, norm_sq, tol, *, k, normalize_selection, candidates_axis, dtype):
+    gram, alpha = jnp.asarray(gram, dtype), jnp.asarray(alpha, dtype)
+    has_norm = norm_sq is not None
+    norm_sq = jnp.full(alpha.shape[:1], jnp.nan, dtype) if norm_sq is None else jnp.asarray(norm_sq, dtype)
+    tol = jnp.asarray(tol, dtype)
+
+    def single(a, c, n):
+        return _gram_pursuit(gram, a, c, n, tol, k=k, normalize_selection=normalize_selection, has_norm=has_norm)
+
+    return jax.vmap(single, in_axes=(0, candidates_axis, 0))(alpha, _candidate_mask(candidates, gram.shape[0]), norm_sq)
 
 
-_batched_gram_jit = jax.jit(
-    _batched_gram, static_argnames=("k", "normalize_selection", "has_norm", "candidates_axis")
-)
-_batched_plain_jit = jax.jit(_batched_plain, static_argnames=("k", "normalize_selection", "candidates_axis"))
+@partial(jax.jit, static_argnames=("k", "normalize_selection", "candidates_axis", "dtype"))
+def _batched_plain(atoms, targets, candidates, tol, *, k, normalize_selection, candidates_axis, dtype):
+    atoms, targets, tol = jnp.asarray(atoms, dtype), jnp.asarray(targets, dtype), jnp.asarray(tol, dtype)
+
+    def single(t, c):
+        return _plain_pursuit(atoms, t, c, tol, k=k, normalize_selection=normalize_selection)
+
+    return jax.vmap(single, in_axes=(0, candidates_axis))(targets, _candidate_mask(candidates, atoms.shape[0]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,30 +357,21 @@ def omp_gram(
     if np.ndim(alpha) != 2 or np.shape(alpha)[1] != n_atoms:
         raise _shape_error("alpha", f"(B, M) = (B, {n_atoms}) to match gram {tuple(np.shape(gram))}", alpha)
     batch = np.shape(alpha)[0]
-    tol_array = _check_tol(tol)
-    dtype = _float_dtype(gram, alpha)
-    has_norm = target_norm_sq is not None
-    if has_norm:
-        if np.shape(target_norm_sq) != (batch,):
-            raise _shape_error(
-                "target_norm_sq", f"({batch},) to match alpha {tuple(np.shape(alpha))}", target_norm_sq
-            )
-        norm_sq = jnp.asarray(target_norm_sq, dtype)
-    else:
-        if not (isinstance(tol, (int, float, np.number)) and tol == 0):
-            raise ValueError("tol: a nonzero relative tolerance needs target_norm_sq (B,) = ||targets||^2")
-        norm_sq = jnp.full((batch,), jnp.nan, dtype)
-    candidate_mask, candidates_axis = _check_candidates(candidates, batch, n_atoms)
-    return _batched_gram_jit(
-        jnp.asarray(gram, dtype),
-        jnp.asarray(alpha, dtype),
-        candidate_mask,
-        norm_sq,
-        tol_array.astype(dtype),
+    _check_tol(tol)
+    if target_norm_sq is not None and np.shape(target_norm_sq) != (batch,):
+        raise _shape_error("target_norm_sq", f"({batch},) to match alpha {tuple(np.shape(alpha))}", target_norm_sq)
+    if target_norm_sq is None and not (isinstance(tol, (int, float, np.number)) and tol == 0):
+        raise ValueError("tol: a nonzero relative tolerance needs target_norm_sq (B,) = ||targets||^2")
+    return _batched_gram(
+        gram,
+        alpha,
+        candidates,
+        target_norm_sq,
+        tol,
         k=k,
         normalize_selection=bool(normalize_selection),
-        has_norm=has_norm,
-        candidates_axis=candidates_axis,
+        candidates_axis=_candidates_axis(candidates, batch, n_atoms),
+        dtype=_float_dtype(gram, alpha),
     )
 
 
@@ -396,17 +404,16 @@ def omp(
     if np.ndim(targets) != 2 or np.shape(targets)[1] != dim:
         raise _shape_error("targets", f"(B, d) = (B, {dim}) to match atoms {tuple(np.shape(atoms))}", targets)
     batch = np.shape(targets)[0]
-    tol_array = _check_tol(tol)
-    dtype = _float_dtype(atoms, targets)
-    candidate_mask, candidates_axis = _check_candidates(candidates, batch, n_atoms)
-    return _batched_plain_jit(
-        jnp.asarray(atoms, dtype),
-        jnp.asarray(targets, dtype),
-        candidate_mask,
-        tol_array.astype(dtype),
+    _check_tol(tol)
+    return _batched_plain(
+        atoms,
+        targets,
+        candidates,
+        tol,
         k=k,
         normalize_selection=bool(normalize_selection),
-        candidates_axis=candidates_axis,
+        candidates_axis=_candidates_axis(candidates, batch, n_atoms),
+        dtype=_float_dtype(atoms, targets),
     )
 
 
@@ -426,13 +433,17 @@ def reconstruct(support: jax.Array, coef: jax.Array, atoms: jax.Array) -> jax.Ar
     and multiplied by the atoms: one matmul, without gathering a (B, k, d) copy of the atoms.
     """
     _check_code(support, coef, atoms)
-    n_atoms = np.shape(atoms)[0]
-    dtype = _float_dtype(coef, atoms)
+    return _reconstruct(support, coef, atoms, dtype=_float_dtype(coef, atoms))
+
+
+@partial(jax.jit, static_argnames=("dtype",))
+def _reconstruct(support, coef, atoms, *, dtype):
+    support, atoms = jnp.asarray(support), jnp.asarray(atoms, dtype)
     used = support >= 0
     rows = jnp.broadcast_to(jnp.arange(support.shape[0])[:, None], support.shape)
-    dense = jnp.zeros((support.shape[0], n_atoms), dtype)
-    dense = dense.at[rows, jnp.where(used, support, 0)].add(jnp.where(used, coef, 0).astype(dtype))
-    return dense @ jnp.asarray(atoms, dtype)
+    dense = jnp.zeros((support.shape[0], atoms.shape[0]), dtype)
+    dense = dense.at[rows, jnp.where(used, support, 0)].add(jnp.where(used, jnp.asarray(coef, dtype), 0))
+    return dense @ atoms
 
 
 def residual(support: jax.Array, coef: jax.Array, atoms: jax.Array, targets: jax.Array) -> jax.Array:

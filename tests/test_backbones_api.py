@@ -162,10 +162,27 @@ def test_conversion_accepts_exact_state_and_batch_counters():
 
 
 def test_every_registered_model_matches_its_state_dict_key_count():
-    # torchvision resnet18: 62 float tensors (20 conv/linear weights+1 bias, 20 BN x 4 ... ) counted independently:
-    # conv layers = 1 + 8*2 + 3 downsample = 20; BN = 20 (x4 tensors); fc = 2 tensors -> 20 + 80 + 2 = 102.
+    # Counted by hand for torchvision's resnet18: 20 convs (stem, 8 blocks x 2, 3 downsamples), each with a
+    # BatchNorm of 4 tensors (counters aside), and fc weight + bias: 20 + 80 + 2 = 102.
     model, _ = backbones.build_model("resnet18", "random")
     assert len(expected_torch_shapes(model)) == 102
     # Lite0 file: 296 tensors, of which 49 BatchNorm counters -> 247 used.
     model, _ = backbones.build_model("efficientnet_lite0", "random")
     assert len(expected_torch_shapes(model)) == 247
+
+
+def test_micro_batching_matches_whole_batch():
+    """Uneven batches are padded and cut back; results equal the whole-batch pass."""
+    model, tag = backbones.build_model("efficientnet_lite0", "random", seed=1)
+    chunked = backbones.Backbone(get_spec("efficientnet_lite0"), model, tag, micro_batch=2)
+    images = np.random.default_rng(2).integers(0, 256, (5, 48, 48, 3), dtype=np.uint8)
+    apply_fn, params = chunked.pure()
+    chunked_out = chunked(images)
+    whole = jax.jit(chunked._forward)(params, images)
+    for key in chunked_out:
+        assert chunked_out[key].shape == whole[key].shape
+        np.testing.assert_allclose(chunked_out[key], whole[key], rtol=0, atol=1e-5 * float(np.abs(whole[key]).max()))
+    np.testing.assert_allclose(chunked.classify(images), whole["logits"], rtol=0,
+                               atol=1e-5 * float(np.abs(whole["logits"]).max()))
+    with pytest.raises(ValueError, match="micro_batch"):
+        backbones.Backbone(get_spec("efficientnet_lite0"), model, tag, micro_batch=0)

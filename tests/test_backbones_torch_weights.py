@@ -143,3 +143,17 @@ def test_truncated_legacy_file_is_reported(tmp_path):
     truncated.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(TorchFileError, match="truncated"):
         load_torch_file(truncated)
+
+
+def test_zip_storage_of_wrong_length_is_reported(tmp_path):
+    path = tmp_path / "full.pth"
+    torch.save({"w": torch.ones(100)}, path)
+    damaged = tmp_path / "damaged.pth"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if "/data/" in item.filename:
+                data = data[:-8]
+            target.writestr(item, data)
+    with pytest.raises(TorchFileError, match="holds 392 bytes, expected 100 elements"):
+        load_torch_file(damaged)

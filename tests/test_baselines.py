@@ -63,6 +63,17 @@ def test_nearest_neighbor_matches_cdist(n_query, n_bank, query_chunk, bank_chunk
     np.testing.assert_allclose(np.asarray(dist), full.min(axis=1), rtol=1e-5, atol=1e-5)
 
 
+def test_nearest_neighbor_is_accurate_far_from_the_origin():
+    g = rng(20)
+    bank = (100.0 + g.normal(size=(80, 32))).astype(np.float32)
+    queries = np.concatenate([bank[[3, 41]], bank[:5] + 1e-3 * g.normal(size=(5, 32))]).astype(np.float32)
+    dist, idx = common.nearest_neighbor(queries, bank, query_chunk=4, bank_chunk=16)
+    full = cdist(queries.astype(np.float64), bank.astype(np.float64))
+    np.testing.assert_array_equal(np.asarray(idx), [3, 41, 0, 1, 2, 3, 4])
+    assert np.asarray(dist)[:2].tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(np.asarray(dist), full.min(axis=1), rtol=1e-3, atol=1e-6)
+
+
 def test_nearest_neighbor_small_chunks_equal_one_big_chunk():
     g = rng(2)
     queries = g.normal(size=(300, 12)).astype(np.float32)
@@ -155,9 +166,12 @@ def test_patch_embeddings_match_torch_pool_and_interpolate():
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("n_points", "n_select", "start"), [(200, 20, 0), (200, 37, 123), (50, 50, 7)])
-def test_greedy_coreset_matches_numpy_reference(n_points, n_select, start):
-    points = rng(6).normal(size=(n_points, 8)).astype(np.float32)
+@pytest.mark.parametrize(
+    ("n_points", "n_select", "start", "offset"),
+    [(200, 20, 0, 0.0), (200, 37, 123, 0.0), (50, 50, 7, 0.0), (300, 40, 11, 50.0)],
+)
+def test_greedy_coreset_matches_numpy_reference(n_points, n_select, start, offset):
+    points = (offset + rng(6).normal(size=(n_points, 8))).astype(np.float32)
     ours = patchcore.greedy_coreset(jnp.asarray(points), n_select, start)
     assert ours.dtype == jnp.int32
     assert np.asarray(ours).tolist() == numpy_greedy_k_center(points, n_select, start)
@@ -280,12 +294,16 @@ def test_patchcore_map_peaks_at_out_of_distribution_patch(reweight):
 
 def test_nearest_images_match_numpy_argsort():
     g = rng(30)
-    train, test = g.normal(size=(25, 7)), g.normal(size=(4, 7))
+    # A large common offset (post-ReLU features are far from the origin) stresses cancellation.
+    train, test = 50.0 + g.normal(size=(25, 7)), 50.0 + g.normal(size=(4, 7))
+    train, test = train.astype(np.float32).astype(np.float64), test.astype(np.float32).astype(np.float64)
+    test[1] = train[11]
     dist, idx = spade.nearest_images(jnp.asarray(test, jnp.float32), jnp.asarray(train, jnp.float32), 6)
     full = cdist(test, train)
     order = np.argsort(full, axis=1)[:, :6]
     np.testing.assert_array_equal(np.asarray(idx), order)
     np.testing.assert_allclose(np.asarray(dist), np.take_along_axis(full, order, axis=1), rtol=1e-5, atol=1e-5)
+    assert idx[1, 0] == 11 and float(dist[1, 0]) == 0.0
 
 
 def test_spade_scores_match_brute_force_reference():
@@ -391,6 +409,10 @@ def test_fit_and_score_images_in_batches(method):
     direct = module.fit_features(backbone(train), config).score_features(backbone(test))
     np.testing.assert_allclose(maps, np.asarray(direct[0]), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores, np.asarray(direct[1]), rtol=1e-5, atol=1e-5)
+    timings: dict[str, float] = {}
+    staged = model.score(test, batch_size=2, timings=timings, progress=False)
+    np.testing.assert_allclose(staged[0], maps, rtol=1e-5, atol=1e-5)
+    assert set(timings) == {"backbone", "matching"} and min(timings.values()) > 0
     peak = np.unravel_index(int(np.argmax(maps[2])), maps[2].shape)
     assert 4 <= peak[0] < 20 and 36 <= peak[1] < 52, peak
     assert config.to_dict()["method"] == method
@@ -423,19 +445,19 @@ def test_scoring_images_checks_the_backbone(method):
 @pytest.mark.parametrize(
     ("config_cls", "field", "value"),
     [
-        (PatchCoreConfig, "levels", (3, 2)),
         (PatchCoreConfig, "levels", ()),
         (PatchCoreConfig, "levels", (2, 5)),
-        (PatchCoreConfig, "levels", [2, 3]),
+        (PatchCoreConfig, "levels", "23"),
         (PatchCoreConfig, "coreset_ratio", 0.0),
         (PatchCoreConfig, "coreset_ratio", 1.5),
         (PatchCoreConfig, "projection_dim", 0),
         (PatchCoreConfig, "num_neighbors", 0),
         (PatchCoreConfig, "reweight", "yes"),
+        (PatchCoreConfig, "seed", 1.5),
         (PatchCoreConfig, "sigma", -1.0),
         (PatchCoreConfig, "image_size", 16),
         (PatchCoreConfig, "crop", 300),
-        (PatchCoreConfig, "backbone", ""),
+        (PatchCoreConfig, "backbone", "vgg16"),
         (PatchCoreConfig, "query_chunk", 0),
         (SpadeConfig, "top_k_images", 0),
         (SpadeConfig, "levels", (1, 1)),
@@ -444,7 +466,7 @@ def test_scoring_images_checks_the_backbone(method):
     ],
 )
 def test_config_validation_names_the_field(config_cls, field, value):
-    with pytest.raises(ValueError, match=f"^{field}:"):
+    with pytest.raises(ValueError, match=f"^{config_cls.__name__}.{field}: expected"):
         config_cls(**{field: value})
 
 
@@ -453,9 +475,24 @@ def test_configs_are_frozen_hashable_and_have_paper_defaults():
     assert (pc.levels, pc.coreset_ratio, pc.projection_dim, pc.num_neighbors, pc.sigma) == ((2, 3), 0.1, 128, 9, 4.0)
     assert (sp.levels, sp.top_k_images, sp.sigma) == ((1, 2, 3), 50, 4.0)
     assert PatchCoreConfig(crop=224).output_size == 224
-    hash(pc), hash(sp)
+    assert PatchCoreConfig(levels=[3, 2]).levels == (2, 3) and SpadeConfig(levels=2).levels == (2,)
+    assert hash(pc) == hash(PatchCoreConfig()) and hash(sp) == hash(SpadeConfig())
     with pytest.raises(dataclasses.FrozenInstanceError):
         pc.sigma = 2.0  # type: ignore[misc]
+
+
+def test_config_dict_round_trip_and_errors():
+    import json
+
+    pc = PatchCoreConfig(crop=224, reweight=True, projection_dim=None)
+    data = json.loads(json.dumps(pc.to_dict()))
+    assert data["method"] == "patchcore" and data["levels"] == [2, 3]
+    assert PatchCoreConfig.from_dict(data) == pc
+    assert SpadeConfig.from_dict(SpadeConfig(top_k_images=5).to_dict()) == SpadeConfig(top_k_images=5)
+    with pytest.raises(ValueError, match="method is 'patchcore', expected 'spade'"):
+        SpadeConfig.from_dict(data)
+    with pytest.raises(ValueError, match=r"unknown keys \['lam'\]"):
+        PatchCoreConfig.from_dict({"lam": 3})
 
 
 def test_fit_features_rejects_the_wrong_config_type():
@@ -463,3 +500,22 @@ def test_fit_features_rejects_the_wrong_config_type():
         patchcore.fit_features({}, SpadeConfig())
     with pytest.raises(ValueError, match="config: expected a SpadeConfig"):
         spade.fit_features({}, PatchCoreConfig())
+
+
+# --- end to end with real CNN features ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["patchcore", "spade"])
+def test_real_backbone_localizes_synthetic_defects(method):
+    from subspace_jax import backbones, metrics
+    from subspace_jax.data import synthetic
+
+    config_cls, module = METHODS[method]
+    train, test = synthetic.generate("shape", n_train=12, n_test=8, image_size=128, seed=0)
+    backbone = backbones.load("efficientnet_lite0")
+    config = config_cls(backbone="efficientnet_lite0", image_size=128)
+    model = module.fit(train.images, config, backbone, batch_size=4, progress=False)
+    maps, scores = model.score(test.images, batch_size=4, progress=False)
+    assert maps.shape == (8, 128, 128) and np.isfinite(maps).all()
+    assert metrics.pixel_auroc(maps, test.masks) > 0.9
+    assert metrics.image_auroc(scores, test.labels) > 0.7

@@ -92,7 +92,7 @@ def edit_metadata(path: Path, edit) -> None:
         (lambda m: m["config"].update(k=0), "invalid config.*Config.k"),
         (lambda m: m["config"].update(mystery=1), "invalid config.*unknown keys"),
         (lambda m: m.update(image_size=64), "image_size 64 disagrees"),
-        (lambda m: m["arrays"]["banks/level2"].update(shape=[6, 4, 4, 6]), "cannot read the arrays.*shape"),
+        (lambda m: m["arrays"]["banks/level2"].update(shape=[6, 4, 4, 6]), "stored array 'banks/level2' is float32\\[6, 4, 4, 5\\]"),
         (lambda m: m["arrays"]["grams/level3"].update(sha256="0" * 64), "grams/level3.*sha256"),
         (lambda m: m["arrays"].pop("sampling_gram"), "arrays.*config needs"),
         (lambda m: m.pop("backbone"), "missing \\['backbone'\\]"),
@@ -118,7 +118,22 @@ def test_truncated_array_file_is_a_clear_error(tmp_path):
     largest = max(files, key=lambda p: p.stat().st_size)
     data = largest.read_bytes()
     largest.write_bytes(data[: len(data) // 2])
-    with pytest.raises(checkpoint.CheckpointError, match="corrupted"):
+    with pytest.raises(checkpoint.CheckpointError, match=f"{largest.name}.*truncated or altered"):
+        checkpoint.load(path)
+
+
+def test_altered_or_missing_array_file_is_a_clear_error(tmp_path):
+    path = checkpoint.save(make_model(), tmp_path / "model")
+    files = sorted(p for p in (path / checkpoint.ARRAYS_DIR).rglob("*") if p.is_file())
+    original = files[0].read_bytes()
+    data = bytearray(original)
+    data[len(data) // 2] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match="truncated or altered"):
+        checkpoint.load(path)
+    files[0].write_bytes(original)
+    files[-1].unlink()
+    with pytest.raises(checkpoint.CheckpointError, match="missing, the checkpoint is incomplete"):
         checkpoint.load(path)
 
 

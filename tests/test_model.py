@@ -270,6 +270,14 @@ def test_fit_features_rejects_missing_levels_and_mismatched_counts():
         sj.fit_features(bank, {"k": 3})
 
 
+def test_subspace_sampling_on_a_model_fit_without_it_is_a_clear_error():
+    bank = make_bank()
+    model = sj.fit_features(bank, config(sampling="none"))
+    switched = dataclasses.replace(model, config=dataclasses.replace(model.config, sampling="subspace"))
+    with pytest.raises(ValueError, match="refit it with sampling='subspace'"):
+        model_lib.sample_candidates(switched, bank)
+
+
 def test_score_features_rejects_features_of_another_size():
     model = sj.fit_features(make_bank(), config())
     with pytest.raises(ValueError, match="level2.*like the bank"):

@@ -14,7 +14,7 @@ from sklearn.linear_model import orthogonal_mp, orthogonal_mp_gram
 
 from subspace_jax.omp import OMPResult, omp, omp_gram, reconstruct, residual
 
-SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture
@@ -88,15 +88,16 @@ def sklearn_gram(gram, alpha, k, tol=None, norms_sq=None):
     return dense.reshape(n_atoms, batch), sklearn_paths(path.reshape(n_atoms, batch, -1))
 
 
-problem_sizes = st.tuples(
-    st.integers(0, 2**31 - 1), st.integers(5, 400), st.integers(8, 4096), st.integers(1, 3)
-).flatmap(
-    lambda s: st.tuples(st.just(s[0]), st.just(s[1]), st.just(s[2]), st.just(s[3]), st.integers(1, min(s[1], 20, s[2] // 2)))
-)
+@st.composite
+def problem_sizes(draw):
+    """(seed, M, d, B, k): k <= d / 2 keeps the chosen atoms well conditioned, as the comparison needs."""
+    n_atoms, dim = draw(st.integers(5, 400)), draw(st.integers(8, 4096))
+    k = draw(st.integers(1, min(n_atoms, 20, dim // 2)))
+    return draw(st.integers(0, 2**31 - 1)), n_atoms, dim, draw(st.integers(1, 3)), k
 
 
 @SETTINGS
-@given(problem_sizes)
+@given(problem_sizes())
 def test_omp_matches_sklearn_orthogonal_mp(sizes):
     seed, n_atoms, dim, batch, k = sizes
     with jax.enable_x64(True):
@@ -107,7 +108,7 @@ def test_omp_matches_sklearn_orthogonal_mp(sizes):
 
 
 @SETTINGS
-@given(problem_sizes)
+@given(problem_sizes())
 def test_omp_gram_matches_sklearn_orthogonal_mp_gram(sizes):
     seed, n_atoms, dim, batch, k = sizes
     with jax.enable_x64(True):
@@ -115,9 +116,8 @@ def test_omp_gram_matches_sklearn_orthogonal_mp_gram(sizes):
         gram, alpha = atoms @ atoms.T, targets @ atoms.T
         result = omp_gram(gram, alpha, k, target_norm_sq=np.sum(targets**2, axis=1))
         sk_dense, sk_orders = sklearn_gram(gram, alpha, k)
+        # also checks that the Gram-based residual norm equals the true one (sklearn's coefficients)
         assert_matches_sklearn(result, atoms, targets, sk_dense, sk_orders, rtol=1e-6)
-        true_residual = residual(result.support, result.coef, atoms, targets)
-        np.testing.assert_allclose(np.sum(np.asarray(true_residual) ** 2, axis=1), result.residual_norm_sq, rtol=1e-6)
 
 
 def test_float32_kernels_agree_with_float64_sklearn():
@@ -161,14 +161,13 @@ def test_tolerance_and_k_together(x64):
     tight = omp_gram(atoms @ atoms.T, targets @ atoms.T, 40, tol=0.5, target_norm_sq=norms_sq)
     n = np.asarray(tight.n_atoms)
     assert np.all(np.asarray(tight.residual_norm_sq) <= 0.5 * norms_sq)
-    # one atom fewer would not have met the tolerance
-    fewer = omp(atoms, targets, 40, tol=0.0)
     for b in range(4):
-        assert n[b] >= 1
-        partial = omp(atoms, targets[b : b + 1], int(n[b]) - 1) if n[b] > 1 else None
-        if partial is not None:
-            assert float(partial.residual_norm_sq[0]) > 0.5 * norms_sq[b]
-        assert used_support(fewer, b)[: n[b]] == used_support(tight, b)
+        chosen = used_support(tight, b)
+        assert len(chosen) == n[b] >= 1
+        # it stopped as soon as it could: one atom fewer leaves a least-squares residual above the tolerance
+        fewer = atoms[chosen[:-1]].T
+        coef = np.linalg.lstsq(fewer, targets[b], rcond=None)[0] if len(chosen) > 1 else np.zeros(0)
+        assert np.sum((targets[b] - fewer @ coef) ** 2) > 0.5 * norms_sq[b]
 
 
 def test_target_already_within_tolerance_uses_no_atom(x64):

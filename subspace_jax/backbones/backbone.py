@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -56,9 +57,14 @@ class Backbone:
     ``{"level1": (B, H/4, W/4, C1), ..., "level4": (B, H/32, W/32, C4), "pooled": (B, C4)}`` float32
     (spatial sizes rounded up; channels in ``level_channels``). Each call is one jitted function,
     compiled once per input shape and dtype.
+
+    ``micro_batch``: inside the jitted call, run the batch through the network this many images at a
+    time (``lax.map``), so activations stay cache-sized; the default is 4 on CPU (Lite0 at batch 16 and
+    256 px ran about 2x faster per image than whole-batch) and whole-batch on accelerators.
     """
 
-    def __init__(self, spec: BackboneSpec, model: nnx.Module, weights_sha256: str):
+    def __init__(self, spec: BackboneSpec, model: nnx.Module, weights_sha256: str, *,
+                 micro_batch: int | None | str = "auto"):
         for _, module in nnx.iter_modules(model):
             if hasattr(module, "fold_batchnorm"):
                 module.fold_batchnorm()
@@ -66,19 +72,41 @@ class Backbone:
         self.name = spec.name
         self.weights_sha256 = weights_sha256
         self.level_channels = dict(spec.level_channels)
+        if micro_batch == "auto":
+            micro_batch = 4 if jax.default_backend() == "cpu" else None
+        if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
+            raise ValueError(f"micro_batch: expected a positive int, None or 'auto', got {micro_batch!r}")
+        self.micro_batch = micro_batch
         self._graphdef, params = nnx.split(model)
         # Layers keep host (numpy) arrays while loading and folding; move them to the device once.
         self._params = jax.device_put(params)
         self._features = jax.jit(self._apply)
         self._classify = jax.jit(self._apply_classify)
 
-    def _apply(self, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+    def _forward(self, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+        """One pass of the whole network (levels, pooled and logits) over (b, H, W, 3) images."""
         model = nnx.merge(self._graphdef, params)
-        return model(preprocess(images, self.spec))
+        features = model(preprocess(images, self.spec))
+        return {**features, "logits": model.logits(features["pooled"])}
+
+    def _in_micro_batches(self, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+        batch = images.shape[0]
+        step = self.micro_batch
+        if step is None or batch <= step:
+            return self._forward(params, images)
+        chunks = -(-batch // step)
+        padded = jnp.pad(images, ((0, chunks * step - batch),) + ((0, 0),) * 3)
+        stacked = jax.lax.map(lambda chunk: self._forward(params, chunk),
+                              padded.reshape((chunks, step) + images.shape[1:]))
+        return jax.tree.map(lambda a: a.reshape((chunks * step,) + a.shape[2:])[:batch], stacked)
+
+    def _apply(self, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+        features = self._in_micro_batches(params, images)
+        del features["logits"]  # unused outputs are pruned from the compiled program
+        return features
 
     def _apply_classify(self, params: Any, images: jax.Array) -> jax.Array:
-        model = nnx.merge(self._graphdef, params)
-        return model.logits(model(preprocess(images, self.spec))["pooled"])
+        return self._in_micro_batches(params, images)["logits"]
 
     def __call__(self, images: Any) -> dict[str, jax.Array]:
         return self._features(self._params, _check_images(images))

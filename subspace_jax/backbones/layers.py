@@ -31,6 +31,37 @@ def _as_param_array(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
+def _explicit_padding(size: int, kernel: int, stride: int, padding: str | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(padding, str):  # TF "SAME": output ceil(size / stride), the odd pixel of padding after
+        out = -(-size // stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        return total // 2, total - total // 2
+    return padding
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Padding) -> jax.Array:
+    """Depthwise convolution (B, H, W, C) * (kh, kw, 1, C) as a sum of kh*kw shifted, scaled copies.
+
+    Same result as ``conv_general_dilated(..., feature_group_count=C)``; XLA's CPU backend runs grouped
+    convolutions 3-15x slower than this single fused elementwise loop (measured on Lite0's layers).
+    """
+    kh, kw = kernel.shape[:2]
+    height, width = x.shape[1:3]
+    pad_h = _explicit_padding(height, kh, stride, padding if isinstance(padding, str) else padding[0])
+    pad_w = _explicit_padding(width, kw, stride, padding if isinstance(padding, str) else padding[1])
+    x = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    out_h = (x.shape[1] - kh) // stride + 1
+    out_w = (x.shape[2] - kw) // stride + 1
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            window = jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + (out_h - 1) * stride + 1,
+                                                     j + (out_w - 1) * stride + 1, x.shape[3]), (1, stride, stride, 1))
+            term = window * kernel[i, j, 0]
+            total = term if total is None else total + term
+    return total
+
+
 class ConvNorm(nnx.Module):
     """Bias-free 2-D convolution followed by BatchNorm with running statistics (inference only).
 
@@ -96,11 +127,22 @@ class ConvNorm(nnx.Module):
         self.var[...] = np.ones_like(self.var[...])
         self.folded = True
 
+    def _no_padding(self) -> bool:
+        # "SAME" pads nothing for a 1x1 kernel, whatever the stride
+        return self.padding == "SAME" or all(p == (0, 0) for p in self.padding)
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.conv_general_dilated(
-            x, self.kernel[...], window_strides=(self.stride, self.stride), padding=self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups,
-        )
+        kernel = self.kernel[...]
+        if self.groups > 1 and self.groups == x.shape[-1] == kernel.shape[-1]:
+            y = depthwise_conv(x, kernel, self.stride, self.padding)
+        elif kernel.shape[:2] == (1, 1) and self.groups == 1 and self._no_padding():
+            # A 1x1 convolution is a matmul over channels; XLA's CPU dot is ~2x faster than its conv here.
+            y = jnp.einsum("bhwc,cd->bhwd", x[:, :: self.stride, :: self.stride, :], kernel[0, 0])
+        else:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, window_strides=(self.stride, self.stride), padding=self.padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups,
+            )
         if self.folded:
             return y + self.bias[...]
         factor = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.eps)

@@ -181,6 +181,9 @@ def _load_zip(path: Path) -> Any:
                     raw = archive.read(f"{prefix}data/{key}")
                 except KeyError:
                     raise TorchFileError(f"{path}: storage '{key}' is missing from the archive") from None
+                if len(raw) != int(numel) * dtype.itemsize:
+                    raise TorchFileError(f"{path}: storage '{key}' holds {len(raw)} bytes, expected {numel} "
+                                         f"elements of {dtype}")
                 storages[key] = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
             storage = storages[key]
             if storage.dtype != dtype.newbyteorder("<"):
@@ -230,6 +233,8 @@ def _load_legacy(path: Path) -> Any:
         dtype = _storage_dtype(storage_type, source)
         key = str(key)
         if key not in declared:
+            if not 0 <= int(numel) * dtype.itemsize <= len(raw):  # a forged size must not allocate unbounded memory
+                raise TorchFileError(f"{source}: storage '{key}' claims {numel} elements, more than the file holds")
             declared[key] = np.empty(int(numel), dtype=dtype)
         base = declared[key]
         if view_metadata is not None:

@@ -9,10 +9,12 @@ identically.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,34 +33,89 @@ _DOT_PRECISION = lax.Precision.HIGHEST
 level_key = model_lib.level_key
 
 
-def validate_common(
-    *,
-    backbone: str,
-    image_size: int,
-    crop: int | None,
-    levels: Sequence[int],
-    sigma: float,
-) -> None:
-    """Checks the fields every baseline config shares; raises ValueError naming the field."""
-    if backbone not in model_lib.BACKBONE_NAMES:
-        raise ValueError(f"backbone: expected one of {model_lib.BACKBONE_NAMES}, got {backbone!r}")
-    if not isinstance(image_size, int) or image_size < 32:
-        raise ValueError(f"image_size: expected an int >= 32, got {image_size!r}")
-    if crop is not None and (not isinstance(crop, int) or not 32 <= crop <= image_size):
-        raise ValueError(f"crop: expected None or an int in [32, image_size={image_size}], got {crop!r}")
-    if not isinstance(levels, tuple) or not levels:
-        raise ValueError(f"levels: expected a non-empty tuple of ints in 1..4, got {levels!r}")
-    if any(not isinstance(l, int) or not 1 <= l <= 4 for l in levels):
-        raise ValueError(f"levels: expected ints in 1..4, got {levels!r}")
-    if len(set(levels)) != len(levels) or tuple(sorted(levels)) != levels:
-        raise ValueError(f"levels: expected strictly increasing levels, got {levels!r}")
-    if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma: expected a finite float >= 0 (0 disables smoothing), got {sigma!r}")
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig:
+    """Fields and checks every baseline config shares (frozen, hashable: static under jit).
+
+    Attributes:
+      backbone: one of `subspace_jax.model.BACKBONE_NAMES`.
+      image_size, crop: input resolution, as for `subspace_jax.Config` (maps are `crop or image_size`).
+      levels: backbone levels used (1..4); like the model's, any sequence of distinct levels, stored sorted.
+      sigma: Gaussian smoothing of the maps in output pixels (0 disables it).
+      query_chunk, bank_chunk: nearest-neighbour search block sizes; the search never holds more than a
+        (query_chunk, bank_chunk) float32 distance block.
+    """
+
+    method: ClassVar[str] = ""
+
+    backbone: str = "wide_resnet50_2"
+    image_size: int = 256
+    crop: int | None = None
+    levels: tuple[int, ...] = (2, 3)
+    sigma: float = 4.0
+    query_chunk: int = 2048
+    bank_chunk: int = 8192
+
+    def fail(self, name: str, expected: str) -> None:
+        raise ValueError(f"{type(self).__name__}.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+    def check_positive_int(self, name: str) -> None:
+        value = getattr(self, name)
+        if not _is_int(value) or value < 1:
+            self.fail(name, "an int >= 1")
+
+    def __post_init__(self) -> None:
+        if self.backbone not in model_lib.BACKBONE_NAMES:
+            self.fail("backbone", f"one of {model_lib.BACKBONE_NAMES}")
+        if not _is_int(self.image_size) or self.image_size < 32:
+            self.fail("image_size", "an int >= 32")
+        if self.crop is not None and (not _is_int(self.crop) or not 32 <= self.crop <= self.image_size):
+            self.fail("crop", f"None or an int in [32, image_size={self.image_size}]")
+        levels = (self.levels,) if _is_int(self.levels) else self.levels
+        if (
+            not isinstance(levels, (tuple, list))
+            or not levels
+            or not all(_is_int(level) and 1 <= level <= 4 for level in levels)
+            or len(set(levels)) != len(levels)
+        ):
+            self.fail("levels", "a non-empty sequence of distinct levels from {1, 2, 3, 4}")
+        object.__setattr__(self, "levels", tuple(sorted(int(level) for level in levels)))
+        sigma = self.sigma
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
+            self.fail("sigma", "a finite number >= 0")
+        object.__setattr__(self, "sigma", float(sigma))
+        self.check_positive_int("query_chunk")
+        self.check_positive_int("bank_chunk")
+
+    @property
+    def output_size(self) -> int:
+        """Side of the input images and of the maps: `crop or image_size`."""
+        return self.crop if self.crop is not None else self.image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict with the method name (`levels` as a list); `from_dict` inverts it."""
+        out = {"method": self.method, **dataclasses.asdict(self)}
+        out["levels"] = list(self.levels)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """A validated config from `to_dict`'s output; unknown keys or another method are errors."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{cls.__name__}.from_dict: expected a mapping, got {type(data).__name__}")
+        values = dict(data)
+        method = values.pop("method", cls.method)
+        if method != cls.method:
+            raise ValueError(f"{cls.__name__}.from_dict: method is {method!r}, expected {cls.method!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
+        return cls(**values)
 
 
 def check_features(
@@ -88,7 +145,14 @@ def check_features(
 
 
 def squared_distances(queries: Array, bank: Array) -> Array:
-    """Squared Euclidean distances (Q, M) of queries (Q, d) to bank rows (M, d), float32, clamped at 0."""
+    """Squared Euclidean distances (Q, M) of queries (Q, d) to bank rows (M, d), float32, clamped at 0.
+
+    For ranking: computed by expansion on data centred at the bank mean (see `nearest_neighbor`);
+    recompute the distances that are reported directly.
+    """
+    centre = jnp.mean(bank, axis=0)
+    queries = queries - centre
+    bank = bank - centre
     q_sq = jnp.sum(queries * queries, axis=-1)
     b_sq = jnp.sum(bank * bank, axis=-1)
     cross = jnp.matmul(queries, bank.T, precision=_DOT_PRECISION)
@@ -124,15 +188,13 @@ def nearest_neighbor(
         raise ValueError(f"bank: expected shape (M>=1, {dim}), got {bank.shape}")
     n_bank = bank.shape[0]
     centre = jnp.mean(bank, axis=0)
-    queries = queries - centre
-    bank = bank - centre
     q_chunk = max(1, min(query_chunk, n_query))
     b_chunk = max(1, min(bank_chunk, n_bank))
     n_q_chunks = -(-n_query // q_chunk)
     n_b_chunks = -(-n_bank // b_chunk)
 
     q_pad = jnp.pad(queries, ((0, n_q_chunks * q_chunk - n_query), (0, 0)))
-    b_pad = jnp.pad(bank, ((0, n_b_chunks * b_chunk - n_bank), (0, 0)))
+    b_pad = jnp.pad(bank - centre, ((0, n_b_chunks * b_chunk - n_bank), (0, 0)))
     b_sq = jnp.sum(b_pad * b_pad, axis=-1)
     # Padded bank rows get an infinite norm so they can never be the minimum.
     b_sq = jnp.where(jnp.arange(b_pad.shape[0]) < n_bank, b_sq, jnp.inf)
@@ -140,7 +202,8 @@ def nearest_neighbor(
     bank_sq_blocks = b_sq.reshape(n_b_chunks, b_chunk)
     offsets = jnp.arange(n_b_chunks, dtype=jnp.int32) * b_chunk
 
-    def one_query_chunk(q: Array) -> tuple[Array, Array]:
+    def one_query_chunk(raw_q: Array) -> tuple[Array, Array]:
+        q = raw_q - centre
         q_sq = jnp.sum(q * q, axis=-1)
 
         def scan_bank(carry, block):
@@ -158,36 +221,36 @@ def nearest_neighbor(
 
         init = (jnp.full((q_chunk,), jnp.inf, jnp.float32), jnp.zeros((q_chunk,), jnp.int32))
         (_, best_idx), _ = lax.scan(scan_bank, init, (bank_blocks, bank_sq_blocks, offsets))
-        diff = q - bank[best_idx]
+        diff = raw_q - bank[best_idx]  # the uncentred inputs: duplicates give exactly 0
         return jnp.sqrt(jnp.sum(diff * diff, axis=-1)), best_idx
 
     dist, idx = lax.map(one_query_chunk, q_pad.reshape(n_q_chunks, q_chunk, dim))
     return dist.reshape(-1)[:n_query], idx.reshape(-1)[:n_query]
 
 
-def output_size(image_size: int, crop: int | None) -> int:
-    """Side of the square maps: the crop if there is one, else the resized image size."""
-    return crop if crop is not None else image_size
-
-
-def fuse_level_maps(level_maps: Mapping[str, Array], config: Any, fusion: str) -> Array:
-    """Level maps {"level<l>": (B, h_l, w_l)} -> (B, S, S) through the model's ``fuse_maps``.
-
-    Bilinear upsampling to S = config.output_size, fusion ("sum" | "mean" | "product"), Gaussian blur
-    with config.sigma: exactly the subspace model's post-processing. `config` is a baseline config.
-    """
-    levels = tuple(int(key.removeprefix("level")) for key in level_maps)
-    map_config = model_lib.Config(
+def model_config(config: BaselineConfig, levels: tuple[int, ...] | None = None, fusion: str = "sum") -> Any:
+    """The `subspace_jax.Config` with a baseline's backbone, input size, levels and sigma, for calling the
+    model's shared helpers (`fuse_maps`, `extract_features`); no reconstruction is run with it."""
+    return model_lib.Config(
         backbone=config.backbone,
         image_size=config.image_size,
         crop=config.crop,
-        levels=levels,
+        levels=config.levels if levels is None else levels,
         sampling="none",
         fusion=fusion,
         sigma=config.sigma,
     )
+
+
+def fuse_level_maps(level_maps: Mapping[str, Array], config: BaselineConfig, fusion: str) -> Array:
+    """Level maps {"level<l>": (B, h_l, w_l)} -> (B, S, S) through the model's ``fuse_maps``.
+
+    Bilinear upsampling to S = config.output_size, fusion ("sum" | "mean" | "product"), Gaussian blur
+    with config.sigma: exactly the subspace model's post-processing.
+    """
+    levels = tuple(int(key.removeprefix("level")) for key in level_maps)
     size = config.output_size
-    maps, _ = model_lib.fuse_maps(level_maps, (size, size), map_config)
+    maps, _ = model_lib.fuse_maps(level_maps, (size, size), model_config(config, levels, fusion))
     return maps
 
 
@@ -202,38 +265,27 @@ class BackboneBinding:
     _bound_backbone = model_lib.Model._bound_backbone
 
 
-def check_fit_backbone(backbone: Any, config: Any) -> Any:
-    """The backbone to fit with: `backbone`, or `backbones.load(config.backbone)`; names must agree."""
+def extract_features(
+    images: Any,
+    config: BaselineConfig,
+    backbone: Any,
+    keys: Sequence[str],
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> tuple[dict[str, np.ndarray], Any]:
+    """Backbone features `keys` of `images` with the model's `extract_features` (batched, padded).
+
+    `backbone` None loads `config.backbone`. Returns (features, the backbone used).
+    """
     if backbone is None:
         from subspace_jax import backbones
 
         backbone = backbones.load(config.backbone)
-    if backbone.name != config.backbone:
-        raise ValueError(
-            f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}"
-        )
-    return backbone
-
-
-def extract_features(
-    backbone: Any, images: Any, config: Any, keys: Sequence[str], batch_size: int, progress: bool, desc: str
-) -> dict[str, np.ndarray]:
-    """Backbone features `keys` of `images` (array, iterable of batches or paths), batch by batch.
-
-    Uses the model's batching (short last batch padded, one compilation) and jitted extraction.
-    """
-    positive_int("batch_size", batch_size)
-    bound = model_lib._BoundBackbone.of(backbone)
-    keys = tuple(keys)
-    chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-    for batch in model_lib._progress(model_lib._iter_batches(images, config, batch_size), progress, desc):
-        n = batch.shape[0]
-        out = model_lib._extract_jit(bound.apply_fn, keys, bound.params, model_lib._pad_batch(batch, batch_size))
-        for key in keys:
-            chunks[key].append(np.asarray(out[key][:n]))
-    if not chunks[keys[0]]:
-        raise ValueError("images: expected at least one image, got none")
-    return {key: np.concatenate(value) for key, value in chunks.items()}
+    features = model_lib.extract_features(
+        images, model_config(config), backbone, keys=tuple(keys), batch_size=batch_size, progress=progress, desc=desc
+    )
+    return features, backbone
 
 
 def score_in_batches(
@@ -242,25 +294,43 @@ def score_in_batches(
     batch_size: int,
     backbone: Any,
     progress: bool,
+    timings: dict[str, float] | None,
     score_images_jit: Any,
+    score_features_jit: Any,
+    feature_keys: Sequence[str],
     desc: str,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Runs `score_images_jit(fitted, apply_fn, params, batch)` over padded batches of `images`.
+    """Scores `images` batch by batch, as `subspace_jax.Model.score` does.
+
+    Without `timings`, one fused `score_images_jit(fitted, apply_fn, params, batch)` per batch; with it,
+    the backbone (`feature_keys` only) and `score_features_jit(fitted, features)` run as separate jitted
+    stages and their wall-clock seconds are added to `timings["backbone"]` and `timings["matching"]`
+    (nearest-neighbour search and maps; the first call includes compilation).
 
     Returns numpy maps (N, S, S) float32 and scores (N,) float32.
     """
-    positive_int("batch_size", batch_size)
+    batch_size = model_lib._batch_size_for(images, batch_size)
     bound = fitted._bound_backbone(backbone)
+    keys = tuple(feature_keys)
+
+    def timed(stage: str, fn: Any, *args: Any) -> Any:
+        start = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+        return out
+
     maps, scores = [], []
-    for batch in model_lib._progress(model_lib._iter_batches(images, fitted.config, batch_size), progress, desc):
+    batches = model_lib._iter_batches(images, fitted.config, batch_size)
+    for batch in model_lib._progress(batches, progress, desc, model_lib._n_batches(images, batch_size)):
         n = batch.shape[0]
-        batch_maps, batch_scores = score_images_jit(
-            fitted, bound.apply_fn, bound.params, model_lib._pad_batch(batch, batch_size)
-        )
+        padded = model_lib._pad_batch(batch, batch_size)
+        if timings is None:
+            batch_maps, batch_scores = score_images_jit(fitted, bound.apply_fn, bound.params, padded)
+        else:
+            features = timed("backbone", model_lib._extract_jit, bound.apply_fn, keys, bound.params, padded)
+            batch_maps, batch_scores = timed("matching", score_features_jit, fitted, features)
         maps.append(np.asarray(batch_maps[:n], np.float32))
         scores.append(np.asarray(batch_scores[:n], np.float32))
     if not maps:
         raise ValueError("images: expected at least one image, got none")
     return np.concatenate(maps), np.concatenate(scores)
-
-

@@ -40,67 +40,43 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class PatchCoreConfig:
+class PatchCoreConfig(common.BaselineConfig):
     """PatchCore settings. Defaults follow the paper (WRN50, levels 2+3, 10% coreset, sigma 4).
 
+    Shared fields (backbone, image_size, crop, levels, sigma, query_chunk, bank_chunk) are described in
+    `common.BaselineConfig`; coarser levels are upsampled to the first (finest) one. Own fields:
+
     Attributes:
-      backbone: backbone name for `subspace_jax.backbones.load`.
-      image_size, crop: input resolution (maps are `crop` or `image_size` pixels square).
-      levels: backbone levels to embed (strictly increasing); coarser ones are upsampled to the first.
       coreset_ratio: fraction of training patches kept in the memory bank, in (0, 1].
       projection_dim: dimension of the random projection used only for coreset selection; None, or a
         value >= the embedding dimension, selects on the raw embeddings.
       reweight: apply PatchCore's image-score reweighting (Eq. 7) instead of the plain maximum.
       num_neighbors: b in Eq. 7, the size of the bank neighbourhood of the nearest memory patch.
-      sigma: Gaussian smoothing of the maps, in output pixels (0 disables it).
       seed: seeds the projection and the coreset's starting patch.
-      query_chunk, bank_chunk: nearest-neighbour search block sizes; the search never holds more than a
-        (query_chunk, bank_chunk) float32 distance block.
     """
 
     method: ClassVar[str] = "patchcore"
 
-    backbone: str = "wide_resnet50_2"
-    image_size: int = 256
-    crop: int | None = None
     levels: tuple[int, ...] = (2, 3)
     coreset_ratio: float = 0.1
     projection_dim: int | None = 128
     reweight: bool = False
     num_neighbors: int = 9
-    sigma: float = 4.0
     seed: int = 0
-    query_chunk: int = 2048
-    bank_chunk: int = 8192
 
     def __post_init__(self) -> None:
-        common.validate_common(
-            backbone=self.backbone,
-            image_size=self.image_size,
-            crop=self.crop,
-            levels=self.levels,
-            sigma=self.sigma,
-        )
+        super().__post_init__()
         ratio = self.coreset_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-            raise ValueError(f"coreset_ratio: expected a float in (0, 1], got {ratio!r}")
+            self.fail("coreset_ratio", "a number in (0, 1]")
+        object.__setattr__(self, "coreset_ratio", float(ratio))
         if self.projection_dim is not None:
-            common.positive_int("projection_dim", self.projection_dim)
+            self.check_positive_int("projection_dim")
         if not isinstance(self.reweight, bool):
-            raise ValueError(f"reweight: expected a bool, got {self.reweight!r}")
-        common.positive_int("num_neighbors", self.num_neighbors)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed: expected an int, got {self.seed!r}")
-        common.positive_int("query_chunk", self.query_chunk)
-        common.positive_int("bank_chunk", self.bank_chunk)
-
-    @property
-    def output_size(self) -> int:
-        return common.output_size(self.image_size, self.crop)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings, with the method name, for results files."""
-        return {"method": self.method, **dataclasses.asdict(self)}
+            self.fail("reweight", "a bool")
+        self.check_positive_int("num_neighbors")
+        if not common._is_int(self.seed):
+            self.fail("seed", "an int")
 
 
 # --- patch embedding ------------------------------------------------------------------------------------
@@ -152,14 +128,19 @@ def greedy_coreset(points: Array, n_select: int, start_index: Array | int) -> Ar
     Each further pick is the point farthest (Euclidean) from everything picked so far; the distance to
     the picked set is kept per point and updated with the newest pick only (min of old and new). Ties go
     to the lowest index.
+
+    Distances to a pick come from ||p||^2 + ||x||^2 - 2 P x on points centred at their mean, a
+    full-precision matrix-vector product: one pass over the points per pick, about 3x faster on CPU than
+    differencing (measured at 779k x 128), and its rounding only matters between near-equal distances.
     """
     points = jnp.asarray(points, jnp.float32)
+    points = points - jnp.mean(points, axis=0)
+    sq_norms = jnp.sum(points * points, axis=-1)
     start = jnp.asarray(start_index, jnp.int32)
 
     def sq_dist_to(index: Array) -> Array:
-        # Direct differences, not the ||a||^2+||b||^2-2ab expansion: the argmax must be exact.
-        diff = points - points[index]
-        return jnp.sum(diff * diff, axis=-1)
+        cross = jnp.matmul(points, points[index], precision=lax.Precision.HIGHEST)
+        return jnp.maximum(sq_norms + sq_norms[index] - 2.0 * cross, 0.0)
 
     selected = jnp.zeros((n_select,), jnp.int32).at[0].set(start)
 
@@ -300,15 +281,26 @@ class PatchCoreModel(common.BackboneBinding):
         return _score_features_jit(self, common.check_features(features, keys))
 
     def score(
-        self, images: Any, batch_size: int = 8, *, backbone: Any = None, progress: bool = True
+        self,
+        images: Any,
+        batch_size: int = 8,
+        *,
+        backbone: Any = None,
+        timings: dict[str, float] | None = None,
+        progress: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Maps (N, S, S) float32 and scores (N,) float32 of `images`, in batches, as numpy arrays.
 
         `images`: uint8 (N, S, S, 3) array, an iterable of batches or image paths, as for
         `subspace_jax.Model.score`. `backbone`: default the one `fit` bound, else loaded by name and
-        checked against `weights_sha256`.
+        checked against `weights_sha256`. `timings`: when given, the backbone and the matching run as
+        separately jitted stages and their seconds are added to `timings["backbone" | "matching"]`.
         """
-        return common.score_in_batches(self, images, batch_size, backbone, progress, _score_images_jit, "PatchCore score")
+        return common.score_in_batches(
+            self, images, batch_size, backbone, progress, timings,
+            _score_images_jit, _score_features_jit,
+            [common.level_key(l) for l in self.config.levels], "PatchCore score",
+        )
 
 
 def fit_features(
@@ -345,8 +337,7 @@ def fit(
     bound to `backbone` (loaded by `config.backbone` when None)."""
     if not isinstance(config, PatchCoreConfig):
         raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
-    backbone = common.check_fit_backbone(backbone, config)
     keys = [common.level_key(l) for l in config.levels]
-    features = common.extract_features(backbone, images, config, keys, batch_size, progress, "PatchCore fit")
+    features, backbone = common.extract_features(images, config, backbone, keys, batch_size, progress, "PatchCore fit")
     model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
     return model.bind(backbone)

@@ -27,48 +27,25 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class SpadeConfig:
+class SpadeConfig(common.BaselineConfig):
     """SPADE settings. Defaults follow the SPADE paper: K = 50 images, levels 1-3, sigma 4.
 
+    Shared fields (backbone, image_size, crop, levels, sigma, query_chunk, bank_chunk) are described in
+    `common.BaselineConfig`; the levels' distance maps are averaged. Own field:
+
     Attributes:
-      backbone, image_size, crop: as for the subspace model.
-      levels: backbone levels whose distance maps are averaged (strictly increasing).
       top_k_images: K, the number of nearest training images (by pooled features) in each test image's
         gallery; a training set smaller than K uses all its images.
-      sigma: Gaussian smoothing of the maps, in output pixels (0 disables it).
-      query_chunk, bank_chunk: nearest-neighbour search block sizes (bounded memory).
     """
 
     method: ClassVar[str] = "spade"
 
-    backbone: str = "wide_resnet50_2"
-    image_size: int = 256
-    crop: int | None = None
     levels: tuple[int, ...] = (1, 2, 3)
     top_k_images: int = 50
-    sigma: float = 4.0
-    query_chunk: int = 2048
-    bank_chunk: int = 8192
 
     def __post_init__(self) -> None:
-        common.validate_common(
-            backbone=self.backbone,
-            image_size=self.image_size,
-            crop=self.crop,
-            levels=self.levels,
-            sigma=self.sigma,
-        )
-        common.positive_int("top_k_images", self.top_k_images)
-        common.positive_int("query_chunk", self.query_chunk)
-        common.positive_int("bank_chunk", self.bank_chunk)
-
-    @property
-    def output_size(self) -> int:
-        return common.output_size(self.image_size, self.crop)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings, with the method name, for results files."""
-        return {"method": self.method, **dataclasses.asdict(self)}
+        super().__post_init__()
+        self.check_positive_int("top_k_images")
 
 
 def nearest_images(test_pooled: Array, train_pooled: Array, k: int) -> tuple[Array, Array]:
@@ -79,9 +56,12 @@ def nearest_images(test_pooled: Array, train_pooled: Array, k: int) -> tuple[Arr
     Returns:
       (distances (B, k) float32 ascending, indices (B, k) int32).
     """
-    d2 = common.squared_distances(jnp.asarray(test_pooled, jnp.float32), jnp.asarray(train_pooled, jnp.float32))
-    neg_d2, idx = lax.top_k(-d2, k)
-    return jnp.sqrt(-neg_d2), idx.astype(jnp.int32)
+    test_pooled = jnp.asarray(test_pooled, jnp.float32)
+    train_pooled = jnp.asarray(train_pooled, jnp.float32)
+    _, idx = lax.top_k(-common.squared_distances(test_pooled, train_pooled), k)
+    # Reported distances directly, not by the expansion: a test image equal to a training one gives 0.
+    dist = jnp.sqrt(jnp.sum((train_pooled[idx] - test_pooled[:, None, :]) ** 2, axis=-1))
+    return dist, idx.astype(jnp.int32)
 
 
 def score_features(model: SpadeModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
@@ -170,13 +150,22 @@ class SpadeModel(common.BackboneBinding):
         return _score_features_jit(self, checked)
 
     def score(
-        self, images: Any, batch_size: int = 8, *, backbone: Any = None, progress: bool = True
+        self,
+        images: Any,
+        batch_size: int = 8,
+        *,
+        backbone: Any = None,
+        timings: dict[str, float] | None = None,
+        progress: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Maps (N, S, S) float32 and scores (N,) float32 of `images`, in batches, as numpy arrays.
 
-        `images` and `backbone` as for `PatchCoreModel.score`.
+        `images`, `backbone` and `timings` as for `PatchCoreModel.score`.
         """
-        return common.score_in_batches(self, images, batch_size, backbone, progress, _score_images_jit, "SPADE score")
+        return common.score_in_batches(
+            self, images, batch_size, backbone, progress, timings,
+            _score_images_jit, _score_features_jit, _feature_keys(self.config), "SPADE score",
+        )
 
 
 def _feature_keys(config: SpadeConfig) -> list[str]:
@@ -208,9 +197,8 @@ def fit(
     bound to `backbone` (loaded by `config.backbone` when None)."""
     if not isinstance(config, SpadeConfig):
         raise ValueError(f"config: expected a SpadeConfig, got {type(config).__name__}")
-    backbone = common.check_fit_backbone(backbone, config)
-    features = common.extract_features(
-        backbone, images, config, _feature_keys(config), batch_size, progress, "SPADE fit"
+    features, backbone = common.extract_features(
+        images, config, backbone, _feature_keys(config), batch_size, progress, "SPADE fit"
     )
     model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
     return model.bind(backbone)
