@@ -434,9 +434,8 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
         print(missing_weights_message(backbone_name, exc), file=sys.stderr)
         return 2
 
-    settings_for_config = {k: v for k, v in
-                           {"backbone": backbone_name, "image_size": image_size, "crop": crop}.items()}
-    run_config = config_dict(method, config, settings_for_config, backbone.weights_sha256)
+    run_config = config_dict(method, config, {"backbone": backbone_name, "image_size": image_size, "crop": crop},
+                             backbone.weights_sha256)
     results_path = out_dir / "results.json"
     try:
         if results_path.exists():
@@ -472,7 +471,7 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
             entry = run_category(spec, method, config, backbone, category, settings)
         except (OSError, ValueError) as exc:
             print(
-                f"error: {spec.title} category {category!r} failed: {exc}\n"
+                f"error: {spec.title} category {category!r} failed: {type(exc).__name__}: {exc}\n"
                 f"Finished categories are kept in {results_path}; fix the cause and rerun with "
                 f"--resume --out {out_dir}",
                 file=sys.stderr,
