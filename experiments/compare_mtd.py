@@ -32,6 +32,7 @@ from subspace_jax.runner import workbench  # noqa: E402
 from subspace_jax.runner.workbench import Workbench  # noqa: E402
 
 # (row label, --method name, Config overrides beyond the backbone)
+NOTES_HEADING = "\n## Reading\n"
 ROWS = (
     ("subspace (image atoms)", "subspace", {"reconstruction": "image"}),
     ("subspace (pixel atoms)", "subspace", {"reconstruction": "pixel"}),
@@ -143,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             "devices": ", ".join(str(d) for d in jax.devices())}
     json_path = args.json or args.out.with_suffix(".json")
     atomic_write_text(json_path, json.dumps({"command": command, "info": info, "rows": rows}, indent=1) + "\n")
-    atomic_write_text(args.out, markdown(rows, command, info))
+    text = markdown(rows, command, info)
+    if args.out.is_file() and NOTES_HEADING in args.out.read_text():
+        # Hand-written reading of the figures survives a rerun (check it still matches them).
+        text += NOTES_HEADING + args.out.read_text().split(NOTES_HEADING, 1)[1]
+    atomic_write_text(args.out, text)
     print(f"wrote {args.out} and {json_path}")
     return 0
 

@@ -1,0 +1,71 @@
+"""runner.workbench (cached features for notebooks) and experiments/compare_mtd.py on a few real MTD images."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from subspace_jax.data import MTD
+from subspace_jax.runner import workbench
+from subspace_jax.runner.core import load_backbone
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_evenly_spaced_keeps_both_ends_and_order():
+    items = list(range(10))
+    assert workbench.evenly_spaced(items, 4) == [0, 3, 6, 9]
+    assert workbench.evenly_spaced(items, None) == items
+    assert workbench.evenly_spaced(items, 50) == items
+    with pytest.raises(ValueError, match="limit"):
+        workbench.evenly_spaced(items, 0)
+
+
+@pytest.mark.mtd
+def test_subset_features_are_cached_apart_from_the_full_split(mtd_root, tmp_path):
+    backbone = load_backbone("efficientnet_lite0")
+    bench = workbench.Workbench(MTD(mtd_root), "mtd", backbone, cache_dir=tmp_path, image_size=64,
+                                limits={"train": 3}, progress=False)
+    first = bench.features("train")
+    assert first["level2"].shape == (3, 8, 8, 40) and first["pooled"].shape == (3, 1280)
+    entries = list(tmp_path.rglob("meta.json"))
+    assert len(entries) == 1 and "mtd-3" in entries[0].parts  # never the full split's entry
+    # A second bench reads the cache (same arrays) without the backbone.
+    again = workbench.Workbench(MTD(mtd_root), "mtd", backbone, cache_dir=tmp_path, image_size=64,
+                                limits={"train": 3}, progress=False)
+    cached = again.features("train")
+    np.testing.assert_array_equal(cached["level3"], first["level3"])
+    assert again.backbone_seconds["train"] == bench.backbone_seconds["train"]
+
+
+@pytest.mark.mtd
+def test_compare_mtd_writes_the_table_and_keeps_the_notes(mtd_root, tmp_path):
+    spec = importlib.util.spec_from_file_location("compare_mtd", REPO / "experiments" / "compare_mtd.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    out = tmp_path / "table.md"
+    out.write_text("old table" + compare.NOTES_HEADING + "hand-written notes\n")
+    args = ["--data-root", str(mtd_root), "--image-size", "64", "--limit-train", "6", "--limit-test", "8",
+            "--feature-cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress", "--batch-size", "4",
+            "--rows", "subspace (image atoms)", "PatchCore"]
+    assert compare.main(args) == 0
+    text = out.read_text()
+    assert "old table" not in text and text.endswith(compare.NOTES_HEADING + "hand-written notes\n")
+    assert "| subspace (image atoms) |" in text and "| PatchCore |" in text and "SPADE |" not in text
+    record = json.loads(out.with_suffix(".json").read_text())
+    rows = {row["label"]: row for row in record["rows"]}
+    assert set(rows) == {"subspace (image atoms)", "PatchCore"}
+    for row in rows.values():
+        assert row["n_train"] == 6 and row["n_test"] == 8
+        assert all(0.0 <= row[key] <= 1.0 for key in ("pixel_auroc", "pro", "image_auroc", "pixel_ap"))
+        assert row["bank_bytes"] > 0 and row["seconds_per_image"] > row["backbone_seconds_per_image"]
+    # Subspace bank: per-level float32 banks, (N, N) Gram matrices and the pooled sampling bank, counted exactly.
+    sub = rows["subspace (image atoms)"]
+    cells = {2: 8 * 8 * 40, 3: 4 * 4 * 112, 4: 2 * 2 * 1280}
+    expected = 4 * (6 * sum(cells.values()) + 3 * 6 * 6 + 6 * 1280 + 6 * 6)
+    assert sub["bank_bytes"] == expected
+    assert rows["PatchCore"]["config"]["coreset_ratio"] == 0.01
