@@ -1,8 +1,11 @@
-"""MTD (Magnetic Tile Defect): fit and evaluate every category, write results.json / results.md, print the paper's numbers beside ours.
+"""MTD (Magnetic Tile Defect, one category): fit on the 761 canonical training images, evaluate on the other 583.
 
     python experiments/mtd.py --data-root PATH [--backbone efficientnet_lite0] [--out DIR] [--resume] ...
 
-`--data-root` defaults to $SUBSPACE_JAX_MTD. `--help` lists every flag (one per Config field).
+Defaults are the paper's MTD setting: reconstruction at levels 2, 3 and 4, subspace sampling on the pooled
+last level (override with --levels / --sampling-level). `--data-root` defaults to $SUBSPACE_JAX_MTD.
+`--help` lists every flag (one per Config field). Results with efficientnet_lite0:
+docs/results/mtd_efficientnet_lite0.md.
 """
 
 from __future__ import annotations

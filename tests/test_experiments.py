@@ -317,13 +317,14 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
         assert again[key] == pytest.approx(weave[key], abs=1e-6)
 
 
-def test_baseline_method_writes_the_same_schema(tree, tmp_path):
-    out = tmp_path / "patchcore"
-    argv = ["--data-root", str(tree), "--out", str(out), "--categories", "weave", "--method", "patchcore",
+@pytest.mark.parametrize("method, own_field", [("patchcore", "coreset_ratio"), ("spade", "top_k_images")])
+def test_baseline_method_writes_the_same_schema(tree, tmp_path, method, own_field):
+    out = tmp_path / method
+    argv = ["--data-root", str(tree), "--out", str(out), "--categories", "weave", "--method", method,
             "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "4", "--no-progress"]
     assert core.main(SYNTHETIC, argv) == 0
     document = _read(out)
-    assert document["config"]["method"] == "patchcore" and "coreset_ratio" in document["config"]
+    assert document["config"]["method"] == method and own_field in document["config"]
     entry = document["categories"]["weave"]
     assert set(results.REQUIRED_KEYS) <= set(entry) and "scoring" in entry["timings"]
     assert 0.5 < entry["pixel_auroc"] <= 1.0
