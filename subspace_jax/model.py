@@ -535,14 +535,6 @@ def _omp_on_bank(bank: Array, gram: Array, targets: Array, k: int, candidates: A
     )
 
 
-def candidate_mask(candidates: Candidates, n_train: int) -> Array:
-    """(B, m) candidates -> (B, N) bool mask over the bank."""
-    batch = candidates.indices.shape[0]
-    rows = jnp.arange(batch)[:, None]
-    hits = jnp.zeros((batch, n_train), jnp.int32).at[rows, candidates.indices].max(candidates.valid.astype(jnp.int32))
-    return hits > 0
-
-
 @_full_float32
 def reconstruct_levels(model: Model, features: Features, candidates: Candidates) -> dict[str, Array]:
     """Per reconstruction level, the (B, h_l, w_l) channel norm of the reconstruction residual."""
@@ -565,14 +557,65 @@ def reconstruct_levels(model: Model, features: Features, candidates: Candidates)
 
 def _image_level_map(bank: Array, gram: Array, target: Array, candidates: Candidates, cfg: Config) -> Array:
     """Whole-map atoms: y_l ≈ D_lᵀc with ‖c‖₀ ≤ k among the candidates; returns (B, h, w) ‖e‖_c."""
-    n, h, w, c = bank.shape
+    _, h, w, c = bank.shape
     batch = target.shape[0]
-    atoms = bank.reshape(n, -1).astype(jnp.float32)
     y = target.reshape(batch, -1).astype(jnp.float32)
-    k = min(cfg.k, n)
-    result = _omp_on_bank(atoms, gram, y, k, candidate_mask(candidates, n), cfg)
-    residual = y - omp_lib.reconstruct(result.support, result.coef, atoms)
+    _, residual = image_pursuit(bank.reshape(bank.shape[0], -1), gram, y, candidates, cfg)
     return jnp.linalg.norm(residual.reshape(batch, h, w, c), axis=-1)
+
+
+def image_pursuit(atoms: Array, gram: Array, targets: Array, candidates: Candidates, cfg: Config) -> tuple[omp_lib.OMPResult, Array]:
+    """Batch-OMP of targets on the candidate rows of a bank, and the residuals e = y − D_lᵀc.
+
+    Args:
+      atoms: (N, d) bank rows (any float dtype; upcast to float32 after gathering).
+      gram: (N, N) float32 ``atoms @ atoms.T``.
+      targets: (B, d) float32.
+      candidates: (B, m) from ``sample_candidates``; m = N means every image is a candidate.
+      cfg: gives k, tol and normalize_selection.
+
+    Returns:
+      the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
+
+    With m = N the correlations α = y Dᵀ are taken against the whole bank. With m < N (sampling)
+    only the m candidate rows are touched, which is the point of sampling (DESIGN §2): per test
+    image the rows D[idx] (m, d) are gathered, α = D[idx] y (m,), and Batch-OMP runs on the Gram
+    submatrix G[idx][:, idx] (m, m); the residual is rebuilt from the same gathered rows. Images are
+    processed one at a time (``lax.map``), so memory holds one (m, d) float32 block, not B of them.
+    """
+    atoms, gram = jnp.asarray(atoms), jnp.asarray(gram, jnp.float32)
+    n = atoms.shape[0]
+    m = candidates.indices.shape[1]
+    k = min(cfg.k, m)
+    if m >= n:
+        full = atoms.astype(jnp.float32)
+        result = _omp_on_bank(full, gram, targets, k, None, cfg)
+        return result, targets - omp_lib.reconstruct(result.support, result.coef, full)
+    # Candidates in bank order, unused slots last: ties in the pursuit then go to the lowest bank
+    # index, as they do on the whole bank.
+    order = jnp.sort(jnp.where(candidates.valid, candidates.indices, n), axis=1)
+    valid = order < n
+    indices = jnp.where(valid, order, 0)
+
+    def one_image(args):
+        y, idx, ok = args  # (d,), (m,), (m,)
+        rows = atoms[idx].astype(jnp.float32)  # (m, d)
+        local = omp_lib.omp_gram(
+            gram[idx[:, None], idx[None, :]],
+            (rows @ y)[None],
+            k,
+            candidates=ok,
+            tol=cfg.tol,
+            target_norm_sq=jnp.sum(y * y)[None],
+            normalize_selection=cfg.normalize_selection,
+        )
+        residual = y - omp_lib.reconstruct(local.support, local.coef, rows)[0]
+        support = jnp.where(local.support >= 0, idx[jnp.maximum(local.support, 0)], -1)
+        return local._replace(support=support), residual
+
+    result, residual = jax.lax.map(one_image, (targets, indices, valid))
+    # lax.map stacks each image's (1, ...) fields: drop that axis.
+    return jax.tree_util.tree_map(lambda x: x[:, 0], result), residual
 
 
 def _pixel_level_map(bank: Array, target: Array, candidates: Candidates, cfg: Config) -> Array:
