@@ -496,19 +496,24 @@ def image_pursuit(atoms: Array, gram: Array, targets: Array, candidates: Candida
     Returns:
       the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
 
-    With m = N the correlations α = y Dᵀ are taken against the whole bank. With m < N (sampling)
-    only the m candidate rows are touched, which is the point of sampling (DESIGN §2): per test
-    image the rows D[idx] (m, d) are gathered, α = D[idx] y (m,), and Batch-OMP runs on the Gram
-    submatrix G[idx][:, idx] (m, m); the residual is rebuilt from the k chosen rows. Images are
-    processed one at a time (``lax.map``), so memory holds one (m, d) float32 block, not B of them.
+    Sampling exists to touch only the m candidate rows (DESIGN §2). When m ≤ N/2 (the usual λ ≪ N)
+    that is what happens: per test image the rows D[idx] (m, d) are gathered, α = D[idx] y (m,),
+    Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the residual is rebuilt from the
+    k chosen rows. Images are processed one at a time (``lax.map``), so memory holds one (m, d)
+    float32 block, not B of them. When m > N/2 (sampling ``none``, or λ close to N) the correlations
+    are one batched product α = y Dᵀ against the whole bank, with the non-candidates masked out:
+    gathering is memory-bound and per image, the whole-bank product compute-bound and shared by the
+    batch, and on CPU the two cost the same near m = N/2 (``benchmarks/bench_gather.md``).
     """
     atoms, gram = jnp.asarray(atoms), jnp.asarray(gram, jnp.float32)
     n = atoms.shape[0]
-    m = candidates.indices.shape[1]
+    batch, m = candidates.indices.shape
     k = min(cfg.k, m)
-    if m >= n:
+    if 2 * m > n:
         full = atoms.astype(jnp.float32)
-        result = _omp_on_bank(full, gram, targets, k, None, cfg)
+        rows = jnp.arange(batch)[:, None]
+        hits = jnp.zeros((batch, n), bool).at[rows, candidates.indices].max(candidates.valid)
+        result = _omp_on_bank(full, gram, targets, k, hits, cfg)
         return result, targets - omp_lib.reconstruct(result.support, result.coef, full)
     # Candidates in bank order, unused slots last: ties in the pursuit then go to the lowest bank
     # index, as they do on the whole bank.

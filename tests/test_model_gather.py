@@ -1,6 +1,7 @@
-"""Image-mode reconstruction on the gathered candidate rows equals the pursuit on the whole bank with
-the non-candidates masked out (the implementation before gathering, kept here as the reference), and
-sklearn's ``orthogonal_mp`` on the candidate sub-dictionary."""
+"""Image-mode reconstruction with sampling: ``image_pursuit`` (gathered candidate rows for λ <= N/2,
+the whole bank with a mask above) equals the pursuit on the whole bank with the non-candidates masked
+out (the implementation before gathering, written out here as the reference), and sklearn's
+``orthogonal_mp`` on the candidate sub-dictionary."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import subspace_jax as sj
 from subspace_jax import model as model_lib
 from subspace_jax import omp as omp_lib
 
-N_TRAIN, DIM, BATCH, LAM, K = 40, 96, 5, 12, 4
+N_TRAIN, DIM, BATCH, LAM, K = 40, 96, 5, 12, 4  # 2·LAM <= N_TRAIN: the gathered path
 
 
 def masked_reference(atoms, gram, targets, candidates, cfg):
@@ -31,12 +32,12 @@ def masked_reference(atoms, gram, targets, candidates, cfg):
     return result, targets - omp_lib.reconstruct(result.support, result.coef, atoms)
 
 
-def random_case(seed: int):
+def random_case(seed: int, lam: int = LAM):
     """Bank (N, d), targets (B, d), per-image candidates with unused (-1 -> invalid) slots, in no order."""
     rng = np.random.default_rng(seed)
     atoms = rng.normal(size=(N_TRAIN, DIM)).astype(np.float32)
     targets = rng.normal(size=(BATCH, DIM)).astype(np.float32)
-    support = np.stack([rng.permutation(N_TRAIN)[:LAM] for _ in range(BATCH)]).astype(np.int32)
+    support = np.stack([rng.permutation(N_TRAIN)[:lam] for _ in range(BATCH)]).astype(np.int32)
     support[1, -3:] = -1  # a sampling pursuit that stopped after LAM - 3 atoms
     support[3, K:] = -1  # exactly K candidates left
     candidates = model_lib.Candidates(jnp.asarray(np.maximum(support, 0)), jnp.asarray(support >= 0))
@@ -44,11 +45,12 @@ def random_case(seed: int):
     return atoms, gram, jnp.asarray(targets), candidates, support
 
 
-@pytest.mark.parametrize("normalize_selection", [False, True])
-@pytest.mark.parametrize("tol", [0.0, 0.5])
-def test_gathered_pursuit_matches_the_masked_whole_bank_pursuit(normalize_selection, tol):
-    atoms, gram, targets, candidates, support = random_case(seed=int(normalize_selection) + 2 * int(tol > 0))
-    cfg = sj.Config(backbone="efficientnet_lite0", sampling="random", lam=LAM, k=K, tol=tol,
+@pytest.mark.parametrize(("normalize_selection", "tol", "lam"), [
+    (False, 0.0, LAM), (True, 0.0, LAM), (False, 0.5, LAM), (True, 0.5, LAM), (False, 0.0, 25), (True, 0.5, 25),
+])
+def test_pursuit_on_the_candidates_matches_the_masked_whole_bank_pursuit(normalize_selection, tol, lam):
+    atoms, gram, targets, candidates, support = random_case(int(normalize_selection) + 2 * int(tol > 0), lam)
+    cfg = sj.Config(backbone="efficientnet_lite0", sampling="random", lam=lam, k=K, tol=tol,
                     normalize_selection=normalize_selection)
     result, residual = model_lib._full_float32(model_lib.image_pursuit)(atoms, gram, targets, candidates, cfg)
     expected, expected_residual = masked_reference(atoms, gram, targets, candidates, cfg)
