@@ -29,7 +29,8 @@ import numpy as np
 
 from subspace_jax import __version__
 from subspace_jax._io import atomic_directory, atomic_write_text
-from subspace_jax.model import Config, Model, check_backbone, level_key
+from subspace_jax.batching import check_backbone
+from subspace_jax.model import Config, Model, level_key
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"

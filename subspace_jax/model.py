@@ -23,18 +23,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from subspace_jax import batching
 from subspace_jax import omp as omp_lib
 from subspace_jax.backbones.registry import REGISTRY as _BACKBONE_REGISTRY
-from subspace_jax.data.images import read_image, resize_image
+from subspace_jax.batching import BackboneBinding, BoundBackbone, ImageSource
 
 BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 SAMPLING_MODES = ("subspace", "random", "none")
@@ -202,7 +202,7 @@ class Config:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class Model:
+class Model(BackboneBinding):
     """A fitted model: per-level banks and Gram matrices (leaves) plus static metadata.
 
     Attributes:
@@ -260,75 +260,13 @@ class Model:
         Returns:
           maps (B, S, S) float32 and scores (B,) float32 (the maximum of each map), as numpy arrays.
         """
-        batch_size = _batch_size_for(images, batch_size)
-        bound = self._bound_backbone(backbone)
-        maps, scores = [], []
-        batches = _iter_batches(images, self.config, batch_size)
-        for batch in _progress(batches, progress, "score", _n_batches(images, batch_size)):
-            n = batch.shape[0]
-            padded = _pad_batch(batch, batch_size)
-            if timings is None:
-                batch_maps, batch_scores = _score_images_jit(self, bound.apply_fn, bound.params, padded)
-            else:
-                batch_maps, batch_scores = _score_images_staged(self, bound, padded, timings)
-            maps.append(np.asarray(batch_maps[:n]))
-            scores.append(np.asarray(batch_scores[:n]))
-        if not maps:
-            raise ValueError("images: expected at least one image, got none")
-        return np.concatenate(maps), np.concatenate(scores)
-
-    def bind(self, backbone: Any) -> Model:
-        """Attach ``backbone`` for ``score`` after checking it is the one the bank was built with."""
-        check_backbone(self, backbone)
-        object.__setattr__(self, "_backbone", _BoundBackbone.of(backbone))
-        return self
-
-    def _bound_backbone(self, backbone: Any) -> _BoundBackbone:
-        if backbone is not None:
-            check_backbone(self, backbone)
-            return _BoundBackbone.of(backbone)
-        bound = getattr(self, "_backbone", None)
-        if bound is None:
-            if self.weights_sha256 is None:
-                raise ValueError(
-                    "Model.score: this model was fit from features with weights_sha256=None, so no "
-                    "backbone can be checked against it; pass weights_sha256 to fit_features or use "
-                    "Model.score_features"
-                )
-            from subspace_jax import backbones
-
-            self.bind(backbones.load(self.backbone_name))
-            bound = self._backbone
-        return bound
-
-
-class _BoundBackbone(NamedTuple):
-    backbone: Any
-    apply_fn: Callable[[Any, Array], dict[str, Array]]
-    params: Any
-
-    @classmethod
-    def of(cls, backbone: Any) -> _BoundBackbone:
-        # The jitted scorers take apply_fn as a static argument: a backbone's pure() returns its bound
-        # method, equal from call to call, so scoring compiles once per backbone and batch shape.
-        apply_fn, params = backbone.pure()
-        return cls(backbone, apply_fn, params)
-
-
-def check_backbone(model: Model, backbone: Any) -> None:
-    """Raise ValueError unless ``backbone`` has the name and weights the model's bank was built with."""
-    name = getattr(backbone, "name", None)
-    sha = getattr(backbone, "weights_sha256", None)
-    if name != model.backbone_name:
-        raise ValueError(f"backbone: the model was fit with {model.backbone_name!r}, got {name!r}")
-    if model.weights_sha256 is None:
-        raise ValueError("backbone: the model records no weights_sha256, so its backbone cannot be verified")
-    if sha != model.weights_sha256:
-        raise ValueError(
-            f"backbone: {name!r} weights differ from the ones the bank was built with "
-            f"(sha256 {sha} != {model.weights_sha256}); refit the model with these weights"
-        )
-
+        batch_size = batching.batch_size_for(images, batch_size)
+        bound = self.bound_backbone(backbone)
+        if timings is None:
+            score_batch = functools.partial(_score_images_jit, self, bound.apply_fn, bound.params)
+        else:
+            score_batch = functools.partial(_score_images_staged, self, bound, timings=timings)
+        return batching.map_batches(score_batch, images, self.config, batch_size, progress=progress, desc="score")
 
 # ---------------------------------------------------------------------------------------------
 # Fitting
@@ -438,27 +376,8 @@ def extract_features(
     """
     if not isinstance(config, Config):
         raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
-    if backbone.name != config.backbone:
-        raise ValueError(f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}")
-    batch_size = _batch_size_for(images, batch_size)
-    bound = _BoundBackbone.of(backbone)
     keys = config.feature_keys if keys is None else tuple(keys)
-    chunks: dict[str, list[np.ndarray]] = {key: [] for key in keys}
-    batches = _iter_batches(images, config, batch_size)
-    for batch in _progress(batches, progress, desc, _n_batches(images, batch_size)):
-        n = batch.shape[0]
-        out = _extract_jit(bound.apply_fn, keys, bound.params, _pad_batch(batch, batch_size))
-        for key in keys:
-            chunks[key].append(np.asarray(out[key][:n]))
-    if not chunks[keys[0]]:
-        raise ValueError("images: expected at least one image, got none")
-    return {key: np.concatenate(value) for key, value in chunks.items()}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _extract_jit(apply_fn, keys, params, images):
-    out = apply_fn(params, images)
-    return {key: out[key] for key in keys}
+    return batching.extract_features(images, config, backbone, keys, batch_size=batch_size, progress=progress, desc=desc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,14 +454,6 @@ def _omp_on_bank(bank: Array, gram: Array, targets: Array, k: int, candidates: A
     )
 
 
-def candidate_mask(candidates: Candidates, n_train: int) -> Array:
-    """(B, m) candidates -> (B, N) bool mask over the bank."""
-    batch = candidates.indices.shape[0]
-    rows = jnp.arange(batch)[:, None]
-    hits = jnp.zeros((batch, n_train), jnp.int32).at[rows, candidates.indices].max(candidates.valid.astype(jnp.int32))
-    return hits > 0
-
-
 @_full_float32
 def reconstruct_levels(model: Model, features: Features, candidates: Candidates) -> dict[str, Array]:
     """Per reconstruction level, the (B, h_l, w_l) channel norm of the reconstruction residual."""
@@ -565,14 +476,72 @@ def reconstruct_levels(model: Model, features: Features, candidates: Candidates)
 
 def _image_level_map(bank: Array, gram: Array, target: Array, candidates: Candidates, cfg: Config) -> Array:
     """Whole-map atoms: y_l ≈ D_lᵀc with ‖c‖₀ ≤ k among the candidates; returns (B, h, w) ‖e‖_c."""
-    n, h, w, c = bank.shape
+    _, h, w, c = bank.shape
     batch = target.shape[0]
-    atoms = bank.reshape(n, -1).astype(jnp.float32)
     y = target.reshape(batch, -1).astype(jnp.float32)
-    k = min(cfg.k, n)
-    result = _omp_on_bank(atoms, gram, y, k, candidate_mask(candidates, n), cfg)
-    residual = y - omp_lib.reconstruct(result.support, result.coef, atoms)
+    _, residual = image_pursuit(bank.reshape(bank.shape[0], -1), gram, y, candidates, cfg)
     return jnp.linalg.norm(residual.reshape(batch, h, w, c), axis=-1)
+
+
+def image_pursuit(atoms: Array, gram: Array, targets: Array, candidates: Candidates, cfg: Config) -> tuple[omp_lib.OMPResult, Array]:
+    """Batch-OMP of targets on the candidate rows of a bank, and the residuals e = y − D_lᵀc.
+
+    Args:
+      atoms: (N, d) bank rows (any float dtype; upcast to float32 after gathering).
+      gram: (N, N) float32 ``atoms @ atoms.T``.
+      targets: (B, d) float32.
+      candidates: (B, m) from ``sample_candidates``; m = N means every image is a candidate.
+      cfg: gives k, tol and normalize_selection.
+
+    Returns:
+      the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
+
+    Sampling exists to touch only the m candidate rows (DESIGN §2). When m ≤ N/2 (the usual λ ≪ N)
+    that is what happens: per test image the rows D[idx] (m, d) are gathered, α = D[idx] y (m,),
+    Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the residual is rebuilt from the
+    k chosen rows. Images are processed one at a time (``lax.map``), so memory holds one (m, d)
+    float32 block, not B of them. When m > N/2 (sampling ``none``, or λ close to N) the correlations
+    are one batched product α = y Dᵀ against the whole bank, with the non-candidates masked out:
+    gathering is memory-bound and per image, the whole-bank product compute-bound and shared by the
+    batch, and on CPU the two cost the same near m = N/2 (``benchmarks/bench_gather.md``).
+    """
+    atoms, gram = jnp.asarray(atoms), jnp.asarray(gram, jnp.float32)
+    n = atoms.shape[0]
+    batch, m = candidates.indices.shape
+    k = min(cfg.k, m)
+    if 2 * m > n:
+        full = atoms.astype(jnp.float32)
+        rows = jnp.arange(batch)[:, None]
+        hits = jnp.zeros((batch, n), bool).at[rows, candidates.indices].max(candidates.valid)
+        result = _omp_on_bank(full, gram, targets, k, hits, cfg)
+        return result, targets - omp_lib.reconstruct(result.support, result.coef, full)
+    # Candidates in bank order, unused slots last: ties in the pursuit then go to the lowest bank
+    # index, as they do on the whole bank.
+    order = jnp.sort(jnp.where(candidates.valid, candidates.indices, n), axis=1)
+    valid = order < n
+    indices = jnp.where(valid, order, 0)
+
+    def one_image(args):
+        y, idx, ok = args  # (d,), (m,), (m,)
+        rows = atoms[idx].astype(jnp.float32)  # (m, d)
+        local = omp_lib.omp_gram(
+            gram[idx[:, None], idx[None, :]],
+            (rows @ y)[None],
+            k,
+            candidates=ok,
+            tol=cfg.tol,
+            target_norm_sq=jnp.sum(y * y)[None],
+            normalize_selection=cfg.normalize_selection,
+        )
+        support = jnp.where(local.support >= 0, idx[jnp.maximum(local.support, 0)], -1)
+        # Only the k chosen rows are read again (not the m gathered ones); unused slots weigh 0.
+        chosen = atoms[jnp.maximum(support[0], 0)].astype(jnp.float32)  # (k, d)
+        residual = y - jnp.where(support[0] >= 0, local.coef[0], 0.0) @ chosen
+        return local._replace(support=support), residual
+
+    result, residual = jax.lax.map(one_image, (targets, indices, valid))
+    # lax.map stacks each image's (1, ...) fields: drop that axis.
+    return jax.tree_util.tree_map(lambda x: x[:, 0], result), residual
 
 
 def _pixel_level_map(bank: Array, target: Array, candidates: Candidates, cfg: Config) -> Array:
@@ -712,7 +681,7 @@ _reconstruct_jit = jax.jit(reconstruct_levels)
 _fuse_jit = jax.jit(fuse_maps, static_argnums=(1, 2))
 
 
-def _score_images_staged(model: Model, bound: _BoundBackbone, images: np.ndarray, timings: dict[str, float]):
+def _score_images_staged(model: Model, bound: BoundBackbone, images: np.ndarray, *, timings: dict[str, float]):
     """``score_images`` as four separately jitted stages, timing each (for the runners' breakdowns)."""
 
     def timed(stage: str, fn: Callable, *args):
@@ -722,7 +691,7 @@ def _score_images_staged(model: Model, bound: _BoundBackbone, images: np.ndarray
         return out
 
     keys = model.config.feature_keys
-    features = timed("backbone", _extract_jit, bound.apply_fn, keys, bound.params, images)
+    features = timed("backbone", batching.backbone_features, bound.apply_fn, keys, bound.params, images)
     candidates = timed("sampling", _sample_jit, model, features)
     level_maps = timed("reconstruction", _reconstruct_jit, model, features, candidates)
     return timed("maps", _fuse_jit, level_maps, tuple(images.shape[1:3]), model.config)
@@ -730,8 +699,6 @@ def _score_images_staged(model: Model, bound: _BoundBackbone, images: np.ndarray
 
 # ---------------------------------------------------------------------------------------------
 # Inputs
-
-ImageSource = Any  # np.ndarray (N, S, S, 3) uint8 | Iterable[np.ndarray] | Sequence[str | os.PathLike]
 
 
 def _select_features(features: Features, config: Config) -> dict[str, Array]:
@@ -741,71 +708,3 @@ def _select_features(features: Features, config: Config) -> dict[str, Array]:
     if missing:
         raise ValueError(f"features: missing {missing}; this config needs {list(config.feature_keys)}")
     return {key: features[key] for key in config.feature_keys}
-
-
-def _check_batch(batch: Any, config: Config, what: str) -> np.ndarray:
-    batch = np.asarray(batch)
-    size = config.output_size
-    if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
-        raise ValueError(
-            f"{what}: expected images of shape (B, {size}, {size}, 3) (config image_size/crop), got {batch.shape}; "
-            "load datasets with subspace_jax.data at this size or pass image paths"
-        )
-    if batch.dtype != np.uint8 and not np.issubdtype(batch.dtype, np.floating):
-        raise ValueError(f"{what}: expected uint8 (or float in [0, 255]) images, got dtype {batch.dtype}")
-    return batch
-
-
-def _iter_batches(images: ImageSource, config: Config, batch_size: int) -> Iterator[np.ndarray]:
-    """Yield (b, S, S, 3) batches, b <= batch_size, from an array, an iterable of batches or paths."""
-    if isinstance(images, (str, os.PathLike)):
-        raise ValueError("images: expected an array, an iterable of batches or a list of paths, got a single path")
-    if isinstance(images, (np.ndarray, jax.Array)):
-        images = _check_batch(images, config, "images")
-        for start in range(0, images.shape[0], batch_size):
-            yield images[start : start + batch_size]
-        return
-    if isinstance(images, (list, tuple)) and images and all(isinstance(p, (str, os.PathLike)) for p in images):
-        for start in range(0, len(images), batch_size):
-            paths = images[start : start + batch_size]
-            yield np.stack([resize_image(read_image(p), config.image_size, config.crop) for p in paths])
-        return
-    if not isinstance(images, Iterable):
-        raise ValueError(f"images: expected an array, an iterable of batches or a list of paths, got {type(images).__name__}")
-    for index, batch in enumerate(images):
-        batch = _check_batch(batch, config, f"images (batch {index})")
-        for start in range(0, batch.shape[0], batch_size):
-            yield batch[start : start + batch_size]
-
-
-def _pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:
-    """Pad a short last batch with copies of its last image so every call has the same shape."""
-    missing = batch_size - batch.shape[0]
-    if missing <= 0:
-        return batch
-    return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
-
-
-def _n_images(images: ImageSource) -> int | None:
-    return len(images) if isinstance(images, (np.ndarray, jax.Array, list, tuple)) else None
-
-
-def _n_batches(images: ImageSource, batch_size: int) -> int | None:
-    n = _n_images(images)
-    return None if n is None else -(-n // batch_size)
-
-
-def _batch_size_for(images: ImageSource, batch_size: int) -> int:
-    """``batch_size``, lowered to the number of images when fewer are given (less padding)."""
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    n = _n_images(images)
-    return max(1, min(batch_size, n)) if n else batch_size
-
-
-def _progress(batches: Iterable, enabled: bool, desc: str, total: int | None = None) -> Iterable:
-    if not enabled:
-        return batches
-    from tqdm.auto import tqdm
-
-    return tqdm(batches, desc=desc, unit="batch", total=total)

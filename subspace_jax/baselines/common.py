@@ -1,10 +1,10 @@
 """Plumbing shared by the memory-bank baselines: chunked nearest-neighbour search, input checks, and
-thin adapters onto :mod:`subspace_jax.model`'s map post-processing, batching and backbone binding.
+thin adapters onto the subspace model's map post-processing and :mod:`subspace_jax.batching`.
 
 Everything numerical here is pure JAX with static shapes. Maps go through the model's own
-``fuse_maps`` (bilinear upsampling, level fusion, Gaussian blur) and images through the model's
-batching, padding and backbone checks, so baselines and the subspace model are post-processed and fed
-identically.
+``fuse_maps`` (bilinear upsampling, level fusion, Gaussian blur) and images through the same
+batching, padding and backbone checks as the model (:mod:`subspace_jax.batching`), so baselines and
+the subspace model are post-processed and fed identically.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from subspace_jax import batching
 from subspace_jax import model as model_lib
 
 Array = jax.Array
@@ -230,7 +231,7 @@ def nearest_neighbor(
 
 def model_config(config: BaselineConfig, levels: tuple[int, ...] | None = None, fusion: str = "sum") -> Any:
     """The `subspace_jax.Config` with a baseline's backbone, input size, levels and sigma, for calling the
-    model's shared helpers (`fuse_maps`, `extract_features`); no reconstruction is run with it."""
+    model's `fuse_maps`; no reconstruction is run with it."""
     return model_lib.Config(
         backbone=config.backbone,
         image_size=config.image_size,
@@ -254,17 +255,6 @@ def fuse_level_maps(level_maps: Mapping[str, Array], config: BaselineConfig, fus
     return maps
 
 
-class BackboneBinding:
-    """Backbone handling of a fitted baseline, borrowed from ``subspace_jax.model.Model``.
-
-    The subclass needs `backbone_name`, `weights_sha256` and `config`; `bind(backbone)` checks the
-    backbone's name and weights hash against them, and `score` uses the bound one (or loads it by name).
-    """
-
-    bind = model_lib.Model.bind
-    _bound_backbone = model_lib.Model._bound_backbone
-
-
 def extract_features(
     images: Any,
     config: BaselineConfig,
@@ -274,7 +264,7 @@ def extract_features(
     progress: bool,
     desc: str,
 ) -> tuple[dict[str, np.ndarray], Any]:
-    """Backbone features `keys` of `images` with the model's `extract_features` (batched, padded).
+    """Backbone features `keys` of `images` by `subspace_jax.batching.extract_features` (batched, padded).
 
     `backbone` None loads `config.backbone`. Returns (features, the backbone used).
     """
@@ -282,8 +272,8 @@ def extract_features(
         from subspace_jax import backbones
 
         backbone = backbones.load(config.backbone)
-    features = model_lib.extract_features(
-        images, model_config(config), backbone, keys=tuple(keys), batch_size=batch_size, progress=progress, desc=desc
+    features = batching.extract_features(
+        images, config, backbone, tuple(keys), batch_size=batch_size, progress=progress, desc=desc
     )
     return features, backbone
 
@@ -309,8 +299,8 @@ def score_in_batches(
 
     Returns numpy maps (N, S, S) float32 and scores (N,) float32.
     """
-    batch_size = model_lib._batch_size_for(images, batch_size)
-    bound = fitted._bound_backbone(backbone)
+    batch_size = batching.batch_size_for(images, batch_size)
+    bound = fitted.bound_backbone(backbone)
     keys = tuple(feature_keys)
 
     def timed(stage: str, fn: Any, *args: Any) -> Any:
@@ -319,18 +309,11 @@ def score_in_batches(
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
         return out
 
-    maps, scores = [], []
-    batches = model_lib._iter_batches(images, fitted.config, batch_size)
-    for batch in model_lib._progress(batches, progress, desc, model_lib._n_batches(images, batch_size)):
-        n = batch.shape[0]
-        padded = model_lib._pad_batch(batch, batch_size)
+    def score_batch(batch: np.ndarray) -> tuple[Array, Array]:
         if timings is None:
-            batch_maps, batch_scores = score_images_jit(fitted, bound.apply_fn, bound.params, padded)
-        else:
-            features = timed("backbone", model_lib._extract_jit, bound.apply_fn, keys, bound.params, padded)
-            batch_maps, batch_scores = timed("matching", score_features_jit, fitted, features)
-        maps.append(np.asarray(batch_maps[:n], np.float32))
-        scores.append(np.asarray(batch_scores[:n], np.float32))
-    if not maps:
-        raise ValueError("images: expected at least one image, got none")
-    return np.concatenate(maps), np.concatenate(scores)
+            return score_images_jit(fitted, bound.apply_fn, bound.params, batch)
+        features = timed("backbone", batching.backbone_features, bound.apply_fn, keys, bound.params, batch)
+        return timed("matching", score_features_jit, fitted, features)
+
+    maps, scores = batching.map_batches(score_batch, images, fitted.config, batch_size, progress=progress, desc=desc)
+    return maps.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)

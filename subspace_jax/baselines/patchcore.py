@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from subspace_jax import batching
 from subspace_jax.baselines import common
 
 Array = jax.Array
@@ -257,7 +258,7 @@ _score_images_jit = jax.jit(score_images, static_argnums=(1,))
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class PatchCoreModel(common.BackboneBinding):
+class PatchCoreModel(batching.BackboneBinding):
     """A fitted PatchCore, a pytree: the memory bank (leaf) plus static metadata.
 
     Attributes:

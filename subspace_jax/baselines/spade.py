@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from subspace_jax import batching
 from subspace_jax.baselines import common
 
 Array = jax.Array
@@ -114,7 +115,7 @@ _score_images_jit = jax.jit(score_images, static_argnums=(1,))
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class SpadeModel(common.BackboneBinding):
+class SpadeModel(batching.BackboneBinding):
     """A fitted SPADE, a pytree: the training features it matches against (leaves) plus static metadata.
 
     Attributes:

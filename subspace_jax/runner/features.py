@@ -8,13 +8,16 @@ An entry whose image list differs from the current split's is recomputed, never 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import jax
 import numpy as np
 
+from subspace_jax import batching
 from subspace_jax._io import atomic_directory
 
 CACHE_FORMAT = 1
@@ -23,37 +26,42 @@ CACHE_FORMAT = 1
 def extract_features(
     backbone: Any, images: np.ndarray, batch_size: int = 16, progress: bool = True, desc: str = "features"
 ) -> tuple[dict[str, np.ndarray], float]:
-    """Run ``backbone`` over uint8 images (N,H,W,3) in batches of ``batch_size``.
+    """Run ``backbone`` over uint8 images (N,H,W,3) in batches of ``batch_size``: every level it returns.
 
-    Returns ({level: (N, ...) float32 array on the host}, wall seconds). The last batch is padded to the
-    full batch size so the jitted forward pass compiles once.
+    The batching (last batch padded, so the jitted forward pass compiles once) is the model's own
+    (``subspace_jax.batching``). Returns ({level: (N, ...) float32 array on the host}, wall seconds).
     """
-    import jax
-    from tqdm.auto import tqdm
-
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images: expected (N,H,W,3), got shape {images.shape}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
-    n = images.shape[0]
-    if n == 0:
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"images: expected (N,H,W,3) square images, got shape {images.shape}")
+    if images.shape[0] == 0:
         raise ValueError("images: expected at least one image, got none")
-    apply_fn, params = backbone.pure()
-    forward = jax.jit(apply_fn)
-    batch = min(batch_size, n)
-    chunks: dict[str, list[np.ndarray]] = {}
+    bound = batching.BoundBackbone.of(backbone)
+    keys = tuple(jax.eval_shape(bound.apply_fn, bound.params, images[:1]))  # every level, nothing computed
     start = time.perf_counter()
-    for lo in tqdm(range(0, n, batch), desc=desc, unit="batch", disable=not progress, leave=False):
-        block = images[lo:lo + batch]
-        real = block.shape[0]
-        if real < batch:
-            block = np.concatenate([block, np.repeat(block[-1:], batch - real, axis=0)], axis=0)
-        out = jax.block_until_ready(forward(params, block))
-        for level, value in out.items():
-            chunks.setdefault(level, []).append(np.asarray(value[:real], dtype=np.float32))
+    features = batching.map_batches(
+        lambda batch: batching.backbone_features(bound.apply_fn, keys, bound.params, batch),
+        images,
+        _ImageSize(backbone.name, images.shape[1]),
+        batching.batch_size_for(images, batch_size),
+        progress=progress,
+        desc=desc,
+    )
     seconds = time.perf_counter() - start
-    return {level: np.concatenate(parts, axis=0) for level, parts in chunks.items()}, seconds
+    return {level: np.asarray(value, np.float32) for level, value in features.items()}, seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class _ImageSize:
+    """The input size of images already loaded at their final size (``batching.InputConfig``)."""
+
+    backbone: str
+    image_size: int
+    crop: None = None
+
+    @property
+    def output_size(self) -> int:
+        return self.image_size
 
 
 def _safe(part: str) -> str:

@@ -1,0 +1,243 @@
+"""Feeding images through a backbone in batches: shared by ``subspace_jax.model`` and the baselines.
+
+- ``iter_batches`` / ``pad_batch`` / ``map_batches``: arrays, iterables of batches or image paths in,
+  fixed-size (padded) batches out, so every jitted call has one shape and compiles once.
+- ``extract_features``: backbone features of images, batched, as host arrays.
+- ``BoundBackbone`` / ``check_backbone`` / ``BackboneBinding``: a fitted model remembers which
+  backbone (name and weights hash) built its bank; ``bind`` attaches one after checking it, and
+  ``bound_backbone`` returns the one to score with (the bound one, or loaded by name).
+
+The functions take a ``config``: any object with ``backbone``, ``image_size``, ``crop`` and
+``output_size`` (the model's ``Config`` and the baselines' configs are).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import numpy as np
+
+from subspace_jax.data.images import read_image, resize_image
+
+Array = jax.Array
+ImageSource = Any  # np.ndarray (N, S, S, 3) uint8 | Iterable[np.ndarray] | Sequence[str | os.PathLike]
+
+
+class InputConfig(Protocol):
+    """What batching needs of a model's config: the backbone's name, and the input size (images are
+    resized to ``image_size`` then centre-cropped to ``crop``; ``output_size`` = ``crop or image_size``)."""
+
+    backbone: str
+    image_size: int
+    crop: int | None
+
+    @property
+    def output_size(self) -> int: ...
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_batch(batch: Any, config: InputConfig, what: str) -> np.ndarray:
+    """``batch`` as a (B, S, S, 3) uint8 or float numpy array, S = ``config.output_size``; else ValueError."""
+    batch = np.asarray(batch)
+    size = config.output_size
+    if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
+        raise ValueError(
+            f"{what}: expected images of shape (B, {size}, {size}, 3) (config image_size/crop), got {batch.shape}; "
+            "load datasets with subspace_jax.data at this size or pass image paths"
+        )
+    if batch.dtype != np.uint8 and not np.issubdtype(batch.dtype, np.floating):
+        raise ValueError(f"{what}: expected uint8 (or float in [0, 255]) images, got dtype {batch.dtype}")
+    return batch
+
+
+def iter_batches(images: ImageSource, config: InputConfig, batch_size: int) -> Iterator[np.ndarray]:
+    """Yield (b, S, S, 3) batches, b <= batch_size, from an array, an iterable of batches or paths.
+
+    Paths are read and resized like the dataset loaders (``read_image`` then
+    ``resize_image(image, image_size, crop)``).
+    """
+    if isinstance(images, (str, os.PathLike)):
+        raise ValueError("images: expected an array, an iterable of batches or a list of paths, got a single path")
+    if isinstance(images, (np.ndarray, jax.Array)):
+        images = check_batch(images, config, "images")
+        for start in range(0, images.shape[0], batch_size):
+            yield images[start : start + batch_size]
+        return
+    if isinstance(images, (list, tuple)) and images and all(isinstance(p, (str, os.PathLike)) for p in images):
+        for start in range(0, len(images), batch_size):
+            paths = images[start : start + batch_size]
+            yield np.stack([resize_image(read_image(p), config.image_size, config.crop) for p in paths])
+        return
+    if not isinstance(images, Iterable):
+        raise ValueError(f"images: expected an array, an iterable of batches or a list of paths, got {type(images).__name__}")
+    for index, batch in enumerate(images):
+        batch = check_batch(batch, config, f"images (batch {index})")
+        for start in range(0, batch.shape[0], batch_size):
+            yield batch[start : start + batch_size]
+
+
+def pad_batch(batch: np.ndarray, batch_size: int) -> np.ndarray:
+    """Pad a short last batch with copies of its last image so every call has the same shape."""
+    missing = batch_size - batch.shape[0]
+    if missing <= 0:
+        return batch
+    return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
+
+
+def count_images(images: ImageSource) -> int | None:
+    """Number of images when known without iterating (arrays, lists of paths), else None."""
+    return len(images) if isinstance(images, (np.ndarray, jax.Array, list, tuple)) else None
+
+
+def batch_size_for(images: ImageSource, batch_size: int) -> int:
+    """``batch_size`` checked, lowered to the number of images when fewer are given (less padding)."""
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    n = count_images(images)
+    return max(1, min(batch_size, n)) if n else batch_size
+
+
+def progress_bar(items: Iterable, enabled: bool, desc: str, total: int | None = None) -> Iterable:
+    """``items`` wrapped in a tqdm bar counting batches when ``enabled``."""
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="batch", total=total)
+
+
+def map_batches(
+    fn: Callable[[np.ndarray], Any],
+    images: ImageSource,
+    config: InputConfig,
+    batch_size: int,
+    *,
+    progress: bool = True,
+    desc: str = "batches",
+) -> Any:
+    """Apply ``fn`` to fixed-size batches of ``images`` and concatenate its outputs on the host.
+
+    Args:
+      fn: (batch_size, S, S, 3) images -> a pytree of arrays with the batch axis first.
+      images: an array, an iterable of batches or a list of paths (see ``iter_batches``).
+      config: gives the input size.
+      batch_size: images per call (an int >= 1, at most the number of images: use
+        ``batch_size_for``); the last batch is padded and the padding is dropped from the outputs.
+      progress, desc: a progress bar over batches.
+
+    Returns:
+      ``fn``'s pytree with each leaf a numpy array over all N images.
+    """
+    outputs = []
+    n_images = count_images(images)
+    total = None if n_images is None else -(-n_images // batch_size)
+    for batch in progress_bar(iter_batches(images, config, batch_size), progress, desc, total):
+        n = batch.shape[0]
+        out = fn(pad_batch(batch, batch_size))
+        outputs.append(jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[:n]), out))
+    if not outputs:
+        raise ValueError("images: expected at least one image, got none")
+    return jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *outputs)
+
+
+class BoundBackbone(NamedTuple):
+    """A backbone with its pure form: ``apply_fn(params, images) -> features``."""
+
+    backbone: Any
+    apply_fn: Callable[[Any, Array], dict[str, Array]]
+    params: Any
+
+    @classmethod
+    def of(cls, backbone: Any) -> BoundBackbone:
+        # The jitted scorers take apply_fn as a static argument: a backbone's pure() returns its bound
+        # method, equal from call to call, so scoring compiles once per backbone and batch shape.
+        apply_fn, params = backbone.pure()
+        return cls(backbone, apply_fn, params)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def backbone_features(apply_fn: Callable, keys: tuple[str, ...], params: Any, images: Array) -> dict[str, Array]:
+    """``apply_fn(params, images)`` restricted to ``keys`` (the others are never computed), jitted."""
+    out = apply_fn(params, images)
+    return {key: out[key] for key in keys}
+
+
+def extract_features(
+    images: ImageSource,
+    config: InputConfig,
+    backbone: Any,
+    keys: tuple[str, ...],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "features",
+) -> dict[str, np.ndarray]:
+    """Backbone features ``keys`` of ``images`` in padded batches: key -> (N, h, w, c) (or (N, c) for
+    "pooled") float32 numpy arrays. ``backbone.name`` must be ``config.backbone``."""
+    if backbone.name != config.backbone:
+        raise ValueError(f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}")
+    batch_size = batch_size_for(images, batch_size)
+    bound = BoundBackbone.of(backbone)
+    keys = tuple(keys)
+    return map_batches(
+        lambda batch: backbone_features(bound.apply_fn, keys, bound.params, batch),
+        images, config, batch_size, progress=progress, desc=desc,
+    )
+
+
+def check_backbone(fitted: Any, backbone: Any) -> None:
+    """Raise ValueError unless ``backbone`` has the name and weights ``fitted``'s bank was built with
+    (``fitted.backbone_name``, ``fitted.weights_sha256``)."""
+    name = getattr(backbone, "name", None)
+    sha = getattr(backbone, "weights_sha256", None)
+    if name != fitted.backbone_name:
+        raise ValueError(f"backbone: the model was fit with {fitted.backbone_name!r}, got {name!r}")
+    if fitted.weights_sha256 is None:
+        raise ValueError("backbone: the model records no weights_sha256, so its backbone cannot be verified")
+    if sha != fitted.weights_sha256:
+        raise ValueError(
+            f"backbone: {name!r} weights differ from the ones the bank was built with "
+            f"(sha256 {sha} != {fitted.weights_sha256}); refit the model with these weights"
+        )
+
+
+class BackboneBinding:
+    """Mixin for fitted models (frozen dataclasses with ``backbone_name`` and ``weights_sha256``).
+
+    ``bind(backbone)`` checks and attaches a backbone (outside the pytree: it is no field);
+    ``bound_backbone(backbone)`` is what ``score`` runs: ``backbone`` if given (checked), else the
+    bound one, else the backbone loaded by name.
+    """
+
+    def bind(self, backbone: Any) -> Any:
+        """Attach ``backbone`` for ``score`` after checking it is the one the bank was built with."""
+        check_backbone(self, backbone)
+        object.__setattr__(self, "_backbone", BoundBackbone.of(backbone))
+        return self
+
+    def bound_backbone(self, backbone: Any = None) -> BoundBackbone:
+        """The backbone to score with: ``backbone`` (checked), the bound one, or loaded by name."""
+        if backbone is not None:
+            check_backbone(self, backbone)
+            return BoundBackbone.of(backbone)
+        bound = getattr(self, "_backbone", None)
+        if bound is None:
+            cls = type(self).__name__
+            if self.weights_sha256 is None:
+                raise ValueError(
+                    f"{cls}.score: this model was fit from features with weights_sha256=None, so no "
+                    f"backbone can be checked against it; pass weights_sha256 to fit_features, bind a "
+                    f"backbone, or use {cls}.score_features"
+                )
+            from subspace_jax import backbones
+
+            self.bind(backbones.load(self.backbone_name))
+            bound = self._backbone
+        return bound
