@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import nbformat
@@ -30,7 +31,8 @@ def feature_cache(tmp_path_factory) -> Path:
 def run_notebook(name: str, mtd_root: Path, cache: Path, monkeypatch) -> dict:
     """Execute notebooks/<name>.ipynb at the small setting; return its SUMMARY."""
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(f"import json; print({MARKER!r} + json.dumps(SUMMARY))"))
+    nb.cells.append(nbformat.v4.new_code_cell(
+        f"import json, sys; print({MARKER!r} + json.dumps({{'summary': SUMMARY, 'prefix': sys.prefix}}))"))
     monkeypatch.setenv("SUBSPACE_JAX_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("SUBSPACE_JAX_MTD", str(mtd_root))
     monkeypatch.setenv("SUBSPACE_JAX_CACHE", str(cache))
@@ -41,7 +43,10 @@ def run_notebook(name: str, mtd_root: Path, cache: Path, monkeypatch) -> dict:
         output.get("text", "") for output in nb.cells[-1].outputs if output.get("output_type") == "stream"
     )
     assert MARKER in printed, f"{name}: the SUMMARY cell printed nothing: {nb.cells[-1].outputs}"
-    return json.loads(printed.split(MARKER, 1)[1])
+    printed = json.loads(printed.split(MARKER, 1)[1])
+    # The "python3" kernel must be this interpreter's environment, or the notebook tested other packages.
+    assert printed["prefix"] == sys.prefix, f"the python3 kernel runs in {printed['prefix']}, not {sys.prefix}"
+    return printed["summary"]
 
 
 
