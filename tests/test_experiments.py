@@ -216,6 +216,8 @@ def test_feature_cache_round_trip_and_staleness(tmp_path):
     np.testing.assert_array_equal(loaded["level1"], feats["level1"])
     assert sorted(p.name for p in entry.iterdir()) == ["level1.npy", "meta.json", "pooled.npy"]
     assert cache.load(entry, ["a.png", "c.png"]) is None  # another image list: stale, recomputed
+    # The same files named through another (absolute) path hit the same entry.
+    assert cache.load(entry, [str(Path("a.png").resolve()), str(Path("b.png").resolve())]) is not None
     with pytest.raises(ValueError, match="expected 3 rows"):
         cache.store(entry, feats, ["a", "b", "c"], seconds=1.0)
 

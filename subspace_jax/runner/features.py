@@ -64,6 +64,11 @@ class _ImageSize:
         return self.image_size
 
 
+def _resolved(paths: Sequence[str | Path]) -> list[str]:
+    # Absolute paths, so that `--data-root ../data` and `--data-root /abs/data` share one cache entry.
+    return [str(Path(p).resolve()) for p in paths]
+
+
 def _safe(part: str) -> str:
     cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in part)
     return cleaned or "_"
@@ -95,7 +100,7 @@ class FeatureCache:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError):
             return None
-        if meta.get("format") != CACHE_FORMAT or meta.get("paths") != [str(p) for p in paths]:
+        if meta.get("format") != CACHE_FORMAT or meta.get("paths") != _resolved(paths):
             return None
         features = {}
         for level in meta["levels"]:
@@ -120,6 +125,6 @@ class FeatureCache:
                 np.save(tmp / f"{_safe(level)}.npy", np.ascontiguousarray(array), allow_pickle=False)
             meta = {
                 "format": CACHE_FORMAT, "levels": [_safe(level) for level in features],
-                "paths": [str(p) for p in paths], "seconds": seconds, **(extra or {}),
+                "paths": _resolved(paths), "seconds": seconds, **(extra or {}),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
