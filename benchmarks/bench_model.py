@@ -53,7 +53,9 @@ def bank_bytes_per_image(model: sj.Model) -> dict[str, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "wide_resnet50_2"])
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--n-train", type=int, default=64)
@@ -78,17 +80,23 @@ def main() -> None:
     }
     for name in args.backbones:
         backbone, weights = load_backbone(name)
-        base = sj.Config(backbone=name, image_size=args.image_size, lam=args.lam, k=args.k, pixel_k=args.pixel_k)
+        base = sj.Config(
+            backbone=name, image_size=args.image_size, lam=args.lam, k=args.k, pixel_k=args.pixel_k
+        )
         model = sj.fit(train.images, base, backbone, batch_size=args.batch_size, progress=False)
         features = {key: np.asarray(value) for key, value in model.banks.items()}
         features[sj.model.level_key(base.sampling_level)] = np.asarray(model.sampling_bank)
         for dtype in ("float32", "bfloat16"):
             sized = sj.fit_features(features, dataclasses.replace(base, bank_dtype=dtype))
             report["memory"][f"{name}/{dtype}"] = bank_bytes_per_image(sized)
-        report["memory"][f"{name}/gram_bytes"] = f"4*N^2 per level ({len(base.levels) + 1} levels incl. sampling)"
+        report["memory"][f"{name}/gram_bytes"] = (
+            f"4*N^2 per level ({len(base.levels) + 1} levels incl. sampling)"
+        )
         for mode in args.modes:
             # Same banks, another scorer: only the static config changes.
-            scored = dataclasses.replace(model, config=dataclasses.replace(base, reconstruction=mode)).bind(backbone)
+            scored = dataclasses.replace(model, config=dataclasses.replace(base, reconstruction=mode)).bind(
+                backbone
+            )
             scored.score(test.images, batch_size=args.batch_size, timings={}, progress=False)  # compile
             timings = {stage: 0.0 for stage in STAGES}
             start = time.perf_counter()
@@ -100,24 +108,42 @@ def main() -> None:
             row["total"] = wall / per_image
             row["method_over_backbone"] = sum(row[s] for s in STAGES[1:]) / row["backbone"]
             report["speed"][f"{name}/{mode}"] = {"weights": weights, **row}
-            print(f"{name:20s} {mode:5s} " + "  ".join(f"{s} {row[s] * 1e3:8.1f} ms" for s in (*STAGES, "total")), flush=True)
+            print(
+                f"{name:20s} {mode:5s} "
+                + "  ".join(f"{s} {row[s] * 1e3:8.1f} ms" for s in (*STAGES, "total")),
+                flush=True,
+            )
 
     print()
     print(f"command: {report['command']}")
     print(f"machine: {report['machine']}, jax {report['jax']}")
-    print(f"\nBank bytes per training image at {args.image_size} px (levels {base.levels} + sampling level {base.sampling_level}):")
+    print(
+        f"\nBank bytes per training image at {args.image_size} px (levels {base.levels} + sampling level {base.sampling_level}):"
+    )
     print(f"| backbone | dtype | {' | '.join(k for k in next(iter(report['memory'].values())))} |")
     for key, value in report["memory"].items():
         if isinstance(value, dict):
             backbone_name, dtype = key.split("/")
-            print(f"| {backbone_name} | {dtype} | " + " | ".join(f"{v / 2**20:.3f} MiB" for v in value.values()) + " |")
-    print(f"\nScoring time per image (N = {args.n_train}, lam = {args.lam}, k = {args.k}, pixel_k = {args.pixel_k}, "
-          f"batch {args.batch_size}, mean of {args.repeats} runs over {args.n_test} images):")
-    print("| backbone | mode | weights | " + " | ".join(STAGES) + " | total | (sampling+reconstruction+maps) / backbone |")
+            print(
+                f"| {backbone_name} | {dtype} | "
+                + " | ".join(f"{v / 2**20:.3f} MiB" for v in value.values())
+                + " |"
+            )
+    print(
+        f"\nScoring time per image (N = {args.n_train}, lam = {args.lam}, k = {args.k}, pixel_k = {args.pixel_k}, "
+        f"batch {args.batch_size}, mean of {args.repeats} runs over {args.n_test} images):"
+    )
+    print(
+        "| backbone | mode | weights | "
+        + " | ".join(STAGES)
+        + " | total | (sampling+reconstruction+maps) / backbone |"
+    )
     for key, value in report["speed"].items():
         backbone_name, mode = key.split("/")
         cells = " | ".join(f"{value[s] * 1e3:.1f} ms" for s in (*STAGES, "total"))
-        print(f"| {backbone_name} | {mode} | {value['weights']} | {cells} | {value['method_over_backbone']:.2f} |")
+        print(
+            f"| {backbone_name} | {mode} | {value['weights']} | {cells} | {value['method_over_backbone']:.2f} |"
+        )
     if args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 

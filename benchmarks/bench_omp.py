@@ -110,9 +110,16 @@ def image_atom_rows(args: argparse.Namespace, rng: np.random.Generator) -> list[
             }
             medians = interleaved_medians(fns, args.repeats)
             agreement = same_support_fraction(
-                jax_full(targets, atoms), sklearn_quiet(lambda: orthogonal_mp_gram(gram_np, alpha_np.T, n_nonzero_coefs=k))
+                jax_full(targets, atoms),
+                sklearn_quiet(lambda: orthogonal_mp_gram(gram_np, alpha_np.T, n_nonzero_coefs=k)),
             )
-            rows.append({"case": f"image B={args.batch} M={n_atoms} d={args.dim} k={k}", **medians, "agree": agreement})
+            rows.append(
+                {
+                    "case": f"image B={args.batch} M={n_atoms} d={args.dim} k={k}",
+                    **medians,
+                    "agree": agreement,
+                }
+            )
         del atoms, gram, alpha
     return rows
 
@@ -128,7 +135,9 @@ def pixel_rows(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]
         tqdm.write(f"per-pixel atoms: k={k}")
         fns = {
             "jax": lambda k=k: omp(atoms, targets, k),
-            "sklearn": lambda k=k: sklearn_quiet(lambda: orthogonal_mp(atoms_np.T, targets_np.T, n_nonzero_coefs=k)),
+            "sklearn": lambda k=k: sklearn_quiet(
+                lambda: orthogonal_mp(atoms_np.T, targets_np.T, n_nonzero_coefs=k)
+            ),
             "floor": lambda: floor_fn(targets, atoms),
             "numpy matmul": lambda: targets_np @ atoms_np.T,
         }
@@ -137,7 +146,9 @@ def pixel_rows(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]
             omp(atoms, targets, k),
             sklearn_quiet(lambda: orthogonal_mp(atoms_np.T, targets_np.T, n_nonzero_coefs=k)),
         )
-        rows.append({"case": f"pixel B={batch} M={n_atoms} d={dim} k={k} (omp)", **medians, "agree": agreement})
+        rows.append(
+            {"case": f"pixel B={batch} M={n_atoms} d={dim} k={k} (omp)", **medians, "agree": agreement}
+        )
     return rows
 
 
@@ -167,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dim", type=int, default=401_408, help="atom dimension d (WRN50 level 2 at 224 px)")
     parser.add_argument("--atoms", type=int, nargs="+", default=[50, 200, 400], help="memory-bank sizes M")
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10], help="numbers of atoms k")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per image case (after a warm-up)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats per image case (after a warm-up)"
+    )
     parser.add_argument("--pixel-batch", type=int, default=784 * 16, help="per-pixel targets (0: skip)")
     parser.add_argument("--pixel-atoms", type=int, default=180)
     parser.add_argument("--pixel-dim", type=int, default=512)
@@ -177,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
 
     command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     print(f"command: {command}")
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; float32; medians of {args.repeats} interleaved repeats")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; float32; medians of {args.repeats} interleaved repeats"
+    )
     rng = np.random.default_rng(args.seed)
     rows = image_atom_rows(args, rng)
     if args.pixel_batch:

@@ -27,8 +27,10 @@ import jax  # noqa: E402
 
 from subspace_jax._io import atomic_write_text  # noqa: E402
 from subspace_jax.data import MTD  # noqa: E402
-from subspace_jax.runner import core  # noqa: E402
-from subspace_jax.runner import workbench  # noqa: E402
+from subspace_jax.runner import (
+    core,  # noqa: E402
+    workbench,  # noqa: E402
+)
 from subspace_jax.runner.workbench import Workbench  # noqa: E402
 
 # (row label, --method name, Config overrides beyond the backbone)
@@ -54,8 +56,11 @@ def run_row(label, method_name, overrides, bench, coreset_ratio, batch_size, pro
     config = workbench.default_config(method_name, "mtd", **overrides)
     row, _, _ = workbench.evaluate(bench, method_name, config, batch_size=batch_size, progress=progress)
     row["label"] = label
-    print(f"{label}: pixel AUROC {row['pixel_auroc']:.4f} PRO {row['pro']:.4f} image AUROC {row['image_auroc']:.4f} "
-          f"bank {row['bank_seconds']:.1f} s, method {1000 * row['method_seconds_per_image']:.1f} ms/image", flush=True)
+    print(
+        f"{label}: pixel AUROC {row['pixel_auroc']:.4f} PRO {row['pro']:.4f} image AUROC {row['image_auroc']:.4f} "
+        f"bank {row['bank_seconds']:.1f} s, method {1000 * row['method_seconds_per_image']:.1f} ms/image",
+        flush=True,
+    )
     return row
 
 
@@ -106,10 +111,15 @@ def markdown(rows: list[dict], command: str, info: dict) -> str:
         f"{next((r['config']['coreset_ratio'] for r in rows if r['method'] == 'patchcore'), 'n/a')} instead of the "
         "paper's 0.1: the greedy coreset's time grows with the number of patches it picks (its fit time above is "
         "almost all coreset), so 0.1 would take about ten times as long on this CPU.",
-        *([] if any(r["label"] == "SPADE" for r in rows) else [
-            "- Deviation: SPADE's own setting (K = 50 nearest images, levels 1-3) was too slow for this CPU (our run "
-            "was stopped after 22 minutes of scoring, more than 2.2 s per image); the table has K = 10 on levels 1-3 "
-            "and K = 50 on levels 2+3 instead."]),
+        *(
+            []
+            if any(r["label"] == "SPADE" for r in rows)
+            else [
+                "- Deviation: SPADE's own setting (K = 50 nearest images, levels 1-3) was too slow for this CPU (our run "
+                "was stopped after 22 minutes of scoring, more than 2.2 s per image); the table has K = 10 on levels 1-3 "
+                "and K = 50 on levels 2+3 instead."
+            ]
+        ),
         f"- Machine: {info['machine']}; jax {info['jax']} on {info['devices']}.",
         "",
         "Command:",
@@ -124,15 +134,24 @@ def markdown(rows: list[dict], command: str, info: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=os.environ.get("SUBSPACE_JAX_MTD"),
-                        help="MTD folder (default: $SUBSPACE_JAX_MTD)")
+    parser.add_argument(
+        "--data-root",
+        type=Path,
+        default=os.environ.get("SUBSPACE_JAX_MTD"),
+        help="MTD folder (default: $SUBSPACE_JAX_MTD)",
+    )
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--feature-cache", type=Path, default=Path("results/cache"))
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
-    parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), metavar="LABEL",
-                        help="which rows to run (labels as in the table; default: all but SPADE's own K=50, "
-                             "levels 1-3, which takes hours on a CPU)")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=list(DEFAULT_ROWS),
+        metavar="LABEL",
+        help="which rows to run (labels as in the table; default: all but SPADE's own K=50, "
+        "levels 1-3, which takes hours on a CPU)",
+    )
     parser.add_argument("--limit-train", type=int, default=None, help="evenly spaced subset (quick runs)")
     parser.add_argument("--limit-test", type=int, default=None, help="evenly spaced subset (quick runs)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -147,16 +166,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rows: unknown {unknown}")
     backbone = core.load_backbone(args.backbone)
     limits = {k: v for k, v in {"train": args.limit_train, "test": args.limit_test}.items() if v is not None}
-    bench = Workbench(MTD(Path(args.data_root).resolve()), "mtd", backbone, cache_dir=args.feature_cache,
-                      image_size=args.image_size, limits=limits, batch_size=args.batch_size,
-                      progress=not args.no_progress)
-    rows = [run_row(label, name, overrides, bench, args.coreset_ratio, args.batch_size, not args.no_progress)
-            for label, name, overrides in ROWS if label in args.rows]
+    bench = Workbench(
+        MTD(Path(args.data_root).resolve()),
+        "mtd",
+        backbone,
+        cache_dir=args.feature_cache,
+        image_size=args.image_size,
+        limits=limits,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    rows = [
+        run_row(label, name, overrides, bench, args.coreset_ratio, args.batch_size, not args.no_progress)
+        for label, name, overrides in ROWS
+        if label in args.rows
+    ]
     command = shlex.join(["python", "experiments/compare_mtd.py", *(sys.argv[1:] if argv is None else argv)])
-    info = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "jax": jax.__version__,
-            "devices": ", ".join(str(d) for d in jax.devices())}
+    info = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "jax": jax.__version__,
+        "devices": ", ".join(str(d) for d in jax.devices()),
+    }
     json_path = args.json or args.out.with_suffix(".json")
-    atomic_write_text(json_path, json.dumps({"command": command, "info": info, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(
+        json_path, json.dumps({"command": command, "info": info, "rows": rows}, indent=1) + "\n"
+    )
     text = markdown(rows, command, info)
     if args.out.is_file() and NOTES_HEADING in args.out.read_text():
         # Hand-written reading of the figures survives a rerun (check it still matches them).

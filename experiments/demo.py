@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 def main(argv: list[str] | None = None) -> int:
     from subspace_jax.data import synthetic
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("results/demo"), help="folder for the figures")
     parser.add_argument("--categories", nargs="+", default=["weave", "shape"], choices=synthetic.CATEGORIES)
     parser.add_argument("--image-size", type=int, default=128)
@@ -48,19 +49,23 @@ def main(argv: list[str] | None = None) -> int:
         score_start = time.perf_counter()
         maps, scores = model.score(test.images, progress=False)
         done = time.perf_counter()
-        rows.append([
-            category,
-            f"{100 * metrics.pixel_auroc(maps, test.masks):.1f}",
-            f"{100 * metrics.pro(maps, test.masks):.1f}",
-            f"{100 * metrics.image_auroc(scores, test.labels):.1f}",
-            f"{100 * metrics.pixel_ap(maps, test.masks):.1f}",
-            f"{score_start - fit_start:.1f}",
-            f"{done - score_start:.1f}",
-        ])
+        rows.append(
+            [
+                category,
+                f"{100 * metrics.pixel_auroc(maps, test.masks):.1f}",
+                f"{100 * metrics.pro(maps, test.masks):.1f}",
+                f"{100 * metrics.image_auroc(scores, test.labels):.1f}",
+                f"{100 * metrics.pixel_ap(maps, test.masks):.1f}",
+                f"{score_start - fit_start:.1f}",
+                f"{done - score_start:.1f}",
+            ]
+        )
         names = [f"{kind}/{i:03d}.png" for i, kind in enumerate(test.defect_types)]
         written += figures.save_best_worst(args.out / category, test.images, test.masks, maps, names, 1)
-    print(f"subspace-guided reconstruction, efficientnet_lite0, {args.image_size} px, k={config.k}, "
-          f"lam={config.lam}, {args.n_train} training images per category (metrics in %)")
+    print(
+        f"subspace-guided reconstruction, efficientnet_lite0, {args.image_size} px, k={config.k}, "
+        f"lam={config.lam}, {args.n_train} training images per category (metrics in %)"
+    )
     print(results.format_table(header, rows))
     print("figures (image | ground truth | anomaly map):")
     for path in written:

@@ -25,8 +25,8 @@ from subspace_jax.runner.datasets import MTD  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
+    passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--feature-cache", type=Path, required=True)
@@ -43,31 +43,68 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             name = f"k{k}-lam{lam}"
             out = args.out / name
-            run_argv = ["--data-root", str(args.data_root), "--feature-cache", str(args.feature_cache),
-                        "--backbone", args.backbone, "--out", str(out), "--k", str(k), "--lam", str(lam),
-                        "--no-progress", *passthrough]
+            run_argv = [
+                "--data-root",
+                str(args.data_root),
+                "--feature-cache",
+                str(args.feature_cache),
+                "--backbone",
+                args.backbone,
+                "--out",
+                str(out),
+                "--k",
+                str(k),
+                "--lam",
+                str(lam),
+                "--no-progress",
+                *passthrough,
+            ]
             if (out / "results.json").exists():
                 run_argv.append("--resume")
             status = run_benchmark(MTD, run_argv)
             if status != 0:
                 return status
             entry = json.loads((out / "results.json").read_text())["categories"]["mtd"]
-            grid[name] = {"k": k, "lam": lam, **{key: entry[key] for key in (
-                "pixel_auroc", "pro", "image_auroc", "pixel_ap", "f1_max", "score_seconds_per_image")}}
+            grid[name] = {
+                "k": k,
+                "lam": lam,
+                **{
+                    key: entry[key]
+                    for key in (
+                        "pixel_auroc",
+                        "pro",
+                        "image_auroc",
+                        "pixel_ap",
+                        "f1_max",
+                        "score_seconds_per_image",
+                    )
+                },
+            }
 
     best = max(grid.values(), key=lambda g: (g["pro"], g["pixel_auroc"]))
     lines = [
-        "# MTD grid over k and lam (evaluated on MTD's test set: values chosen here are tuned on it)", "",
-        f"Other flags: `{' '.join(passthrough) or '(MTD defaults)'}`; backbone {args.backbone}.", "",
-        "Pixel AUROC / PRO (%), rows k, columns lam:", "",
-        "| k \\ lam | " + " | ".join(map(str, args.lam)) + " |", "|---" * (len(args.lam) + 1) + "|",
+        "# MTD grid over k and lam (evaluated on MTD's test set: values chosen here are tuned on it)",
+        "",
+        f"Other flags: `{' '.join(passthrough) or '(MTD defaults)'}`; backbone {args.backbone}.",
+        "",
+        "Pixel AUROC / PRO (%), rows k, columns lam:",
+        "",
+        "| k \\ lam | " + " | ".join(map(str, args.lam)) + " |",
+        "|---" * (len(args.lam) + 1) + "|",
     ]
     for k in args.k:
-        cells = [f"{100 * grid[f'k{k}-lam{lam}']['pixel_auroc']:.1f} / {100 * grid[f'k{k}-lam{lam}']['pro']:.1f}"
-                 if f"k{k}-lam{lam}" in grid else "(k > lam)" for lam in args.lam]
+        cells = [
+            f"{100 * grid[f'k{k}-lam{lam}']['pixel_auroc']:.1f} / {100 * grid[f'k{k}-lam{lam}']['pro']:.1f}"
+            if f"k{k}-lam{lam}" in grid
+            else "(k > lam)"
+            for lam in args.lam
+        ]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    lines += ["", f"Best by PRO (ties: pixel AUROC): k={best['k']}, lam={best['lam']} "
-              f"(pixel AUROC {100 * best['pixel_auroc']:.1f}, PRO {100 * best['pro']:.1f})."]
+    lines += [
+        "",
+        f"Best by PRO (ties: pixel AUROC): k={best['k']}, lam={best['lam']} "
+        f"(pixel AUROC {100 * best['pixel_auroc']:.1f}, PRO {100 * best['pro']:.1f}).",
+    ]
     atomic_write_text(args.out / "grid.md", "\n".join(lines) + "\n")
     atomic_write_text(args.out / "grid.json", json.dumps({"grid": grid, "best": best}, indent=2) + "\n")
     print("\n".join(lines))

@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from subspace_jax.runner import core, features as feature_io  # noqa: E402
+from subspace_jax.runner import core  # noqa: E402
+from subspace_jax.runner import features as feature_io
 from subspace_jax.runner.datasets import MTD  # noqa: E402
 
 
@@ -34,26 +35,39 @@ def main(argv: list[str] | None = None) -> int:
 
     method = core.resolve_method("subspace")
     base = core.default_config(MTD, method)
-    base = dataclasses.replace(base, backbone=args.backbone, **{
-        name: value for name, value in (("k", args.k), ("lam", args.lam)) if value is not None})
+    base = dataclasses.replace(
+        base,
+        backbone=args.backbone,
+        **{name: value for name, value in (("k", args.k), ("lam", args.lam)) if value is not None},
+    )
     backbone = core.load_backbone(args.backbone)
     dataset = MTD.open(args.data_root, "mtd")
     cache = feature_io.FeatureCache(args.feature_cache)
     split_features = {}
     for split in ("train", "test"):
-        entry = cache.entry("mtd", "mtd", split, backbone.name, backbone.weights_sha256, base.image_size, base.crop)
+        entry = cache.entry(
+            "mtd", "mtd", split, backbone.name, backbone.weights_sha256, base.image_size, base.crop
+        )
         hit = cache.load(entry, [str(s.image_path) for s in dataset.samples(split)])
         if hit is None:
-            parser.error(f"--feature-cache: no {split} features for {args.backbone} at {entry}; run experiments/mtd.py "
-                         f"--backbone {args.backbone} --feature-cache {args.feature_cache} first")
+            parser.error(
+                f"--feature-cache: no {split} features for {args.backbone} at {entry}; run experiments/mtd.py "
+                f"--backbone {args.backbone} --feature-cache {args.feature_cache} first"
+            )
         split_features[split] = hit[0]
 
     settings = {name: dataclasses.replace(base, sampling=name) for name in ("subspace", "random", "none")}
     models = {name: method.fit_features(split_features["train"], config) for name, config in settings.items()}
     n_test = next(iter(split_features["test"].values())).shape[0]
     for model in models.values():  # compile every scorer before timing
-        core.score_in_batches(method, model, {k: v[:args.batch_size] for k, v in split_features["test"].items()},
-                              args.batch_size, False, {})
+        core.score_in_batches(
+            method,
+            model,
+            {k: v[: args.batch_size] for k, v in split_features["test"].items()},
+            args.batch_size,
+            False,
+            {},
+        )
     times: dict[str, list[dict]] = {name: [] for name in settings}
     for _ in range(args.rounds):
         for name, model in models.items():
@@ -62,15 +76,21 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append(timings)
 
     stages = ("sampling", "reconstruction", "maps")
-    print(f"MTD, {args.backbone}, k={base.k}, lam={base.lam}, levels {base.levels}, sampling level "
-          f"{base.sampling_level}: median seconds over {args.rounds} interleaved rounds, {n_test} test images")
+    print(
+        f"MTD, {args.backbone}, k={base.k}, lam={base.lam}, levels {base.levels}, sampling level "
+        f"{base.sampling_level}: median seconds over {args.rounds} interleaved rounds, {n_test} test images"
+    )
     none_total = statistics.median(sum(t[s] for s in stages) for t in times["none"])
     print("| sampling | " + " | ".join(stages) + " | total | total / none |")
     print("|---" * (len(stages) + 3) + "|")
     for name in settings:
         medians = [statistics.median(t[s] for t in times[name]) for s in stages]
         total = statistics.median(sum(t[s] for s in stages) for t in times[name])
-        print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in medians) + f" | {total:.2f} | {total / none_total:.2f} |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{m:.2f}" for m in medians)
+            + f" | {total:.2f} | {total / none_total:.2f} |"
+        )
     return 0
 
 

@@ -64,19 +64,27 @@ def iter_batches(images: ImageSource, config: InputConfig, batch_size: int) -> I
     ``resize_image(image, image_size, crop)``).
     """
     if isinstance(images, (str, os.PathLike)):
-        raise ValueError("images: expected an array, an iterable of batches or a list of paths, got a single path")
+        raise ValueError(
+            "images: expected an array, an iterable of batches or a list of paths, got a single path"
+        )
     if isinstance(images, (np.ndarray, jax.Array)):
         images = check_batch(images, config, "images")
         for start in range(0, images.shape[0], batch_size):
             yield images[start : start + batch_size]
         return
-    if isinstance(images, (list, tuple)) and images and all(isinstance(p, (str, os.PathLike)) for p in images):
+    if (
+        isinstance(images, (list, tuple))
+        and images
+        and all(isinstance(p, (str, os.PathLike)) for p in images)
+    ):
         for start in range(0, len(images), batch_size):
             paths = images[start : start + batch_size]
             yield np.stack([resize_image(read_image(p), config.image_size, config.crop) for p in paths])
         return
     if not isinstance(images, Iterable):
-        raise ValueError(f"images: expected an array, an iterable of batches or a list of paths, got {type(images).__name__}")
+        raise ValueError(
+            f"images: expected an array, an iterable of batches or a list of paths, got {type(images).__name__}"
+        )
     for index, batch in enumerate(images):
         batch = check_batch(batch, config, f"images (batch {index})")
         for start in range(0, batch.shape[0], batch_size):
@@ -163,7 +171,9 @@ class BoundBackbone(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def backbone_features(apply_fn: Callable, keys: tuple[str, ...], params: Any, images: Array) -> dict[str, Array]:
+def backbone_features(
+    apply_fn: Callable, keys: tuple[str, ...], params: Any, images: Array
+) -> dict[str, Array]:
     """``apply_fn(params, images)`` restricted to ``keys`` (the others are never computed), jitted."""
     out = apply_fn(params, images)
     return {key: out[key] for key in keys}
@@ -182,13 +192,19 @@ def extract_features(
     """Backbone features ``keys`` of ``images`` in padded batches: key -> (N, h, w, c) (or (N, c) for
     "pooled") float32 numpy arrays. ``backbone.name`` must be ``config.backbone``."""
     if backbone.name != config.backbone:
-        raise ValueError(f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}")
+        raise ValueError(
+            f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}"
+        )
     batch_size = batch_size_for(images, batch_size)
     bound = BoundBackbone.of(backbone)
     keys = tuple(keys)
     return map_batches(
         lambda batch: backbone_features(bound.apply_fn, keys, bound.params, batch),
-        images, config, batch_size, progress=progress, desc=desc,
+        images,
+        config,
+        batch_size,
+        progress=progress,
+        desc=desc,
     )
 
 

@@ -42,7 +42,7 @@ class CheckpointError(ValueError):
 
 
 def _flat_arrays(model: Model) -> dict[str, jax.Array]:
-    """"banks/level2" -> array, ... for every array leaf of the model."""
+    """ "banks/level2" -> array, ... for every array leaf of the model."""
     flat = {f"banks/{key}": value for key, value in model.banks.items()}
     flat |= {f"grams/{key}": value for key, value in model.grams.items()}
     if model.sampling_bank is not None:
@@ -74,7 +74,10 @@ def _file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
         with file.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
-        manifest[file.relative_to(folder).as_posix()] = {"size": file.stat().st_size, "sha256": digest.hexdigest()}
+        manifest[file.relative_to(folder).as_posix()] = {
+            "size": file.stat().st_size,
+            "sha256": digest.hexdigest(),
+        }
     return manifest
 
 
@@ -82,7 +85,9 @@ def _check_files(arrays_path: Path, manifest: Any) -> None:
     """Every file the save wrote is there, whole and unchanged, before orbax reads any of them
     (a restore that fails half-way inside orbax leaves its asynchronous reads dangling)."""
     if not isinstance(manifest, dict):
-        raise CheckpointError(f"{arrays_path.parent / METADATA_FILE}: corrupted metadata, 'files' must map paths to sizes")
+        raise CheckpointError(
+            f"{arrays_path.parent / METADATA_FILE}: corrupted metadata, 'files' must map paths to sizes"
+        )
     found = _file_manifest(arrays_path)
     for name, expected in manifest.items():
         actual = found.get(name)
@@ -159,7 +164,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         or not isinstance(backbone.get("name"), str)
         or not isinstance(backbone.get("weights_sha256"), (str, type(None)))
     ):
-        raise CheckpointError(f"{meta_path}: corrupted metadata, 'backbone' must hold a name and weights_sha256")
+        raise CheckpointError(
+            f"{meta_path}: corrupted metadata, 'backbone' must hold a name and weights_sha256"
+        )
     if metadata["image_size"] != config.image_size:
         raise CheckpointError(
             f"{meta_path}: image_size {metadata['image_size']!r} disagrees with the config's {config.image_size}"
@@ -175,7 +182,9 @@ def _check_array_specs(meta_path: Path, specs: Any, config: Config, n_train: Any
         expected |= {"sampling_bank", "sampling_gram"}
     if not isinstance(specs, dict) or set(specs) != expected:
         found = sorted(specs) if isinstance(specs, dict) else specs
-        raise CheckpointError(f"{meta_path}: corrupted metadata, arrays {found} where the config needs {sorted(expected)}")
+        raise CheckpointError(
+            f"{meta_path}: corrupted metadata, arrays {found} where the config needs {sorted(expected)}"
+        )
     if not isinstance(n_train, int) or n_train < 1:
         raise CheckpointError(f"{meta_path}: corrupted metadata, n_train {n_train!r}")
     for name, spec in specs.items():
@@ -196,7 +205,9 @@ def _check_array_specs(meta_path: Path, specs: Any, config: Config, n_train: Any
         else:
             good = len(shape) == 2 and shape[0] == n_train and spec["dtype"] == config.bank_dtype
         if not good:
-            raise CheckpointError(f"{meta_path}: corrupted metadata, array {name!r} {spec['dtype']}{shape} does not fit the config")
+            raise CheckpointError(
+                f"{meta_path}: corrupted metadata, array {name!r} {spec['dtype']}{shape} does not fit the config"
+            )
 
 
 def load(path: str | os.PathLike, backbone: Any = None) -> Model:
@@ -242,16 +253,22 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Model:
     except CheckpointError:
         raise
     except Exception as error:  # orbax and tensorstore raise many types for unreadable files
-        raise CheckpointError(f"{arrays_path}: cannot read the arrays, the checkpoint is corrupted ({error})") from error
+        raise CheckpointError(
+            f"{arrays_path}: cannot read the arrays, the checkpoint is corrupted ({error})"
+        ) from error
     flat = {}
     for name, spec in specs.items():
         node = restored
         for part in name.split("/"):
             node = node[part]
         if list(node.shape) != spec["shape"] or str(node.dtype) != spec["dtype"]:
-            raise CheckpointError(f"{arrays_path}: array {name!r} is {node.dtype}{list(node.shape)}, expected {spec['dtype']}{spec['shape']}")
+            raise CheckpointError(
+                f"{arrays_path}: array {name!r} is {node.dtype}{list(node.shape)}, expected {spec['dtype']}{spec['shape']}"
+            )
         if _array_sha256(node) != spec["sha256"]:
-            raise CheckpointError(f"{arrays_path}: array {name!r} does not match its recorded sha256, the checkpoint is corrupted")
+            raise CheckpointError(
+                f"{arrays_path}: array {name!r} does not match its recorded sha256, the checkpoint is corrupted"
+            )
         flat[name] = node
     levels = [level_key(level) for level in config.levels]
     model = Model(

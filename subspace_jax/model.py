@@ -148,7 +148,9 @@ class Config:
         ):
             fail("levels", "a non-empty sequence of distinct levels from {1, 2, 3, 4}")
         object.__setattr__(self, "levels", tuple(sorted(int(level) for level in levels)))
-        if self.sampling_level != "pooled" and not (_is_int(self.sampling_level) and self.sampling_level in LEVELS):
+        if self.sampling_level != "pooled" and not (
+            _is_int(self.sampling_level) and self.sampling_level in LEVELS
+        ):
             fail("sampling_level", "a level in {1, 2, 3, 4} or 'pooled'")
         choice("sampling", SAMPLING_MODES)
         integer("lam", 1)
@@ -266,7 +268,10 @@ class Model(BackboneBinding):
             score_batch = functools.partial(_score_images_jit, self, bound.apply_fn, bound.params)
         else:
             score_batch = functools.partial(_score_images_staged, self, bound, timings=timings)
-        return batching.map_batches(score_batch, images, self.config, batch_size, progress=progress, desc="score")
+        return batching.map_batches(
+            score_batch, images, self.config, batch_size, progress=progress, desc="score"
+        )
+
 
 # ---------------------------------------------------------------------------------------------
 # Fitting
@@ -346,8 +351,12 @@ def fit(
         if not isinstance(config, Config):
             raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
         backbone = backbones.load(config.backbone)
-    features = extract_features(images, config, backbone, batch_size=batch_size, progress=progress, desc="fit")
-    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
+    features = extract_features(
+        images, config, backbone, batch_size=batch_size, progress=progress, desc="fit"
+    )
+    model = fit_features(
+        features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256
+    )
     return model.bind(backbone)
 
 
@@ -377,7 +386,9 @@ def extract_features(
     if not isinstance(config, Config):
         raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
     keys = config.feature_keys if keys is None else tuple(keys)
-    return batching.extract_features(images, config, backbone, keys, batch_size=batch_size, progress=progress, desc=desc)
+    return batching.extract_features(
+        images, config, backbone, keys, batch_size=batch_size, progress=progress, desc=desc
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +494,9 @@ def _image_level_map(bank: Array, gram: Array, target: Array, candidates: Candid
     return jnp.linalg.norm(residual.reshape(batch, h, w, c), axis=-1)
 
 
-def image_pursuit(atoms: Array, gram: Array, targets: Array, candidates: Candidates, cfg: Config) -> tuple[omp_lib.OMPResult, Array]:
+def image_pursuit(
+    atoms: Array, gram: Array, targets: Array, candidates: Candidates, cfg: Config
+) -> tuple[omp_lib.OMPResult, Array]:
     """Batch-OMP of targets on the candidate rows of a bank, and the residuals e = y − D_lᵀc.
 
     Args:
@@ -572,7 +585,12 @@ def _pixel_level_map(bank: Array, target: Array, candidates: Candidates, cfg: Co
                 allowed = (valid[:, None, None] & ok[None]).reshape(-1)
                 yij = y[i, j][None]
                 result = omp_lib.omp(
-                    atoms, yij, k, candidates=allowed, tol=cfg.tol, normalize_selection=cfg.normalize_selection
+                    atoms,
+                    yij,
+                    k,
+                    candidates=allowed,
+                    tol=cfg.tol,
+                    normalize_selection=cfg.normalize_selection,
                 )
                 residual = yij - omp_lib.reconstruct(result.support, result.coef, atoms)
                 return jnp.linalg.norm(residual[0])
@@ -584,7 +602,9 @@ def _pixel_level_map(bank: Array, target: Array, candidates: Candidates, cfg: Co
     return jax.lax.map(one_image, (target.astype(jnp.float32), candidates.indices, candidates.valid))
 
 
-def fuse_maps(level_maps: Mapping[str, Array], out_size: tuple[int, int], config: Config) -> tuple[Array, Array]:
+def fuse_maps(
+    level_maps: Mapping[str, Array], out_size: tuple[int, int], config: Config
+) -> tuple[Array, Array]:
     """Level maps (B, h_l, w_l) -> bilinear upsampling to ``out_size`` -> fusion -> Gaussian blur.
 
     Returns maps (B, H, W) float32 and image scores (B,) = the maximum of each map.
@@ -633,7 +653,9 @@ def gaussian_blur(maps: Array, sigma: float) -> Array:
     return maps
 
 
-def score_features(model: Model, features: Features, out_size: tuple[int, int] | None = None) -> tuple[Array, Array]:
+def score_features(
+    model: Model, features: Features, out_size: tuple[int, int] | None = None
+) -> tuple[Array, Array]:
     """Pure scorer on precomputed features: sampling -> reconstruction -> maps.
 
     Args:
@@ -681,7 +703,9 @@ _reconstruct_jit = jax.jit(reconstruct_levels)
 _fuse_jit = jax.jit(fuse_maps, static_argnums=(1, 2))
 
 
-def _score_images_staged(model: Model, bound: BoundBackbone, images: np.ndarray, *, timings: dict[str, float]):
+def _score_images_staged(
+    model: Model, bound: BoundBackbone, images: np.ndarray, *, timings: dict[str, float]
+):
     """``score_images`` as four separately jitted stages, timing each (for the runners' breakdowns)."""
 
     def timed(stage: str, fn: Callable, *args):

@@ -26,8 +26,8 @@ float64. Results are an :class:`OMPResult` pytree.
 
 from __future__ import annotations
 
-from functools import partial
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -192,7 +192,9 @@ def _step(
 
     unit = jax.nn.one_hot(step, new_row.shape[0], dtype=new_row.dtype)
     inverse_row = (unit - new_row @ state.inverse_factor) / pivot
-    inverse_factor = state.inverse_factor.at[step].set(jnp.where(accept, inverse_row, state.inverse_factor[step]))
+    inverse_factor = state.inverse_factor.at[step].set(
+        jnp.where(accept, inverse_row, state.inverse_factor[step])
+    )
     forward_value = (alpha[lam] - new_row @ state.forward) / pivot
     forward = state.forward.at[step].set(jnp.where(accept, forward_value, 0))
     coef = forward @ inverse_factor  # L^-T L^-1 alpha[support]
@@ -235,7 +237,15 @@ def _gram_pursuit(
         state, support_columns = carry  # support_columns: (M, k) gram[:, support], 0 in unused slots
         correlations = alpha - support_columns @ state.coef
         state, lam, accept = _step(
-            state, step, correlations, lambda i: support_columns[i], norms_sq, alpha, selectable, weights, floor
+            state,
+            step,
+            correlations,
+            lambda i: support_columns[i],
+            norms_sq,
+            alpha,
+            selectable,
+            weights,
+            floor,
         )
         support_columns = support_columns.at[:, step].set(jnp.where(accept, gram[:, lam], 0))
         explained = state.forward @ state.forward
@@ -276,14 +286,24 @@ def _plain_pursuit(
         state, residual_vec, support_atoms = carry  # support_atoms: (k, d), 0 in unused slots
         correlations = atoms @ residual_vec
         state, lam, accept = _step(
-            state, step, correlations, lambda i: support_atoms @ atoms[i], norms_sq, alpha, selectable, weights, floor
+            state,
+            step,
+            correlations,
+            lambda i: support_atoms @ atoms[i],
+            norms_sq,
+            alpha,
+            selectable,
+            weights,
+            floor,
         )
         support_atoms = support_atoms.at[step].set(jnp.where(accept, atoms[lam], 0))
         # The true residual, not the Gram-based estimate: this kernel exists for the cases where
         # the residual itself is wanted and its norm must not suffer cancellation.
         residual_vec = target - state.coef @ support_atoms
         residual_norm_sq = residual_vec @ residual_vec
-        state = state._replace(residual_norm_sq=residual_norm_sq, active=state.active & (residual_norm_sq > threshold))
+        state = state._replace(
+            residual_norm_sq=residual_norm_sq, active=state.active & (residual_norm_sq > threshold)
+        )
         return state, residual_vec, support_atoms
 
     initial = _initial_state(k, n_atoms, atoms.dtype, norm_sq)._replace(active=norm_sq > threshold)
@@ -303,9 +323,13 @@ def _batched_gram(gram, alpha, candidates, norm_sq, tol, *, k, normalize_selecti
     tol = jnp.asarray(tol, dtype)
 
     def single(a, c, n):
-        return _gram_pursuit(gram, a, c, n, tol, k=k, normalize_selection=normalize_selection, has_norm=has_norm)
+        return _gram_pursuit(
+            gram, a, c, n, tol, k=k, normalize_selection=normalize_selection, has_norm=has_norm
+        )
 
-    return jax.vmap(single, in_axes=(0, candidates_axis, 0))(alpha, _candidate_mask(candidates, gram.shape[0]), norm_sq)
+    return jax.vmap(single, in_axes=(0, candidates_axis, 0))(
+        alpha, _candidate_mask(candidates, gram.shape[0]), norm_sq
+    )
 
 
 @partial(jax.jit, static_argnames=("k", "normalize_selection", "candidates_axis", "dtype"))
@@ -315,7 +339,9 @@ def _batched_plain(atoms, targets, candidates, tol, *, k, normalize_selection, c
     def single(t, c):
         return _plain_pursuit(atoms, t, c, tol, k=k, normalize_selection=normalize_selection)
 
-    return jax.vmap(single, in_axes=(0, candidates_axis))(targets, _candidate_mask(candidates, atoms.shape[0]))
+    return jax.vmap(single, in_axes=(0, candidates_axis))(
+        targets, _candidate_mask(candidates, atoms.shape[0])
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,7 +385,9 @@ def omp_gram(
     batch = np.shape(alpha)[0]
     _check_tol(tol)
     if target_norm_sq is not None and np.shape(target_norm_sq) != (batch,):
-        raise _shape_error("target_norm_sq", f"({batch},) to match alpha {tuple(np.shape(alpha))}", target_norm_sq)
+        raise _shape_error(
+            "target_norm_sq", f"({batch},) to match alpha {tuple(np.shape(alpha))}", target_norm_sq
+        )
     if target_norm_sq is None and not (isinstance(tol, (int, float, np.number)) and tol == 0):
         raise ValueError("tol: a nonzero relative tolerance needs target_norm_sq (B,) = ||targets||^2")
     return _batched_gram(

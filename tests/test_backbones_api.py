@@ -47,10 +47,15 @@ def test_levels_have_strides_4_to_32_and_registry_channels(lite0, resnet18_rando
         assert set(features) == {"level1", "level2", "level3", "level4", "pooled"}
         for level, stride in zip(("level1", "level2", "level3", "level4"), (4, 8, 16, 32)):
             side = -(-size // stride)
-            assert features[level].shape == (2, side, side, backbone.level_channels[level]), (backbone.name, level)
+            assert features[level].shape == (2, side, side, backbone.level_channels[level]), (
+                backbone.name,
+                level,
+            )
             assert features[level].dtype == np.float32
         assert features["pooled"].shape == (2, backbone.level_channels["pooled"])
-        np.testing.assert_allclose(features["pooled"], features["level4"].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            features["pooled"], features["level4"].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_uint8_and_float_images_agree(resnet18_random):
@@ -79,8 +84,9 @@ def test_pure_is_jittable_and_equals_call(resnet18_random):
     def users_pipeline(p, x):
         return apply_fn(p, x)["level2"].sum(axis=-1)
 
-    np.testing.assert_allclose(users_pipeline(params, images), resnet18_random(images)["level2"].sum(axis=-1),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        users_pipeline(params, images), resnet18_random(images)["level2"].sum(axis=-1), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_call_compiles_once_per_shape(resnet18_random):
@@ -104,8 +110,9 @@ def test_random_init_is_seeded():
     assert a.weights_sha256 == "random-seed5"
 
 
-@pytest.mark.parametrize("shape, dtype", [((32, 32, 3), np.uint8), ((1, 32, 32, 4), np.uint8),
-                                          ((1, 32, 32, 3), np.int64)])
+@pytest.mark.parametrize(
+    "shape, dtype", [((32, 32, 3), np.uint8), ((1, 32, 32, 4), np.uint8), ((1, 32, 32, 3), np.int64)]
+)
 def test_bad_images_are_rejected(resnet18_random, shape, dtype):
     with pytest.raises(ValueError, match="images"):
         resnet18_random(np.zeros(shape, dtype))
@@ -181,8 +188,11 @@ def test_micro_batching_matches_whole_batch():
     whole = jax.jit(chunked._forward)(params, images)
     for key in chunked_out:
         assert chunked_out[key].shape == whole[key].shape
-        np.testing.assert_allclose(chunked_out[key], whole[key], rtol=0, atol=1e-5 * float(np.abs(whole[key]).max()))
-    np.testing.assert_allclose(chunked.classify(images), whole["logits"], rtol=0,
-                               atol=1e-5 * float(np.abs(whole["logits"]).max()))
+        np.testing.assert_allclose(
+            chunked_out[key], whole[key], rtol=0, atol=1e-5 * float(np.abs(whole[key]).max())
+        )
+    np.testing.assert_allclose(
+        chunked.classify(images), whole["logits"], rtol=0, atol=1e-5 * float(np.abs(whole["logits"]).max())
+    )
     with pytest.raises(ValueError, match="micro_batch"):
         backbones.Backbone(get_spec("efficientnet_lite0"), model, tag, micro_batch=0)

@@ -65,7 +65,10 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, gadget, layout):
         _legacy_torch_file(weights, payload)
     else:
         weights.write_bytes(payload)
-    with pytest.raises(UnsafePickleError, match=r"refusing to load global '(builtins\.open|io\.open|posix\.system|os\.system)'"):
+    with pytest.raises(
+        UnsafePickleError,
+        match=r"refusing to load global '(builtins\.open|io\.open|posix\.system|os\.system)'",
+    ):
         load_torch_file(weights)
     assert not marker.exists()
 

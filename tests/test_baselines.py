@@ -128,7 +128,9 @@ def test_level_maps_are_upsampled_averaged_and_smoothed_like_torch_and_scipy():
     ours = np.asarray(common.fuse_level_maps({"level2": fine, "level3": coarse}, config, fusion="mean"))
 
     def up(x):
-        return F.interpolate(torch.from_numpy(x)[:, None], size=32, mode="bilinear", align_corners=False)[:, 0].numpy()
+        return F.interpolate(torch.from_numpy(x)[:, None], size=32, mode="bilinear", align_corners=False)[
+            :, 0
+        ].numpy()
 
     mean = (up(fine) + up(coarse)) / 2
     reference = np.stack([ndimage.gaussian_filter(m, sigma=4.0, mode="reflect", truncate=4.0) for m in mean])
@@ -194,7 +196,10 @@ def test_select_coreset_uses_seeded_projection_and_start():
     expected = numpy_greedy_k_center(points.astype(np.float64) @ projection, 30, start)
     assert ours.tolist() == expected
     # A different seed gives a different start, hence a different coreset.
-    assert np.asarray(patchcore.select_coreset(jnp.asarray(points), ratio, proj_dim, seed + 1)).tolist() != expected
+    assert (
+        np.asarray(patchcore.select_coreset(jnp.asarray(points), ratio, proj_dim, seed + 1)).tolist()
+        != expected
+    )
 
 
 def test_select_coreset_without_projection_and_with_full_ratio():
@@ -225,8 +230,11 @@ def test_reweighted_scores_match_numpy_eq7():
         to_support = np.linalg.norm(bank[support] - embeddings[i, worst], axis=1)
         expected.append((1.0 - np.exp(s_star) / np.exp(to_support).sum()) * s_star)
     ours = patchcore.reweighted_scores(
-        jnp.asarray(embeddings), jnp.asarray(patch_scores, jnp.float32), jnp.asarray(nearest, jnp.int32),
-        jnp.asarray(bank), b,
+        jnp.asarray(embeddings),
+        jnp.asarray(patch_scores, jnp.float32),
+        jnp.asarray(nearest, jnp.int32),
+        jnp.asarray(bank),
+        b,
     )
     np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5)
     assert np.all(np.asarray(ours) < patch_scores.max(axis=1))
@@ -237,7 +245,9 @@ def test_patchcore_scores_match_brute_force_reference():
     # nearest-neighbour distance, so the whole pipeline can be checked against scipy.
     train = {"level2": rng(11).normal(size=(3, 32, 32, 5)).astype(np.float32)}
     test = {"level2": rng(12).normal(size=(2, 32, 32, 5)).astype(np.float32)}
-    config = PatchCoreConfig(image_size=32, levels=(2,), coreset_ratio=1.0, sigma=0.0, query_chunk=100, bank_chunk=300)
+    config = PatchCoreConfig(
+        image_size=32, levels=(2,), coreset_ratio=1.0, sigma=0.0, query_chunk=100, bank_chunk=300
+    )
     model = patchcore.fit_features(train, config)
     assert model.bank.shape == (3 * 32 * 32, 5)
     maps, scores = model.score_features(test)
@@ -302,7 +312,9 @@ def test_nearest_images_match_numpy_argsort():
     full = cdist(test, train)
     order = np.argsort(full, axis=1)[:, :6]
     np.testing.assert_array_equal(np.asarray(idx), order)
-    np.testing.assert_allclose(np.asarray(dist), np.take_along_axis(full, order, axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(dist), np.take_along_axis(full, order, axis=1), rtol=1e-5, atol=1e-5
+    )
     assert idx[1, 0] == 11 and float(dist[1, 0]) == 0.0
 
 
@@ -321,7 +333,9 @@ def test_spade_scores_match_brute_force_reference():
         "level1": g.normal(size=(2, 32, 32, 3)).astype(np.float32),
         "level2": g.normal(size=(2, 32, 32, 4)).astype(np.float32),
     }
-    config = SpadeConfig(image_size=32, levels=(1, 2), top_k_images=k, sigma=0.0, query_chunk=200, bank_chunk=500)
+    config = SpadeConfig(
+        image_size=32, levels=(1, 2), top_k_images=k, sigma=0.0, query_chunk=200, bank_chunk=500
+    )
     maps, scores = spade.fit_features(train, config).score_features(test)
     pooled = cdist(test["pooled"], train["pooled"])
     for i in range(2):
@@ -472,7 +486,13 @@ def test_config_validation_names_the_field(config_cls, field, value):
 
 def test_configs_are_frozen_hashable_and_have_paper_defaults():
     pc, sp = PatchCoreConfig(), SpadeConfig()
-    assert (pc.levels, pc.coreset_ratio, pc.projection_dim, pc.num_neighbors, pc.sigma) == ((2, 3), 0.1, 128, 9, 4.0)
+    assert (pc.levels, pc.coreset_ratio, pc.projection_dim, pc.num_neighbors, pc.sigma) == (
+        (2, 3),
+        0.1,
+        128,
+        9,
+        4.0,
+    )
     assert (sp.levels, sp.top_k_images, sp.sigma) == ((1, 2, 3), 50, 4.0)
     assert PatchCoreConfig(crop=224).output_size == 224
     assert PatchCoreConfig(levels=[3, 2]).levels == (2, 3) and SpadeConfig(levels=2).levels == (2,)

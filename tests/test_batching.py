@@ -48,15 +48,19 @@ def test_batch_size_for_checks_and_shrinks_to_the_number_of_images():
 
 def test_map_batches_rejects_wrong_sizes_and_empty_input():
     with pytest.raises(ValueError, match=r"images \(batch 1\): expected images of shape \(B, 8, 8, 3\)"):
-        batching.map_batches(lambda b: b, [np.zeros((1, 8, 8, 3)), np.zeros((1, 9, 8, 3))], _Input(), 1, progress=False)
+        batching.map_batches(
+            lambda b: b, [np.zeros((1, 8, 8, 3)), np.zeros((1, 9, 8, 3))], _Input(), 1, progress=False
+        )
     with pytest.raises(ValueError, match="expected at least one image"):
         batching.map_batches(lambda b: b, iter([]), _Input(), 1, progress=False)
 
 
 def test_unbound_models_without_weights_name_their_own_class():
     rng = np.random.default_rng(0)
-    features = {"level2": rng.normal(size=(2, 4, 4, 3)).astype(np.float32),
-                "level3": rng.normal(size=(2, 2, 2, 5)).astype(np.float32)}
+    features = {
+        "level2": rng.normal(size=(2, 4, 4, 3)).astype(np.float32),
+        "level3": rng.normal(size=(2, 2, 2, 5)).astype(np.float32),
+    }
     images = np.zeros((1, 32, 32, 3), np.uint8)
     subspace = sj.fit_features(features, sj.Config(backbone="resnet18", image_size=32, sampling="none", k=1))
     with pytest.raises(ValueError, match=r"^Model\.score: .*weights_sha256=None.*Model\.score_features"):

@@ -24,8 +24,15 @@ def make_model(bank_dtype: str = "float32", sampling: str = "subspace") -> sj.Mo
         "pooled": rng.normal(size=(6, 16)).astype(np.float32),
     }
     config = sj.Config(
-        backbone="efficientnet_lite0", image_size=32, levels=(2, 3), sampling_level="pooled", sampling=sampling,
-        lam=3, k=2, sigma=1.0, bank_dtype=bank_dtype,
+        backbone="efficientnet_lite0",
+        image_size=32,
+        levels=(2, 3),
+        sampling_level="pooled",
+        sampling=sampling,
+        lam=3,
+        k=2,
+        sigma=1.0,
+        bank_dtype=bank_dtype,
     )
     return sj.fit_features(features, config, weights_sha256=SHA)
 
@@ -92,7 +99,10 @@ def edit_metadata(path: Path, edit) -> None:
         (lambda m: m["config"].update(k=0), "invalid config.*Config.k"),
         (lambda m: m["config"].update(mystery=1), "invalid config.*unknown keys"),
         (lambda m: m.update(image_size=64), "image_size 64 disagrees"),
-        (lambda m: m["arrays"]["banks/level2"].update(shape=[6, 4, 4, 6]), "stored array 'banks/level2' is float32\\[6, 4, 4, 5\\]"),
+        (
+            lambda m: m["arrays"]["banks/level2"].update(shape=[6, 4, 4, 6]),
+            "stored array 'banks/level2' is float32\\[6, 4, 4, 5\\]",
+        ),
         (lambda m: m["arrays"]["grams/level3"].update(sha256="0" * 64), "grams/level3.*sha256"),
         (lambda m: m["arrays"].pop("sampling_gram"), "arrays.*config needs"),
         (lambda m: m.pop("backbone"), "missing \\['backbone'\\]"),

@@ -104,7 +104,9 @@ def _triangle_downscale_2x(image: np.ndarray) -> np.ndarray:
         values = np.moveaxis(values, axis, 0)
         out = []
         for i in range(values.shape[0] // 2):
-            taps = [(j, w) for j, w in zip(range(2 * i - 1, 2 * i + 3), (1, 3, 3, 1)) if 0 <= j < values.shape[0]]
+            taps = [
+                (j, w) for j, w in zip(range(2 * i - 1, 2 * i + 3), (1, 3, 3, 1)) if 0 <= j < values.shape[0]
+            ]
             out.append(sum(w * values[j] for j, w in taps) / sum(w for _, w in taps))
         return np.moveaxis(np.stack(out), 0, axis)
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 # The tfds extra is installed in CI; without it these tests must fail at import, not skip.
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from subspace_jax.data import BTAD, MVTecAD, read_image
 from subspace_jax.data.mtd import mtd_train_filenames
-from subspace_jax.data.tfds import Btad, MvtecAd, Mtd, split_from_source
+from subspace_jax.data.tfds import Btad, Mtd, MvtecAd, split_from_source
 from tests.data_trees import SIDE, rect_mask, write_btad_category, write_mvtec_category
 
 
@@ -99,7 +99,15 @@ def test_mtd_builder_uses_the_canonical_split(tmp_path):
     source = tfds.data_source("mtd", data_dir=data_dir)
     assert len(source["train"]) == 761 and len(source["test"]) == 7
     test = split_from_source(source["test"], image_size=9, progress=False)
-    assert test.labels.tolist() == [1, 1, 1, 1, 0, 0, 1]  # sorted by file name: MT_Blowhole ... MT_Free ... MT_Uneven
+    assert test.labels.tolist() == [
+        1,
+        1,
+        1,
+        1,
+        0,
+        0,
+        1,
+    ]  # sorted by file name: MT_Blowhole ... MT_Free ... MT_Uneven
     assert test.defect_types == ("blowhole", "break", "crack", "fray", "good", "good", "uneven")
     assert test.masks[test.labels == 1].any(axis=(1, 2)).all() and not test.masks[test.labels == 0].any()
 

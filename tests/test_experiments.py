@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from subspace_jax import published as pub
-from subspace_jax.runner import cli, features as feature_io, figures, results
-
+from subspace_jax.runner import cli, figures, results
+from subspace_jax.runner import features as feature_io
 
 # --- published numbers -----------------------------------------------------------------------------------
 
@@ -43,9 +43,15 @@ def test_published_lookup_in_fractions():
     assert ours["transistor"] == {"pixel_auroc": pytest.approx(0.985), "pro": pytest.approx(0.952)}
     assert pub.published("mvtec", "patchcore")["wood"]["pro"] == pytest.approx(0.896)
     assert "pro" not in pub.published("mvtec", "riad")["bottle"]  # RIAD has no PRO row (Table II)
-    assert pub.published("btad", "subspace")["03"] == {"pixel_auroc": pytest.approx(0.992), "pro": pytest.approx(0.965)}
+    assert pub.published("btad", "subspace")["03"] == {
+        "pixel_auroc": pytest.approx(0.992),
+        "pro": pytest.approx(0.965),
+    }
     assert pub.published("mtd", "subspace") == {}  # Table IV was lost in the text copy
-    assert pub.PRINTED_MEANS["mvtec"]["subspace"] == {"pixel_auroc": pytest.approx(0.976), "pro": pytest.approx(0.93)}
+    assert pub.PRINTED_MEANS["mvtec"]["subspace"] == {
+        "pixel_auroc": pytest.approx(0.976),
+        "pro": pytest.approx(0.93),
+    }
     with pytest.raises(ValueError, match="dataset"):
         pub.published("visa")
 
@@ -87,20 +93,49 @@ def _parse(argv, defaults=_ToyConfig()):
 
 
 def test_every_config_field_is_a_flag_with_its_type():
-    config = _parse([
-        "--k", "3", "--sigma", "2.5", "--crop", "224", "--levels", "2", "3", "4", "--sampling-level", "pooled",
-        "--sampling", "none", "--normalize-selection", "--name", "y",
-    ])
-    assert config == _ToyConfig(k=3, sigma=2.5, crop=224, levels=(2, 3, 4), sampling_level="pooled",
-                                sampling="none", normalize_selection=True, name="y")
+    config = _parse(
+        [
+            "--k",
+            "3",
+            "--sigma",
+            "2.5",
+            "--crop",
+            "224",
+            "--levels",
+            "2",
+            "3",
+            "4",
+            "--sampling-level",
+            "pooled",
+            "--sampling",
+            "none",
+            "--normalize-selection",
+            "--name",
+            "y",
+        ]
+    )
+    assert config == _ToyConfig(
+        k=3,
+        sigma=2.5,
+        crop=224,
+        levels=(2, 3, 4),
+        sampling_level="pooled",
+        sampling="none",
+        normalize_selection=True,
+        name="y",
+    )
     assert isinstance(config.levels, tuple)
     assert _parse(["--sampling-level", "3"]).sampling_level == 3  # int read before str
     assert _parse(["--crop", "none"]).crop is None
 
 
 def test_flag_help_comes_from_the_attributes_docstring(capsys):
-    assert cli.field_docs(_ToyConfig) == {"k": "atoms per map, at most lam.", "sigma": "two fields described at once.",
-                                          "crop": "two fields described at once.", "levels": "backbone levels."}
+    assert cli.field_docs(_ToyConfig) == {
+        "k": "atoms per map, at most lam.",
+        "sigma": "two fields described at once.",
+        "crop": "two fields described at once.",
+        "levels": "backbone levels.",
+    }
     with pytest.raises(SystemExit):
         _parse(["--help"])
     assert "atoms per map, at most lam. (default: 5)" in " ".join(capsys.readouterr().out.split())
@@ -128,13 +163,25 @@ def test_config_validation_errors_surface():
 
 
 def _entry(auroc: float) -> dict:
-    return {"pixel_auroc": auroc, "pro": 0.5, "image_auroc": None, "pixel_ap": 0.25, "n_train": 3, "n_test": 4,
-            "fit_seconds": 1.0, "score_seconds_per_image": 0.5, "f1_max": 0.3,
-            "timings": {"fit": 1.0}, "peak_memory": {"rss_mib": 10.0, "device_mib": None}}
+    return {
+        "pixel_auroc": auroc,
+        "pro": 0.5,
+        "image_auroc": None,
+        "pixel_ap": 0.25,
+        "n_train": 3,
+        "n_test": 4,
+        "fit_seconds": 1.0,
+        "score_seconds_per_image": 0.5,
+        "f1_max": 0.3,
+        "timings": {"fit": 1.0},
+        "peak_memory": {"rss_mib": 10.0, "device_mib": None},
+    }
 
 
 def test_results_write_read_means_and_markdown(tmp_path):
-    document = results.new_document("mvtec", {"method": "subspace", "k": 3, "levels": (2, 3)}, {"command": "x"})
+    document = results.new_document(
+        "mvtec", {"method": "subspace", "k": 3, "levels": (2, 3)}, {"command": "x"}
+    )
     document["categories"]["bottle"] = _entry(0.9)
     document["categories"]["wood"] = _entry(0.7)
     results.write(tmp_path, document, "subspace")
@@ -187,6 +234,7 @@ class _PoolingBackbone:
             b, h, w, c = x.shape
             level1 = x.reshape(b, h // 4, 4, w // 4, 4, c).mean(axis=(2, 4))
             return {"level1": level1, "pooled": level1.mean(axis=(1, 2))}
+
         return apply, 2.0
 
 
@@ -207,7 +255,10 @@ def test_feature_cache_round_trip_and_staleness(tmp_path):
     cache = feature_io.FeatureCache(tmp_path)
     entry = cache.entry("mvtec", "bottle", "train", "toy", "ab" * 32, 256, None)
     assert entry == tmp_path / "mvtec/bottle/train/toy-abababababababab-size256-cropnone"
-    feats = {"level1": np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3), "pooled": np.ones((2, 3), np.float32)}
+    feats = {
+        "level1": np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3),
+        "pooled": np.ones((2, 3), np.float32),
+    }
     paths = ["a.png", "b.png"]
     assert cache.load(entry, paths) is None
     cache.store(entry, feats, paths, seconds=1.5)
@@ -247,16 +298,28 @@ def test_best_and_worst_are_ranked_by_per_image_pixel_auroc(tmp_path):
 from subspace_jax.runner import core, datasets  # noqa: E402
 
 SYNTHETIC = dataclasses.replace(datasets.MVTEC, categories=("weave", "shape"))  # the MVTec loader, our tree
-TINY = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--k", "2", "--lam", "4", "--batch-size", "4",
-        "--no-progress"]
+TINY = [
+    "--backbone",
+    "efficientnet_lite0",
+    "--image-size",
+    "64",
+    "--k",
+    "2",
+    "--lam",
+    "4",
+    "--batch-size",
+    "4",
+    "--no-progress",
+]
 
 
 @pytest.fixture()
 def tree(tmp_path):
     from subspace_jax.data import synthetic
 
-    return synthetic.write_mvtec_tree(tmp_path / "tree", categories=("weave", "shape"), n_train=6, n_test=8,
-                                      image_size=64, seed=0)
+    return synthetic.write_mvtec_tree(
+        tmp_path / "tree", categories=("weave", "shape"), n_train=6, n_test=8, image_size=64, seed=0
+    )
 
 
 def _read(out: Path) -> dict:
@@ -278,7 +341,17 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
     corrupt = tree / "shape" / "test" / "blob" / "000.png"
     original = corrupt.read_bytes()
     corrupt.write_bytes(b"this is not a PNG")
-    argv = ["--data-root", str(tree), "--out", str(out), "--feature-cache", str(cache), "--save-maps", "1", *TINY]
+    argv = [
+        "--data-root",
+        str(tree),
+        "--out",
+        str(out),
+        "--feature-cache",
+        str(cache),
+        "--save-maps",
+        "1",
+        *TINY,
+    ]
 
     assert core.main(SYNTHETIC, argv) == 1
     err = capsys.readouterr().err
@@ -300,7 +373,8 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
     assert second["categories"]["weave"] == weave  # reused as stored, not recomputed
     _check_entry(second["categories"]["shape"], n_train=6, n_test=8)
     assert second["mean"]["pixel_auroc"] == pytest.approx(
-        (weave["pixel_auroc"] + second["categories"]["shape"]["pixel_auroc"]) / 2)
+        (weave["pixel_auroc"] + second["categories"]["shape"]["pixel_auroc"]) / 2
+    )
     markdown = (out / "results.md").read_text()
     assert "| weave |" in markdown and "| shape |" in markdown and "| mean |" in markdown
 
@@ -311,8 +385,12 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
     assert "already holds results" in capsys.readouterr().err
 
     # The cache written by the first run gives the same numbers without the backbone.
-    assert core.main(SYNTHETIC, [*argv[:2], "--out", str(tmp_path / "again"), *argv[4:], "--categories",
-                                 "weave"]) == 0
+    assert (
+        core.main(
+            SYNTHETIC, [*argv[:2], "--out", str(tmp_path / "again"), *argv[4:], "--categories", "weave"]
+        )
+        == 0
+    )
     again = _read(tmp_path / "again")["categories"]["weave"]
     assert again["features_cached"] == {"train": True, "test": True}
     for key in ("pixel_auroc", "pro", "image_auroc", "pixel_ap"):
@@ -322,8 +400,23 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
 @pytest.mark.parametrize("method, own_field", [("patchcore", "coreset_ratio"), ("spade", "top_k_images")])
 def test_baseline_method_writes_the_same_schema(tree, tmp_path, method, own_field):
     out = tmp_path / method
-    argv = ["--data-root", str(tree), "--out", str(out), "--categories", "weave", "--method", method,
-            "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "4", "--no-progress"]
+    argv = [
+        "--data-root",
+        str(tree),
+        "--out",
+        str(out),
+        "--categories",
+        "weave",
+        "--method",
+        method,
+        "--backbone",
+        "efficientnet_lite0",
+        "--image-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     assert core.main(SYNTHETIC, argv) == 0
     document = _read(out)
     assert document["config"]["method"] == method and own_field in document["config"]
@@ -370,11 +463,15 @@ def test_staged_scoring_equals_the_models_fused_scorer():
     rng = np.random.default_rng(0)
 
     def feats(n):
-        return {"level2": rng.random((n, 8, 8, 4), np.float32), "level3": rng.random((n, 4, 4, 6), np.float32),
-                "pooled": rng.random((n, 6), np.float32)}
+        return {
+            "level2": rng.random((n, 8, 8, 4), np.float32),
+            "level3": rng.random((n, 4, 4, 6), np.float32),
+            "pooled": rng.random((n, 6), np.float32),
+        }
 
-    config = model_lib.Config(backbone="efficientnet_lite0", image_size=32, levels=(2, 3), sampling_level="pooled",
-                              lam=4, k=2)
+    config = model_lib.Config(
+        backbone="efficientnet_lite0", image_size=32, levels=(2, 3), sampling_level="pooled", lam=4, k=2
+    )
     fitted = model_lib.fit_features(feats(7), config)
     test = feats(3)
     timings: dict = {}
@@ -388,11 +485,28 @@ def test_staged_scoring_equals_the_models_fused_scorer():
 def test_demo_runs_and_writes_its_figures(tmp_path, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("demo", Path(__file__).resolve().parents[1] / "experiments/demo.py")
+    spec = importlib.util.spec_from_file_location(
+        "demo", Path(__file__).resolve().parents[1] / "experiments/demo.py"
+    )
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
-    assert demo.main(["--out", str(tmp_path), "--categories", "shape", "--image-size", "64", "--n-train", "8",
-                      "--n-test", "8"]) == 0
+    assert (
+        demo.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--categories",
+                "shape",
+                "--image-size",
+                "64",
+                "--n-train",
+                "8",
+                "--n-test",
+                "8",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     row = next(line for line in printed.splitlines() if line.startswith("shape"))
     assert 50.0 < float(row.split()[1]) <= 100.0  # pixel AUROC in %

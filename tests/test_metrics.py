@@ -30,7 +30,9 @@ def brute_force_pro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float) -> fl
     for image_mask in masks:
         labelled = skimage.measure.label(image_mask, connectivity=2)
         regions += [labelled == k for k in range(1, labelled.max() + 1)]
-    image_of_region = [i for i, m in enumerate(masks) for _ in range(skimage.measure.label(m, connectivity=2).max())]
+    image_of_region = [
+        i for i, m in enumerate(masks) for _ in range(skimage.measure.label(m, connectivity=2).max())
+    ]
     n_ok = np.count_nonzero(~masks)
     points = [(0.0, 0.0)]
     for threshold in np.unique(maps)[::-1]:
@@ -107,7 +109,9 @@ def test_metrics_return_python_floats():
 @pytest.mark.parametrize("fpr_limit", [0.3, 0.07, 1.0])
 def test_pro_matches_brute_force_definition(seed, fpr_limit):
     maps, masks = random_case(np.random.default_rng(seed), n_levels=[4, 12, 200, 3, 30, 9][seed])
-    assert metrics.pro(maps, masks, fpr_limit) == pytest.approx(brute_force_pro(maps, masks, fpr_limit), abs=1e-12)
+    assert metrics.pro(maps, masks, fpr_limit) == pytest.approx(
+        brute_force_pro(maps, masks, fpr_limit), abs=1e-12
+    )
 
 
 # ---------------------------------------------------------------- PRO on hand-built cases
@@ -231,7 +235,9 @@ def test_pro_and_auroc_are_invariant_under_increasing_transforms(case):
     # Strictly increasing and exact enough on integers 0..40 that no two distinct scores merge.
     transformed = np.exp(0.3 * maps) + maps**3 - 7.0
     assert metrics.pro(transformed, masks) == pytest.approx(metrics.pro(maps, masks), abs=1e-12)
-    assert metrics.pixel_auroc(transformed, masks) == pytest.approx(metrics.pixel_auroc(maps, masks), abs=1e-12)
+    assert metrics.pixel_auroc(transformed, masks) == pytest.approx(
+        metrics.pixel_auroc(maps, masks), abs=1e-12
+    )
 
 
 @settings(max_examples=60, deadline=None)

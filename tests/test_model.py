@@ -33,15 +33,24 @@ def combine(bank: dict[str, np.ndarray], indices, weights) -> dict[str, np.ndarr
 
 def config(**overrides) -> sj.Config:
     base = dict(
-        backbone="efficientnet_lite0", image_size=32, levels=(2,), sampling_level="pooled", sampling="none",
-        lam=4, k=3, sigma=0.0,
+        backbone="efficientnet_lite0",
+        image_size=32,
+        levels=(2,),
+        sampling_level="pooled",
+        sampling="none",
+        lam=4,
+        k=3,
+        sigma=0.0,
     )
     return sj.Config(**(base | overrides))
 
 
 def level_maps(model: sj.Model, features) -> dict[str, np.ndarray]:
     candidates = model_lib.sample_candidates(model, features)
-    return {key: np.asarray(value) for key, value in model_lib.reconstruct_levels(model, features, candidates).items()}
+    return {
+        key: np.asarray(value)
+        for key, value in model_lib.reconstruct_levels(model, features, candidates).items()
+    }
 
 
 def test_exact_combination_scores_zero_and_an_out_of_span_patch_is_found():
@@ -173,9 +182,17 @@ def pixel_mode_reference(bank_level, target, candidate_images, radius, k):
 @pytest.mark.parametrize("radius", [0, 1])
 def test_pixel_mode_equals_per_pixel_sklearn_orthogonal_mp(radius):
     rng = np.random.default_rng(6)
-    bank = {"level2": rng.normal(size=(5, 5, 5, 8)).astype(np.float32), "pooled": rng.normal(size=(5, 64)).astype(np.float32)}
-    test = {"level2": rng.normal(size=(2, 5, 5, 8)).astype(np.float32), "pooled": rng.normal(size=(2, 64)).astype(np.float32)}
-    model = sj.fit_features(bank, config(reconstruction="pixel", radius=radius, pixel_k=3, sampling="subspace", lam=3))
+    bank = {
+        "level2": rng.normal(size=(5, 5, 5, 8)).astype(np.float32),
+        "pooled": rng.normal(size=(5, 64)).astype(np.float32),
+    }
+    test = {
+        "level2": rng.normal(size=(2, 5, 5, 8)).astype(np.float32),
+        "pooled": rng.normal(size=(2, 64)).astype(np.float32),
+    }
+    model = sj.fit_features(
+        bank, config(reconstruction="pixel", radius=radius, pixel_k=3, sampling="subspace", lam=3)
+    )
     candidates = model_lib.sample_candidates(model, test)
     ours = level_maps(model, test)["level2"]
     for b in range(2):
@@ -195,7 +212,10 @@ def test_pixel_mode_with_radius_one_tolerates_a_one_pixel_shift():
     # Selection by normalised correlation makes the one-atom pursuit pick the identical vector.
     image_mode = sj.fit_features(bank, config(sampling="subspace", lam=3, k=3, normalize_selection=True))
     pixel_r1 = sj.fit_features(
-        bank, config(sampling="subspace", lam=3, reconstruction="pixel", radius=1, pixel_k=1, normalize_selection=True)
+        bank,
+        config(
+            sampling="subspace", lam=3, reconstruction="pixel", radius=1, pixel_k=1, normalize_selection=True
+        ),
     )
     pixel_r0 = sj.fit_features(bank, dataclasses.replace(pixel_r1.config, radius=0))
     assert float(image_mode.score_features(test)[1][0]) > 0.3 * scale
@@ -209,10 +229,14 @@ def test_batch_scoring_equals_per_image_scoring(reconstruction):
     rng = np.random.default_rng(10)
     test = {key: rng.normal(size=(3, *shape)).astype(np.float32) for key, shape in SHAPES.items()}
     levels = (2, 3) if reconstruction == "image" else (2,)  # pixel mode compiles slowly: one level
-    model = sj.fit_features(bank, config(levels=levels, sampling="subspace", reconstruction=reconstruction, sigma=1.0))
+    model = sj.fit_features(
+        bank, config(levels=levels, sampling="subspace", reconstruction=reconstruction, sigma=1.0)
+    )
     maps, scores = model.score_features(test)
     for b in range(3):
-        single_maps, single_scores = model.score_features({key: value[b : b + 1] for key, value in test.items()})
+        single_maps, single_scores = model.score_features(
+            {key: value[b : b + 1] for key, value in test.items()}
+        )
         np.testing.assert_allclose(np.asarray(maps[b]), np.asarray(single_maps[0]), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(float(scores[b]), float(single_scores[0]), rtol=1e-5)
 
@@ -245,10 +269,18 @@ BF16_TOLERANCE = 0.01
 @pytest.mark.parametrize("reconstruction", ["image", "pixel"])
 def test_bfloat16_bank_stays_within_tolerance_of_float32(reconstruction):
     rng = np.random.default_rng(13)
-    bank = {"level2": rng.normal(size=(N_TRAIN, 6, 6, 64)).astype(np.float32), "pooled": rng.normal(size=(N_TRAIN, 256)).astype(np.float32)}
+    bank = {
+        "level2": rng.normal(size=(N_TRAIN, 6, 6, 64)).astype(np.float32),
+        "pooled": rng.normal(size=(N_TRAIN, 256)).astype(np.float32),
+    }
     test = combine(bank, [1, 2, 3], [0.5, 1.0, -0.5])
-    test = {key: np.repeat(value, 2, axis=0) + 0.3 * rng.normal(size=(2, *value.shape[1:])).astype(np.float32) for key, value in test.items()}
-    float32 = sj.fit_features(bank, config(image_size=48, sampling="subspace", lam=3, reconstruction=reconstruction, sigma=1.0))
+    test = {
+        key: np.repeat(value, 2, axis=0) + 0.3 * rng.normal(size=(2, *value.shape[1:])).astype(np.float32)
+        for key, value in test.items()
+    }
+    float32 = sj.fit_features(
+        bank, config(image_size=48, sampling="subspace", lam=3, reconstruction=reconstruction, sigma=1.0)
+    )
     bfloat16 = sj.fit_features(bank, dataclasses.replace(float32.config, bank_dtype="bfloat16"))
     assert bfloat16.banks["level2"].dtype == jnp.bfloat16 and bfloat16.grams["level2"].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(bfloat16.grams["level2"]), np.asarray(float32.grams["level2"]))
@@ -285,7 +317,9 @@ def test_score_features_rejects_features_of_another_size():
 
 
 def test_model_is_a_pytree_with_static_config():
-    model = sj.fit_features(make_bank(), config(sampling="subspace", bank_dtype="bfloat16"), weights_sha256="ab" * 32)
+    model = sj.fit_features(
+        make_bank(), config(sampling="subspace", bank_dtype="bfloat16"), weights_sha256="ab" * 32
+    )
     leaves, treedef = jax.tree_util.tree_flatten(model)
     assert len(leaves) == 4  # level2 bank and Gram, sampling bank and Gram
     rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
@@ -298,6 +332,10 @@ def test_every_matrix_product_of_the_scorer_asks_for_full_float32(reconstruction
     # Accelerators round float32 products to TF32/bfloat16 by default; residuals need full precision.
     bank = make_bank(15)
     model = sj.fit_features(bank, config(sampling="subspace", reconstruction=reconstruction))
-    text = jax.jit(model_lib.score_features).lower(model, {key: value[:2] for key, value in bank.items()}).as_text()
+    text = (
+        jax.jit(model_lib.score_features)
+        .lower(model, {key: value[:2] for key, value in bank.items()})
+        .as_text()
+    )
     dots = [line for line in text.splitlines() if "dot_general" in line]
     assert dots and all("HIGHEST" in line for line in dots)

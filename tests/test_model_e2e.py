@@ -66,7 +66,9 @@ def test_pixel_auroc_on_synthetic_shapes_is_above_0_9(scored, data):
 
 def test_pixel_mode_pixel_auroc_is_above_0_9(backbone, data, config):
     train, test = data
-    model = sj.fit(train.images, dataclasses.replace(config, reconstruction="pixel", pixel_k=4), backbone, progress=False)
+    model = sj.fit(
+        train.images, dataclasses.replace(config, reconstruction="pixel", pixel_k=4), backbone, progress=False
+    )
     maps, _ = model.score(test.images, batch_size=8, progress=False)
     assert metrics.pixel_auroc(maps, test.masks) > 0.9
 
@@ -99,17 +101,23 @@ def test_fit_from_paths_and_from_batches_equals_fit_from_array(tmp_path, backbon
         paths.append(tmp_path / f"{index:03d}.png")
         Image.fromarray(image).save(paths[-1])
     from_paths = sj.fit(paths, config, backbone, batch_size=5, progress=False)
-    from_batches = sj.fit((train.images[i : i + 5] for i in range(0, 12, 5)), config, backbone, progress=False)
+    from_batches = sj.fit(
+        (train.images[i : i + 5] for i in range(0, 12, 5)), config, backbone, progress=False
+    )
     for model in (from_paths, from_batches):
         for key in fitted.banks:
-            np.testing.assert_allclose(np.asarray(model.banks[key]), np.asarray(fitted.banks[key]), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                np.asarray(model.banks[key]), np.asarray(fitted.banks[key]), rtol=1e-5, atol=1e-5
+            )
 
 
 def test_fit_and_score_reject_bad_inputs(backbone, data, config, fitted):
     with pytest.raises(ValueError, match=r"images: expected images of shape \(B, 128, 128, 3\)"):
         sj.fit(data[0].images[:, :64, :64], config, backbone, progress=False)
     with pytest.raises(ValueError, match="config.backbone is 'wide_resnet50_2'"):
-        sj.fit(data[0].images, dataclasses.replace(config, backbone="wide_resnet50_2"), backbone, progress=False)
+        sj.fit(
+            data[0].images, dataclasses.replace(config, backbone="wide_resnet50_2"), backbone, progress=False
+        )
     with pytest.raises(ValueError, match="batch_size"):
         fitted.score(data[1].images, batch_size=0)
 
@@ -136,7 +144,9 @@ def test_checkpoint_with_the_real_backbone(tmp_path, fitted, backbone, scored, d
 
 def test_extract_features_equals_the_backbone_on_whole_batches(backbone, data, config):
     images = data[0].images[:5]
-    features = model_lib.extract_features(images, config, backbone, keys=("level2", "pooled"), batch_size=2, progress=False)
+    features = model_lib.extract_features(
+        images, config, backbone, keys=("level2", "pooled"), batch_size=2, progress=False
+    )
     assert set(features) == {"level2", "pooled"}
     direct = backbone(images)
     for key in features:

@@ -26,8 +26,13 @@ def masked_reference(atoms, gram, targets, candidates, cfg):
     atoms = jnp.asarray(atoms, jnp.float32)
     alpha = jnp.matmul(targets, atoms.T, precision="highest")
     result = omp_lib.omp_gram(
-        gram, alpha, cfg.k, candidates=jnp.asarray(mask), tol=cfg.tol,
-        target_norm_sq=jnp.sum(targets * targets, axis=-1), normalize_selection=cfg.normalize_selection,
+        gram,
+        alpha,
+        cfg.k,
+        candidates=jnp.asarray(mask),
+        tol=cfg.tol,
+        target_norm_sq=jnp.sum(targets * targets, axis=-1),
+        normalize_selection=cfg.normalize_selection,
     )
     return result, targets - omp_lib.reconstruct(result.support, result.coef, atoms)
 
@@ -45,13 +50,27 @@ def random_case(seed: int, lam: int = LAM):
     return atoms, gram, jnp.asarray(targets), candidates, support
 
 
-@pytest.mark.parametrize(("normalize_selection", "tol", "lam"), [
-    (False, 0.0, LAM), (True, 0.0, LAM), (False, 0.5, LAM), (True, 0.5, LAM), (False, 0.0, 25), (True, 0.5, 25),
-])
+@pytest.mark.parametrize(
+    ("normalize_selection", "tol", "lam"),
+    [
+        (False, 0.0, LAM),
+        (True, 0.0, LAM),
+        (False, 0.5, LAM),
+        (True, 0.5, LAM),
+        (False, 0.0, 25),
+        (True, 0.5, 25),
+    ],
+)
 def test_pursuit_on_the_candidates_matches_the_masked_whole_bank_pursuit(normalize_selection, tol, lam):
     atoms, gram, targets, candidates, support = random_case(int(normalize_selection) + 2 * int(tol > 0), lam)
-    cfg = sj.Config(backbone="efficientnet_lite0", sampling="random", lam=lam, k=K, tol=tol,
-                    normalize_selection=normalize_selection)
+    cfg = sj.Config(
+        backbone="efficientnet_lite0",
+        sampling="random",
+        lam=lam,
+        k=K,
+        tol=tol,
+        normalize_selection=normalize_selection,
+    )
     result, residual = model_lib._full_float32(model_lib.image_pursuit)(atoms, gram, targets, candidates, cfg)
     expected, expected_residual = masked_reference(atoms, gram, targets, candidates, cfg)
     np.testing.assert_array_equal(np.asarray(result.support), np.asarray(expected.support))
@@ -65,7 +84,9 @@ def test_pursuit_on_the_candidates_matches_the_masked_whole_bank_pursuit(normali
     if tol == 0.0 and not normalize_selection:
         for b in range(BATCH):  # and the pursuit is sklearn's on the candidate sub-dictionary
             sub = np.sort(support[b][support[b] >= 0])
-            coef = orthogonal_mp(atoms[sub].T.astype(np.float64), np.asarray(targets[b], np.float64), n_nonzero_coefs=K)
+            coef = orthogonal_mp(
+                atoms[sub].T.astype(np.float64), np.asarray(targets[b], np.float64), n_nonzero_coefs=K
+            )
             assert set(sub[np.flatnonzero(coef)].tolist()) == set(chosen[b][chosen[b] >= 0].tolist())
 
 
@@ -77,8 +98,18 @@ def test_subspace_sampling_maps_match_the_masked_reference(bank_dtype):
     test = {key: rng.normal(size=(BATCH, *shape)).astype(np.float32) for key, shape in shapes.items()}
     for b in (0, 2):  # pooled vectors in the span of 3 training images: the sampling pursuit stops at 3
         test["pooled"][b] = rng.normal(size=3).astype(np.float32) @ bank["pooled"][[4 + b, 17, 30 - b]]
-    cfg = sj.Config(backbone="efficientnet_lite0", image_size=32, levels=(2, 3), sampling_level="pooled",
-                    sampling="subspace", lam=LAM, k=K, tol=0.05, sigma=0.0, bank_dtype=bank_dtype)
+    cfg = sj.Config(
+        backbone="efficientnet_lite0",
+        image_size=32,
+        levels=(2, 3),
+        sampling_level="pooled",
+        sampling="subspace",
+        lam=LAM,
+        k=K,
+        tol=0.05,
+        sigma=0.0,
+        bank_dtype=bank_dtype,
+    )
     model = sj.fit_features(bank, cfg)
     candidates = model_lib.sample_candidates(model, test)
     assert not np.asarray(candidates.valid).all()  # tol stopped some sampling pursuits early: -1 slots
@@ -95,10 +126,13 @@ def test_sampling_none_keeps_the_whole_bank_path():
     atoms, gram, targets, _, _ = random_case(seed=9)
     cfg = sj.Config(backbone="efficientnet_lite0", sampling="none", k=K)
     everyone = model_lib.Candidates(
-        jnp.broadcast_to(jnp.arange(N_TRAIN, dtype=jnp.int32), (BATCH, N_TRAIN)), jnp.ones((BATCH, N_TRAIN), bool)
+        jnp.broadcast_to(jnp.arange(N_TRAIN, dtype=jnp.int32), (BATCH, N_TRAIN)),
+        jnp.ones((BATCH, N_TRAIN), bool),
     )
     result, residual = model_lib._full_float32(model_lib.image_pursuit)(atoms, gram, targets, everyone, cfg)
     for b in range(BATCH):
-        coef = orthogonal_mp(atoms.T.astype(np.float64), np.asarray(targets[b], np.float64), n_nonzero_coefs=K)
+        coef = orthogonal_mp(
+            atoms.T.astype(np.float64), np.asarray(targets[b], np.float64), n_nonzero_coefs=K
+        )
         assert set(np.flatnonzero(coef).tolist()) == set(np.asarray(result.support)[b].tolist())
         np.testing.assert_allclose(np.asarray(residual[b]), targets[b] - atoms.T @ coef, rtol=1e-4, atol=1e-4)

@@ -79,7 +79,9 @@ def test_feature_keys_add_the_sampling_level_only_for_subspace_sampling():
 def test_gaussian_blur_equals_scipy_gaussian_filter(sigma):
     maps = np.random.default_rng(0).normal(size=(2, 40, 37)).astype(np.float32)
     ours = np.asarray(model_lib.gaussian_blur(jnp.asarray(maps), sigma))
-    reference = np.stack([ndimage.gaussian_filter(m.astype(np.float64), sigma, mode="reflect", truncate=4.0) for m in maps])
+    reference = np.stack(
+        [ndimage.gaussian_filter(m.astype(np.float64), sigma, mode="reflect", truncate=4.0) for m in maps]
+    )
     np.testing.assert_allclose(ours, reference, atol=2e-6)
 
 
@@ -100,10 +102,14 @@ def test_fuse_maps_matches_scipy_upsampling_fusion_and_blur(fusion):
     level2 = rng.uniform(0.5, 2.0, size=(2, 8, 8)).astype(np.float32)
     level3 = rng.uniform(0.5, 2.0, size=(2, 4, 4)).astype(np.float32)
     config = sj.Config(backbone="efficientnet_lite0", image_size=32, levels=(2, 3), fusion=fusion, sigma=1.5)
-    maps, scores = model_lib.fuse_maps({"level2": jnp.asarray(level2), "level3": jnp.asarray(level3)}, (32, 32), config)
+    maps, scores = model_lib.fuse_maps(
+        {"level2": jnp.asarray(level2), "level3": jnp.asarray(level3)}, (32, 32), config
+    )
 
     def upsample(m, factor):  # half-pixel bilinear with clamped edges = jax.image.resize "bilinear"
-        return np.stack([ndimage.zoom(x.astype(np.float64), factor, order=1, grid_mode=True, mode="nearest") for x in m])
+        return np.stack(
+            [ndimage.zoom(x.astype(np.float64), factor, order=1, grid_mode=True, mode="nearest") for x in m]
+        )
 
     up2, up3 = upsample(level2, 4), upsample(level3, 8)
     fused = {"sum": up2 + up3, "mean": (up2 + up3) / 2, "product": up2 * up3}[fusion]

@@ -31,24 +31,29 @@ def feature_cache(tmp_path_factory) -> Path:
 def run_notebook(name: str, mtd_root: Path, cache: Path, monkeypatch) -> dict:
     """Execute notebooks/<name>.ipynb at the small setting; return its SUMMARY."""
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(
-        f"import json, sys; print({MARKER!r} + json.dumps({{'summary': SUMMARY, 'prefix': sys.prefix}}))"))
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            f"import json, sys; print({MARKER!r} + json.dumps({{'summary': SUMMARY, 'prefix': sys.prefix}}))"
+        )
+    )
     monkeypatch.setenv("SUBSPACE_JAX_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("SUBSPACE_JAX_MTD", str(mtd_root))
     monkeypatch.setenv("SUBSPACE_JAX_CACHE", str(cache))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     # A cell error raises CellExecutionError, which fails the test with the cell's traceback.
-    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    NotebookClient(
+        nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
     printed = "".join(
         output.get("text", "") for output in nb.cells[-1].outputs if output.get("output_type") == "stream"
     )
     assert MARKER in printed, f"{name}: the SUMMARY cell printed nothing: {nb.cells[-1].outputs}"
     printed = json.loads(printed.split(MARKER, 1)[1])
     # The "python3" kernel must be this interpreter's environment, or the notebook tested other packages.
-    assert printed["prefix"] == sys.prefix, f"the python3 kernel runs in {printed['prefix']}, not {sys.prefix}"
+    assert printed["prefix"] == sys.prefix, (
+        f"the python3 kernel runs in {printed['prefix']}, not {sys.prefix}"
+    )
     return printed["summary"]
-
-
 
 
 def is_fraction(value) -> bool:
@@ -62,7 +67,9 @@ def test_every_notebook_is_covered():
 def check_sampling_ablation(summary: dict) -> None:
     assert summary["lams"] == [10, 20]
     assert len(summary["subspace_pro"]) == len(summary["random_pro"]) == 2
-    assert all(is_fraction(v) for v in summary["subspace_pro"] + summary["random_pro"] + [summary["none_pro"]])
+    assert all(
+        is_fraction(v) for v in summary["subspace_pro"] + summary["random_pro"] + [summary["none_pro"]]
+    )
 
 
 def check_representation_error(summary: dict) -> None:

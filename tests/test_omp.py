@@ -65,7 +65,9 @@ def assert_matches_sklearn(result: OMPResult, atoms, targets, sk_dense, sk_order
     for b in range(targets.shape[0]):
         assert used_support(result, b) == sk_orders[b]
         assert int(result.n_atoms[b]) == len(sk_orders[b])
-    np.testing.assert_allclose(dense_coef(result, n_atoms), sk_dense.T, rtol=rtol, atol=rtol * np.abs(sk_dense).max())
+    np.testing.assert_allclose(
+        dense_coef(result, n_atoms), sk_dense.T, rtol=rtol, atol=rtol * np.abs(sk_dense).max()
+    )
     np.testing.assert_allclose(np.asarray(result.residual_norm_sq), sk_residual_sq, rtol=rtol)
 
 
@@ -140,7 +142,9 @@ def test_tolerance_stop_matches_sklearn_absolute_tol(x64, relative_tol):
     # k = M, one target at a time (each has its own absolute threshold).
     for b in range(targets.shape[0]):
         absolute = relative_tol * norms_sq[b]
-        sk_dense, sk_orders = sklearn_gram(gram, alpha[b : b + 1], None, tol=absolute, norms_sq=norms_sq[b : b + 1])
+        sk_dense, sk_orders = sklearn_gram(
+            gram, alpha[b : b + 1], None, tol=absolute, norms_sq=norms_sq[b : b + 1]
+        )
         plain_sk = orthogonal_mp(atoms.T, targets[b], tol=absolute)
         np.testing.assert_allclose(plain_sk, sk_dense[:, 0], rtol=1e-6, atol=1e-9)
         for result in (
@@ -206,8 +210,13 @@ def test_everything_masked_gives_zero_code_and_residual_equal_to_target():
     nothing = np.zeros(20, bool)
     for result in (
         omp(atoms, targets, 5, candidates=nothing),
-        omp_gram(atoms @ atoms.T, targets @ atoms.T, 5, candidates=np.zeros((4, 20), bool),
-                 target_norm_sq=np.sum(targets**2, 1)),
+        omp_gram(
+            atoms @ atoms.T,
+            targets @ atoms.T,
+            5,
+            candidates=np.zeros((4, 20), bool),
+            target_norm_sq=np.sum(targets**2, 1),
+        ),
     ):
         np.testing.assert_array_equal(result.support, -1)
         np.testing.assert_array_equal(result.coef, 0)
@@ -220,8 +229,10 @@ def test_k_larger_than_the_candidates(x64):
     atoms, targets = random_problem(10, 12, 40, 3)
     candidates = np.zeros(12, bool)
     candidates[[1, 5, 7]] = True
-    for result in (omp(atoms, targets, 7, candidates=candidates),
-                   omp_gram(atoms @ atoms.T, targets @ atoms.T, 7, candidates=candidates)):
+    for result in (
+        omp(atoms, targets, 7, candidates=candidates),
+        omp_gram(atoms @ atoms.T, targets @ atoms.T, 7, candidates=candidates),
+    ):
         np.testing.assert_array_equal(result.n_atoms, 3)
         support = np.asarray(result.support)
         np.testing.assert_array_equal(np.sort(support[:, :3], axis=1), [[1, 5, 7]] * 3)
@@ -238,12 +249,17 @@ def test_duplicate_and_zero_atoms(dtype):
         # atoms 0..5 independent, 6..8 duplicate 0, 2, 4, atoms 9 and 10 are zero
         atoms = np.concatenate([base, base[[0, 2, 4]], np.zeros((2, 30))]).astype(dtype)
         # targets in the span of atoms 0, 2 and 4 (so the duplicates tie with their originals), plus noise
-        targets = (rng.standard_normal((5, 3)) @ base[[0, 2, 4]] + 0.01 * rng.standard_normal((5, 30))).astype(dtype)
+        targets = (
+            rng.standard_normal((5, 3)) @ base[[0, 2, 4]] + 0.01 * rng.standard_normal((5, 30))
+        ).astype(dtype)
         gram, alpha = atoms @ atoms.T, targets @ atoms.T
         for normalize in (False, True):
-            for result in (omp(atoms, targets, 11, normalize_selection=normalize),
-                           omp_gram(gram, alpha, 11, target_norm_sq=np.sum(targets**2, 1),
-                                    normalize_selection=normalize)):
+            for result in (
+                omp(atoms, targets, 11, normalize_selection=normalize),
+                omp_gram(
+                    gram, alpha, 11, target_norm_sq=np.sum(targets**2, 1), normalize_selection=normalize
+                ),
+            ):
                 assert np.all(np.isfinite(np.asarray(result.coef)))
                 assert np.all(np.isfinite(np.asarray(result.residual_norm_sq)))
                 for b in range(5):
@@ -253,12 +269,21 @@ def test_duplicate_and_zero_atoms(dtype):
                     originals = {i if i < 6 else [0, 2, 4][i - 6] for i in chosen}
                     assert len(originals) == len(chosen)  # never an atom and its duplicate
                     assert len(chosen) == 6  # the span is 6-dimensional: one copy of every direction
-                    least_squares = np.linalg.lstsq(atoms[chosen].T.astype(np.float64), targets[b], rcond=None)[0]
-                    np.testing.assert_allclose(np.asarray(result.coef[b, :6]), least_squares,
-                                               rtol=2e-3 if dtype == np.float32 else 1e-9, atol=1e-4)
+                    least_squares = np.linalg.lstsq(
+                        atoms[chosen].T.astype(np.float64), targets[b], rcond=None
+                    )[0]
+                    np.testing.assert_allclose(
+                        np.asarray(result.coef[b, :6]),
+                        least_squares,
+                        rtol=2e-3 if dtype == np.float32 else 1e-9,
+                        atol=1e-4,
+                    )
                 true_residual = residual(result.support, result.coef, atoms, targets)
-                np.testing.assert_allclose(np.sum(np.asarray(true_residual, np.float64) ** 2, 1),
-                                           result.residual_norm_sq, rtol=2e-2 if dtype == np.float32 else 1e-8)
+                np.testing.assert_allclose(
+                    np.sum(np.asarray(true_residual, np.float64) ** 2, 1),
+                    result.residual_norm_sq,
+                    rtol=2e-2 if dtype == np.float32 else 1e-8,
+                )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -267,7 +292,10 @@ def test_zero_targets(dtype):
         atoms, targets = random_problem(12, 15, 25, 3, dtype)
         targets[1] = 0
         gram, alpha = atoms @ atoms.T, targets @ atoms.T
-        for result in (omp(atoms, targets, 5), omp_gram(gram, alpha, 5, target_norm_sq=np.sum(targets**2, 1))):
+        for result in (
+            omp(atoms, targets, 5),
+            omp_gram(gram, alpha, 5, target_norm_sq=np.sum(targets**2, 1)),
+        ):
             assert np.all(np.isfinite(np.asarray(result.coef)))
             assert int(result.n_atoms[1]) == 0
             np.testing.assert_array_equal(result.support[1], -1)
@@ -285,12 +313,16 @@ def test_normalize_selection_matches_sklearn_on_unit_atoms(x64):
     plain_dense, plain_orders = sklearn_plain(atoms, targets, 6)
     assert unit_orders != plain_orders  # the option changes the choice on these atoms
     gram, alpha = atoms @ atoms.T, targets @ atoms.T
-    for result in (omp(atoms, targets, 6, normalize_selection=True),
-                   omp_gram(gram, alpha, 6, normalize_selection=True)):
+    for result in (
+        omp(atoms, targets, 6, normalize_selection=True),
+        omp_gram(gram, alpha, 6, normalize_selection=True),
+    ):
         for b in range(3):
             assert used_support(result, b) == unit_orders[b]
         # the fit uses the raw atoms: coefficients rescale by the norms
-        np.testing.assert_allclose(dense_coef(result, 50), (unit_dense / norms[:, None]).T, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(
+            dense_coef(result, 50), (unit_dense / norms[:, None]).T, rtol=1e-6, atol=1e-12
+        )
 
 
 def test_jit_equals_eager():
@@ -300,9 +332,14 @@ def test_jit_equals_eager():
     jit_gram = jax.jit(omp_gram, static_argnames=("k", "normalize_selection"))
     jit_plain = jax.jit(omp, static_argnames=("k", "normalize_selection"))
     pairs = [
-        (omp_gram(gram, alpha, 6, candidates=mask, tol=0.1, target_norm_sq=norms_sq),
-         jit_gram(gram, alpha, k=6, candidates=mask, tol=0.1, target_norm_sq=norms_sq)),
-        (omp(atoms, targets, 6, candidates=mask, tol=0.1), jit_plain(atoms, targets, k=6, candidates=mask, tol=0.1)),
+        (
+            omp_gram(gram, alpha, 6, candidates=mask, tol=0.1, target_norm_sq=norms_sq),
+            jit_gram(gram, alpha, k=6, candidates=mask, tol=0.1, target_norm_sq=norms_sq),
+        ),
+        (
+            omp(atoms, targets, 6, candidates=mask, tol=0.1),
+            jit_plain(atoms, targets, k=6, candidates=mask, tol=0.1),
+        ),
     ]
     for eager, jitted in pairs:
         for a, b in zip(eager, jitted):
@@ -343,8 +380,15 @@ def test_omp_and_omp_gram_agree(x64, normalize):
     mask = np.random.default_rng(4).random(200) < 0.9
     norms_sq = np.sum(targets**2, 1)
     plain = omp(atoms, targets, 15, candidates=mask, tol=0.2, normalize_selection=normalize)
-    gram = omp_gram(atoms @ atoms.T, targets @ atoms.T, 15, candidates=mask, tol=0.2, target_norm_sq=norms_sq,
-                    normalize_selection=normalize)
+    gram = omp_gram(
+        atoms @ atoms.T,
+        targets @ atoms.T,
+        15,
+        candidates=mask,
+        tol=0.2,
+        target_norm_sq=norms_sq,
+        normalize_selection=normalize,
+    )
     np.testing.assert_array_equal(plain.support, gram.support)
     np.testing.assert_array_equal(plain.n_atoms, gram.n_atoms)
     np.testing.assert_allclose(plain.coef, gram.coef, rtol=1e-8, atol=1e-12)
@@ -378,7 +422,10 @@ def test_omp_gram_without_norm_reports_nan_residual_and_refuses_tol():
         (lambda: omp_gram(np.ones((4, 4)), np.ones((2, 4)), 0), "k"),
         (lambda: omp_gram(np.ones((4, 4)), np.ones((2, 4)), 2.0), "k"),
         (lambda: omp_gram(np.ones((4, 4)), np.ones((2, 4)), 2, target_norm_sq=np.ones(3)), "target_norm_sq"),
-        (lambda: omp_gram(np.ones((4, 4)), np.ones((2, 4)), 2, candidates=np.ones((3, 4), bool)), "candidates"),
+        (
+            lambda: omp_gram(np.ones((4, 4)), np.ones((2, 4)), 2, candidates=np.ones((3, 4), bool)),
+            "candidates",
+        ),
         (lambda: omp_gram(np.ones((4, 4)), np.ones((2, 4)), 2, tol=-1.0, target_norm_sq=np.ones(2)), "tol"),
         (lambda: omp(np.ones((4, 6)), np.ones((2, 5)), 2), "targets"),
         (lambda: omp(np.ones((4, 6, 1)), np.ones((2, 6)), 2), "atoms"),
@@ -386,7 +433,10 @@ def test_omp_gram_without_norm_reports_nan_residual_and_refuses_tol():
         (lambda: omp(np.ones((4, 6)), np.ones((2, 6)), -3), "k"),
         (lambda: omp(np.ones((4, 6)), np.ones((2, 6)), 2, candidates=np.ones(5, bool)), "candidates"),
         (lambda: reconstruct(np.zeros((2, 3), np.int32), np.zeros((2, 4)), np.ones((4, 6))), "coef"),
-        (lambda: residual(np.zeros((2, 3), np.int32), np.zeros((2, 3)), np.ones((4, 6)), np.ones((3, 6))), "targets"),
+        (
+            lambda: residual(np.zeros((2, 3), np.int32), np.zeros((2, 3)), np.ones((4, 6)), np.ones((3, 6))),
+            "targets",
+        ),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_argument(call, name):

@@ -16,7 +16,9 @@ from subspace_jax.data.split import Split
 
 @pytest.fixture(scope="module")
 def splits() -> dict[str, tuple[Split, Split]]:
-    return {c: synthetic.generate(c, n_train=6, n_test=10, image_size=64, seed=3) for c in synthetic.CATEGORIES}
+    return {
+        c: synthetic.generate(c, n_train=6, n_test=10, image_size=64, seed=3) for c in synthetic.CATEGORIES
+    }
 
 
 def test_categories_cover_textures_and_objects():
@@ -48,7 +50,9 @@ def test_odd_and_tiny_test_sizes():
     _, test = synthetic.generate("grain", n_train=1, n_test=1, image_size=32)
     assert test.defect_types == ("blob",) and test.labels.tolist() == [1]
     _, test = synthetic.generate("grain", n_train=1, n_test=0, image_size=32)
-    assert test.images.shape == (0, 32, 32, 3) and test.masks.shape == (0, 32, 32) and test.labels.shape == (0,)
+    assert (
+        test.images.shape == (0, 32, 32, 3) and test.masks.shape == (0, 32, 32) and test.labels.shape == (0,)
+    )
 
 
 @pytest.mark.parametrize("category", synthetic.CATEGORIES)
@@ -128,19 +132,31 @@ def test_bad_arguments_are_errors(kwargs, message):
 
 
 def test_write_mvtec_tree_layout_and_round_trip(tmp_path):
-    root = synthetic.write_mvtec_tree(tmp_path / "synth", ("stripes", "ring"), n_train=3, n_test=6, image_size=40, seed=2)
+    root = synthetic.write_mvtec_tree(
+        tmp_path / "synth", ("stripes", "ring"), n_train=3, n_test=6, image_size=40, seed=2
+    )
     assert root == tmp_path / "synth"
     for category in ("stripes", "ring"):
         train, test = synthetic.generate(category, 3, 6, 40, seed=2)
         base = root / category
-        assert sorted(p.name for p in (base / "train" / "good").iterdir()) == ["000.png", "001.png", "002.png"]
+        assert sorted(p.name for p in (base / "train" / "good").iterdir()) == [
+            "000.png",
+            "001.png",
+            "002.png",
+        ]
         assert sorted(p.name for p in (base / "test").iterdir()) == ["blob", "color_spot", "good", "missing"]
         assert sorted(p.name for p in (base / "ground_truth").iterdir()) == ["blob", "color_spot", "missing"]
         assert sorted(p.name for p in (base / "test" / "good").iterdir()) == ["000.png", "001.png", "002.png"]
-        np.testing.assert_array_equal(np.asarray(Image.open(base / "train" / "good" / "001.png")), train.images[1])
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(base / "train" / "good" / "001.png")), train.images[1]
+        )
         # Test order of generate(): good 0..2, blob, color_spot, missing; numbering restarts per type.
-        np.testing.assert_array_equal(np.asarray(Image.open(base / "test" / "good" / "002.png")), test.images[2])
-        np.testing.assert_array_equal(np.asarray(Image.open(base / "test" / "missing" / "000.png")), test.images[5])
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(base / "test" / "good" / "002.png")), test.images[2]
+        )
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(base / "test" / "missing" / "000.png")), test.images[5]
+        )
         mask = np.asarray(Image.open(base / "ground_truth" / "missing" / "000_mask.png"))
         assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
         np.testing.assert_array_equal(mask == 255, test.masks[5])

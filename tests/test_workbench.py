@@ -28,15 +28,17 @@ def test_evenly_spaced_keeps_both_ends_and_order():
 @pytest.mark.mtd
 def test_subset_features_are_cached_apart_from_the_full_split(mtd_root, tmp_path):
     backbone = load_backbone("efficientnet_lite0")
-    bench = workbench.Workbench(MTD(mtd_root), "mtd", backbone, cache_dir=tmp_path, image_size=64,
-                                limits={"train": 3}, progress=False)
+    bench = workbench.Workbench(
+        MTD(mtd_root), "mtd", backbone, cache_dir=tmp_path, image_size=64, limits={"train": 3}, progress=False
+    )
     first = bench.features("train")
     assert first["level2"].shape == (3, 8, 8, 40) and first["pooled"].shape == (3, 1280)
     entries = list(tmp_path.rglob("meta.json"))
     assert len(entries) == 1 and "mtd-3" in entries[0].parts  # never the full split's entry
     # A second bench reads the cache (same arrays) without the backbone.
-    again = workbench.Workbench(MTD(mtd_root), "mtd", backbone, cache_dir=tmp_path, image_size=64,
-                                limits={"train": 3}, progress=False)
+    again = workbench.Workbench(
+        MTD(mtd_root), "mtd", backbone, cache_dir=tmp_path, image_size=64, limits={"train": 3}, progress=False
+    )
     cached = again.features("train")
     np.testing.assert_array_equal(cached["level3"], first["level3"])
     assert again.backbone_seconds["train"] == bench.backbone_seconds["train"]
@@ -49,9 +51,26 @@ def test_compare_mtd_writes_the_table_and_keeps_the_notes(mtd_root, tmp_path):
     spec.loader.exec_module(compare)
     out = tmp_path / "table.md"
     out.write_text("old table" + compare.NOTES_HEADING + "hand-written notes\n")
-    args = ["--data-root", str(mtd_root), "--image-size", "64", "--limit-train", "6", "--limit-test", "8",
-            "--feature-cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress", "--batch-size", "4",
-            "--rows", "subspace (image atoms)", "PatchCore"]
+    args = [
+        "--data-root",
+        str(mtd_root),
+        "--image-size",
+        "64",
+        "--limit-train",
+        "6",
+        "--limit-test",
+        "8",
+        "--feature-cache",
+        str(tmp_path / "cache"),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--batch-size",
+        "4",
+        "--rows",
+        "subspace (image atoms)",
+        "PatchCore",
+    ]
     assert compare.main(args) == 0
     text = out.read_text()
     assert "old table" not in text and text.endswith(compare.NOTES_HEADING + "hand-written notes\n")

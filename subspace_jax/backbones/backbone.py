@@ -31,12 +31,18 @@ def load_pretrained(name: str, path: str | os.PathLike | None = None, *, progres
     """
     spec = get_spec(name)
     packaged = spec.packaged_weights() if path is None and spec.weights_package else None
-    return resolve_weights(spec.weights_file, path=path, packaged=packaged,
-                           downloadable=spec.weights_package is None, progress=progress)
+    return resolve_weights(
+        spec.weights_file,
+        path=path,
+        packaged=packaged,
+        downloadable=spec.weights_package is None,
+        progress=progress,
+    )
 
 
-def build_model(name: str, weights: str | os.PathLike | None = None, *, seed: int = 0,
-                progress: bool = True) -> tuple[nnx.Module, str]:
+def build_model(
+    name: str, weights: str | os.PathLike | None = None, *, seed: int = 0, progress: bool = True
+) -> tuple[nnx.Module, str]:
     """The unfolded NNX model for ``name`` and its weights tag (sha256 of the file, or ``random-seed<seed>``).
 
     ``weights``: None (pretrained, resolved by :func:`load_pretrained`), a path, or ``"random"``.
@@ -63,8 +69,14 @@ class Backbone:
     256 px ran about 2x faster per image than whole-batch) and whole-batch on accelerators.
     """
 
-    def __init__(self, spec: BackboneSpec, model: nnx.Module, weights_sha256: str, *,
-                 micro_batch: int | None | str = "auto"):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        model: nnx.Module,
+        weights_sha256: str,
+        *,
+        micro_batch: int | None | str = "auto",
+    ):
         for _, module in nnx.iter_modules(model):
             if hasattr(module, "fold_batchnorm"):
                 module.fold_batchnorm()
@@ -96,8 +108,9 @@ class Backbone:
             return self._forward(params, images)
         chunks = -(-batch // step)
         padded = jnp.pad(images, ((0, chunks * step - batch),) + ((0, 0),) * 3)
-        stacked = jax.lax.map(lambda chunk: self._forward(params, chunk),
-                              padded.reshape((chunks, step) + images.shape[1:]))
+        stacked = jax.lax.map(
+            lambda chunk: self._forward(params, chunk), padded.reshape((chunks, step) + images.shape[1:])
+        )
         return jax.tree.map(lambda a: a.reshape((chunks * step,) + a.shape[2:])[:batch], stacked)
 
     def _apply(self, params: Any, images: jax.Array) -> dict[str, jax.Array]:
@@ -126,14 +139,18 @@ class Backbone:
 def _check_images(images: Any) -> Any:
     shape = np.shape(images)
     if len(shape) != 4 or shape[-1] != 3:
-        raise ValueError(f"images: expected uint8 or float NHWC (B, H, W, 3) in [0, 255], got shape {tuple(shape)}")
+        raise ValueError(
+            f"images: expected uint8 or float NHWC (B, H, W, 3) in [0, 255], got shape {tuple(shape)}"
+        )
     dtype = np.dtype(getattr(images, "dtype", np.asarray(images).dtype))
     if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
         raise ValueError(f"images: expected dtype uint8 or float, got {dtype}")
     return images
 
 
-def load(name: str, weights: str | os.PathLike | None = None, *, seed: int = 0, progress: bool = True) -> Backbone:
+def load(
+    name: str, weights: str | os.PathLike | None = None, *, seed: int = 0, progress: bool = True
+) -> Backbone:
     """Backbone ``name`` (``resnet18``, ``resnet50``, ``wide_resnet50_2``, ``efficientnet_lite0``).
 
     ``weights``: None for the pretrained ImageNet weights (see :func:`load_pretrained`), a path to a

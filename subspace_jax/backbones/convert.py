@@ -34,15 +34,18 @@ def expected_torch_shapes(model: nnx.Module) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *, source: str = "state dict") -> None:
+def load_state_dict(
+    model: nnx.Module, state_dict: Mapping[str, np.ndarray], *, source: str = "state dict"
+) -> None:
     """Copy a torch state dict (numpy arrays) into ``model`` in place, after checking it fits exactly.
 
     ``source`` names the file in error messages. Raises :class:`WeightsMismatchError` listing every
     missing key, unexpected key and shape mismatch.
     """
     if not isinstance(state_dict, Mapping):
-        raise WeightsMismatchError(f"{source}: expected a state dict (mapping of name -> tensor), got "
-                                   f"{type(state_dict).__name__}")
+        raise WeightsMismatchError(
+            f"{source}: expected a state dict (mapping of name -> tensor), got {type(state_dict).__name__}"
+        )
     layers = _torch_layers(model)
     expected = expected_torch_shapes(model)
     ignorable = {key for layer in layers for key in layer.torch_ignored()}
@@ -59,10 +62,13 @@ def load_state_dict(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *, 
             problems.append(f"dtype: {key} is {np.asarray(value).dtype}, expected floating point")
     for key in state_dict:
         if key not in expected and key not in ignorable:
-            problems.append(f"unexpected: {key} (shape {tuple(np.shape(state_dict[key]))}) is not used by the model")
+            problems.append(
+                f"unexpected: {key} (shape {tuple(np.shape(state_dict[key]))}) is not used by the model"
+            )
     if problems:
         raise WeightsMismatchError(
-            f"{source} does not fit {type(model).__name__} ({len(problems)} problem(s)):\n  " + "\n  ".join(problems)
+            f"{source} does not fit {type(model).__name__} ({len(problems)} problem(s)):\n  "
+            + "\n  ".join(problems)
         )
     for layer in layers:
         layer.assign_torch({key: state_dict[key] for key in layer.torch_shapes()})

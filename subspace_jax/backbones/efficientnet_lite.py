@@ -46,18 +46,54 @@ LEVEL_BLOCKS = {"level1": 2, "level2": 4, "level3": 10}
 class MBConv(nnx.Module):
     """Inverted residual: 1x1 expand (if ratio > 1), depthwise k x k (strided), 1x1 project, skip if shapes match."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, expand_ratio: int, *,
-                 prefix: str, rng: np.random.Generator):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        expand_ratio: int,
+        *,
+        prefix: str,
+        rng: np.random.Generator,
+    ):
         hidden = in_channels * expand_ratio
         self.expand = (
-            ConvNorm(in_channels, hidden, 1, padding="SAME", eps=_EPS, torch_conv=f"{prefix}._expand_conv",
-                     torch_norm=f"{prefix}._bn0", rng=rng)
-            if expand_ratio != 1 else None
+            ConvNorm(
+                in_channels,
+                hidden,
+                1,
+                padding="SAME",
+                eps=_EPS,
+                torch_conv=f"{prefix}._expand_conv",
+                torch_norm=f"{prefix}._bn0",
+                rng=rng,
+            )
+            if expand_ratio != 1
+            else None
         )
-        self.depthwise = ConvNorm(hidden, hidden, kernel_size, stride=stride, padding="SAME", groups=hidden, eps=_EPS,
-                                  torch_conv=f"{prefix}._depthwise_conv", torch_norm=f"{prefix}._bn1", rng=rng)
-        self.project = ConvNorm(hidden, out_channels, 1, padding="SAME", eps=_EPS,
-                                torch_conv=f"{prefix}._project_conv", torch_norm=f"{prefix}._bn2", rng=rng)
+        self.depthwise = ConvNorm(
+            hidden,
+            hidden,
+            kernel_size,
+            stride=stride,
+            padding="SAME",
+            groups=hidden,
+            eps=_EPS,
+            torch_conv=f"{prefix}._depthwise_conv",
+            torch_norm=f"{prefix}._bn1",
+            rng=rng,
+        )
+        self.project = ConvNorm(
+            hidden,
+            out_channels,
+            1,
+            padding="SAME",
+            eps=_EPS,
+            torch_conv=f"{prefix}._project_conv",
+            torch_norm=f"{prefix}._bn2",
+            rng=rng,
+        )
         self.residual = stride == 1 and in_channels == out_channels
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -70,16 +106,34 @@ class EfficientNetLite(nnx.Module):
     """EfficientNet-Lite0; ``__call__`` gives the level dict, ``logits`` the ImageNet classifier."""
 
     def __init__(self, *, num_classes: int = 1000, rng: np.random.Generator):
-        self.stem = ConvNorm(3, 32, 3, stride=2, padding="SAME", eps=_EPS, torch_conv="_conv_stem",
-                             torch_norm="_bn0", rng=rng)
+        self.stem = ConvNorm(
+            3, 32, 3, stride=2, padding="SAME", eps=_EPS, torch_conv="_conv_stem", torch_norm="_bn0", rng=rng
+        )
         blocks = []
         for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
             for j in range(repeats):
-                blocks.append(MBConv(cin if j == 0 else cout, cout, kernel, stride if j == 0 else 1, expand,
-                                     prefix=f"_blocks.{len(blocks)}", rng=rng))
+                blocks.append(
+                    MBConv(
+                        cin if j == 0 else cout,
+                        cout,
+                        kernel,
+                        stride if j == 0 else 1,
+                        expand,
+                        prefix=f"_blocks.{len(blocks)}",
+                        rng=rng,
+                    )
+                )
         self.blocks = nnx.List(blocks)
-        self.head = ConvNorm(LITE0_STAGES[-1][-1], 1280, 1, padding="SAME", eps=_EPS, torch_conv="_conv_head",
-                             torch_norm="_bn1", rng=rng)
+        self.head = ConvNorm(
+            LITE0_STAGES[-1][-1],
+            1280,
+            1,
+            padding="SAME",
+            eps=_EPS,
+            torch_conv="_conv_head",
+            torch_norm="_bn1",
+            rng=rng,
+        )
         self.fc = Linear(1280, num_classes, torch_name="_fc", rng=rng)
 
     def __call__(self, x: jax.Array) -> dict[str, jax.Array]:

@@ -55,8 +55,12 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: Paddin
     total = None
     for i in range(kh):
         for j in range(kw):
-            window = jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + (out_h - 1) * stride + 1,
-                                                     j + (out_w - 1) * stride + 1, x.shape[3]), (1, stride, stride, 1))
+            window = jax.lax.slice(
+                x,
+                (0, i, j, 0),
+                (x.shape[0], i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, x.shape[3]),
+                (1, stride, stride, 1),
+            )
             term = window * kernel[i, j, 0]
             total = term if total is None else total + term
     return total
@@ -71,13 +75,26 @@ class ConvNorm(nnx.Module):
     algebra and saves one pass over every activation.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-                 padding: int | str = 0, groups: int = 1, eps: float = 1e-5, torch_conv: str,
-                 torch_norm: str, rng: np.random.Generator):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int | str = 0,
+        groups: int = 1,
+        eps: float = 1e-5,
+        torch_conv: str,
+        torch_norm: str,
+        rng: np.random.Generator,
+    ):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"channels {in_channels}->{out_channels} are not divisible by groups={groups}")
         self.stride = stride
-        self.padding: Padding = padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
+        self.padding: Padding = (
+            padding if isinstance(padding, str) else ((padding, padding), (padding, padding))
+        )
         self.groups = groups
         self.eps = eps
         self.torch_conv = torch_conv
@@ -98,8 +115,13 @@ class ConvNorm(nnx.Module):
             raise RuntimeError("a folded layer cannot be loaded from torch weights")
         kh, kw, cin, cout = self.kernel.shape
         n, c = self.torch_norm, (cout,)
-        return {f"{self.torch_conv}.weight": (cout, cin, kh, kw), f"{n}.weight": c, f"{n}.bias": c,
-                f"{n}.running_mean": c, f"{n}.running_var": c}
+        return {
+            f"{self.torch_conv}.weight": (cout, cin, kh, kw),
+            f"{n}.weight": c,
+            f"{n}.bias": c,
+            f"{n}.running_mean": c,
+            f"{n}.running_var": c,
+        }
 
     def torch_ignored(self) -> tuple[str, ...]:
         """Keys allowed in the file but not needed for inference."""
@@ -118,7 +140,9 @@ class ConvNorm(nnx.Module):
         """Bake the BatchNorm into the kernel and bias (per-channel factor computed in float64)."""
         if self.folded:
             return
-        factor = np.asarray(self.scale[...], np.float64) / np.sqrt(np.asarray(self.var[...], np.float64) + self.eps)
+        factor = np.asarray(self.scale[...], np.float64) / np.sqrt(
+            np.asarray(self.var[...], np.float64) + self.eps
+        )
         bias = np.asarray(self.bias[...], np.float64) - np.asarray(self.mean[...], np.float64) * factor
         self.kernel[...] = np.asarray(self.kernel[...], np.float32) * factor.astype(np.float32)
         self.bias[...] = bias.astype(np.float32)
@@ -140,8 +164,12 @@ class ConvNorm(nnx.Module):
             y = jnp.einsum("bhwc,cd->bhwd", x[:, :: self.stride, :: self.stride, :], kernel[0, 0])
         else:
             y = jax.lax.conv_general_dilated(
-                x, kernel, window_strides=(self.stride, self.stride), padding=self.padding,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups,
+                x,
+                kernel,
+                window_strides=(self.stride, self.stride),
+                padding=self.padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups,
             )
         if self.folded:
             return y + self.bias[...]
@@ -166,7 +194,9 @@ class Linear(nnx.Module):
         return ()
 
     def assign_torch(self, tensors: dict[str, np.ndarray]) -> None:
-        self.kernel[...] = _as_param_array(np.asarray(tensors[f"{self.torch_name}.weight"]).T, self.kernel.shape)
+        self.kernel[...] = _as_param_array(
+            np.asarray(tensors[f"{self.torch_name}.weight"]).T, self.kernel.shape
+        )
         self.bias[...] = _as_param_array(tensors[f"{self.torch_name}.bias"], self.bias.shape)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -70,7 +70,9 @@ def base_url() -> str:
     return url if url.endswith("/") else url + "/"
 
 
-def download_weights(file_name: str, destination: Path, *, url: str | None = None, progress: bool = True) -> Path:
+def download_weights(
+    file_name: str, destination: Path, *, url: str | None = None, progress: bool = True
+) -> Path:
     """Download ``url`` (default: base URL + ``file_name``) to ``destination`` atomically, checking the hash.
 
     Raises :class:`WeightsHashError` on a hash mismatch and ``urllib.error.URLError``/``OSError`` on network
@@ -82,8 +84,14 @@ def download_weights(file_name: str, destination: Path, *, url: str | None = Non
     with atomic_file(destination) as tmp:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
             total = response.headers.get("Content-Length")
-            with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=f"downloading {file_name}", disable=not progress) as bar:
+            with tqdm(
+                total=int(total) if total else None,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=f"downloading {file_name}",
+                disable=not progress,
+            ) as bar:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     out.write(chunk)
                     digest.update(chunk)
@@ -96,8 +104,14 @@ def download_weights(file_name: str, destination: Path, *, url: str | None = Non
     return destination
 
 
-def resolve_weights(file_name: str, *, path: str | os.PathLike | None = None, packaged: Path | None = None,
-                    downloadable: bool = True, progress: bool = True) -> Path:
+def resolve_weights(
+    file_name: str,
+    *,
+    path: str | os.PathLike | None = None,
+    packaged: Path | None = None,
+    downloadable: bool = True,
+    progress: bool = True,
+) -> Path:
     """Find ``file_name``: ``path`` if given, then ``$SUBSPACE_JAX_WEIGHTS/<file_name>``, then ``packaged``
     (a file shipped by a Python package), then the torch hub cache, then download into that cache.
 
@@ -120,10 +134,11 @@ def resolve_weights(file_name: str, *, path: str | os.PathLike | None = None, pa
         if candidate.is_file():
             return candidate
     url = base_url() + file_name
-    where = (f"put {file_name} in ${WEIGHTS_DIR_ENV} or in {cache.parent}, or pass its path as weights=")
+    where = f"put {file_name} in ${WEIGHTS_DIR_ENV} or in {cache.parent}, or pass its path as weights="
     if not downloadable:
-        raise WeightsNotFoundError(f"weights file {file_name} not found (looked in: "
-                                   f"{', '.join(map(str, candidates))}); {where}")
+        raise WeightsNotFoundError(
+            f"weights file {file_name} not found (looked in: {', '.join(map(str, candidates))}); {where}"
+        )
     try:
         return download_weights(file_name, cache, url=url, progress=progress)
     except WeightsHashError:

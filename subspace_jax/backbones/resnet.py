@@ -23,11 +23,22 @@ class BasicBlock(nnx.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int, *, prefix: str, rng: np.random.Generator, **_: int):
-        self.conv1 = ConvNorm(in_channels, planes, 3, stride=stride, padding=1, torch_conv=f"{prefix}.conv1",
-                              torch_norm=f"{prefix}.bn1", rng=rng)
-        self.conv2 = ConvNorm(planes, planes, 3, padding=1, torch_conv=f"{prefix}.conv2",
-                              torch_norm=f"{prefix}.bn2", rng=rng)
+    def __init__(
+        self, in_channels: int, planes: int, stride: int, *, prefix: str, rng: np.random.Generator, **_: int
+    ):
+        self.conv1 = ConvNorm(
+            in_channels,
+            planes,
+            3,
+            stride=stride,
+            padding=1,
+            torch_conv=f"{prefix}.conv1",
+            torch_norm=f"{prefix}.bn1",
+            rng=rng,
+        )
+        self.conv2 = ConvNorm(
+            planes, planes, 3, padding=1, torch_conv=f"{prefix}.conv2", torch_norm=f"{prefix}.bn2", rng=rng
+        )
         self.downsample = _downsample(in_channels, planes, stride, prefix, rng)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -42,15 +53,34 @@ class Bottleneck(nnx.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int, *, prefix: str, rng: np.random.Generator,
-                 base_width: int = 64):
+    def __init__(
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int,
+        *,
+        prefix: str,
+        rng: np.random.Generator,
+        base_width: int = 64,
+    ):
         width = planes * base_width // 64
         out = planes * self.expansion
-        self.conv1 = ConvNorm(in_channels, width, 1, torch_conv=f"{prefix}.conv1", torch_norm=f"{prefix}.bn1",
-                              rng=rng)
-        self.conv2 = ConvNorm(width, width, 3, stride=stride, padding=1, torch_conv=f"{prefix}.conv2",
-                              torch_norm=f"{prefix}.bn2", rng=rng)
-        self.conv3 = ConvNorm(width, out, 1, torch_conv=f"{prefix}.conv3", torch_norm=f"{prefix}.bn3", rng=rng)
+        self.conv1 = ConvNorm(
+            in_channels, width, 1, torch_conv=f"{prefix}.conv1", torch_norm=f"{prefix}.bn1", rng=rng
+        )
+        self.conv2 = ConvNorm(
+            width,
+            width,
+            3,
+            stride=stride,
+            padding=1,
+            torch_conv=f"{prefix}.conv2",
+            torch_norm=f"{prefix}.bn2",
+            rng=rng,
+        )
+        self.conv3 = ConvNorm(
+            width, out, 1, torch_conv=f"{prefix}.conv3", torch_norm=f"{prefix}.bn3", rng=rng
+        )
         self.downsample = _downsample(in_channels, out, stride, prefix, rng)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -61,24 +91,41 @@ class Bottleneck(nnx.Module):
         return nnx.relu(y + shortcut)
 
 
-def _downsample(in_channels: int, out_channels: int, stride: int, prefix: str, rng: np.random.Generator) -> ConvNorm | None:
+def _downsample(
+    in_channels: int, out_channels: int, stride: int, prefix: str, rng: np.random.Generator
+) -> ConvNorm | None:
     if stride == 1 and in_channels == out_channels:
         return None
-    return ConvNorm(in_channels, out_channels, 1, stride=stride, torch_conv=f"{prefix}.downsample.0",
-                    torch_norm=f"{prefix}.downsample.1", rng=rng)
+    return ConvNorm(
+        in_channels,
+        out_channels,
+        1,
+        stride=stride,
+        torch_conv=f"{prefix}.downsample.0",
+        torch_norm=f"{prefix}.downsample.1",
+        rng=rng,
+    )
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
     """torch ``MaxPool2d(3, stride=2, padding=1)``: padding never wins the max. (B,H,W,C) -> (B,H/2,W/2,C)."""
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
-                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    )
 
 
 class ResNet(nnx.Module):
     """A torchvision ResNet; ``__call__`` gives the level dict, ``logits`` the ImageNet classifier."""
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], *, base_width: int = 64,
-                 num_classes: int = 1000, rng: np.random.Generator):
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        *,
+        base_width: int = 64,
+        num_classes: int = 1000,
+        rng: np.random.Generator,
+    ):
         self.conv1 = ConvNorm(3, 64, 7, stride=2, padding=3, torch_conv="conv1", torch_norm="bn1", rng=rng)
         in_channels = 64
         stages = []
@@ -86,8 +133,16 @@ class ResNet(nnx.Module):
             blocks = []
             for j in range(depth):
                 stride = 2 if (index > 0 and j == 0) else 1
-                blocks.append(block(in_channels, planes, stride, prefix=f"layer{index + 1}.{j}", rng=rng,
-                                    base_width=base_width))
+                blocks.append(
+                    block(
+                        in_channels,
+                        planes,
+                        stride,
+                        prefix=f"layer{index + 1}.{j}",
+                        rng=rng,
+                        base_width=base_width,
+                    )
+                )
                 in_channels = planes * block.expansion
             stages.append(nnx.List(blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages

@@ -93,8 +93,9 @@ def _rebuild_tensor(storage: np.ndarray, storage_offset: int, size: tuple, strid
     return np.ascontiguousarray(view)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None) -> np.ndarray:
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+) -> np.ndarray:
     return _rebuild_tensor(storage, storage_offset, size, stride)
 
 
@@ -125,8 +126,13 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 class _RestrictedUnpickler(pickle.Unpickler):
     """Resolves globals only through :data:`ALLOWED_GLOBALS`; storages through ``load_storage``."""
 
-    def __init__(self, file: io.BufferedIOBase, source: str, load_storage: Callable[[tuple], np.ndarray],
-                 build_tensors: bool = True):
+    def __init__(
+        self,
+        file: io.BufferedIOBase,
+        source: str,
+        load_storage: Callable[[tuple], np.ndarray],
+        build_tensors: bool = True,
+    ):
         super().__init__(file)
         self._source = source
         self._load_storage = load_storage
@@ -182,8 +188,10 @@ def _load_zip(path: Path) -> Any:
                 except KeyError:
                     raise TorchFileError(f"{path}: storage '{key}' is missing from the archive") from None
                 if len(raw) != int(numel) * dtype.itemsize:
-                    raise TorchFileError(f"{path}: storage '{key}' holds {len(raw)} bytes, expected {numel} "
-                                         f"elements of {dtype}")
+                    raise TorchFileError(
+                        f"{path}: storage '{key}' holds {len(raw)} bytes, expected {numel} "
+                        f"elements of {dtype}"
+                    )
                 storages[key] = np.frombuffer(raw, dtype=dtype.newbyteorder("<"))
             storage = storages[key]
             if storage.dtype != dtype.newbyteorder("<"):
@@ -211,7 +219,9 @@ def _load_legacy(path: Path) -> Any:
     except (pickle.UnpicklingError, EOFError) as error:
         if isinstance(error, UnsafePickleError):
             raise
-        raise TorchFileError(f"{source}: not a torch.save file (neither zip nor legacy pickle): {error}") from error
+        raise TorchFileError(
+            f"{source}: not a torch.save file (neither zip nor legacy pickle): {error}"
+        ) from error
     if magic != _LEGACY_MAGIC:
         raise TorchFileError(f"{source}: not a torch.save file (legacy magic number missing)")
     protocol = header()
@@ -233,13 +243,17 @@ def _load_legacy(path: Path) -> Any:
         dtype = _storage_dtype(storage_type, source)
         key = str(key)
         if key not in declared:
-            if not 0 <= int(numel) * dtype.itemsize <= len(raw):  # a forged size must not allocate unbounded memory
-                raise TorchFileError(f"{source}: storage '{key}' claims {numel} elements, more than the file holds")
+            if (
+                not 0 <= int(numel) * dtype.itemsize <= len(raw)
+            ):  # a forged size must not allocate unbounded memory
+                raise TorchFileError(
+                    f"{source}: storage '{key}' claims {numel} elements, more than the file holds"
+                )
             declared[key] = np.empty(int(numel), dtype=dtype)
         base = declared[key]
         if view_metadata is not None:
             _view_key, offset, view_size = view_metadata
-            return base[int(offset): int(offset) + int(view_size)]
+            return base[int(offset) : int(offset) + int(view_size)]
         return base
 
     object_start = stream.tell()

@@ -86,7 +86,11 @@ class BaselineConfig:
             self.fail("levels", "a non-empty sequence of distinct levels from {1, 2, 3, 4}")
         object.__setattr__(self, "levels", tuple(sorted(int(level) for level in levels)))
         sigma = self.sigma
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma >= 0):
+        if (
+            isinstance(sigma, bool)
+            or not isinstance(sigma, (int, float))
+            or not (math.isfinite(sigma) and sigma >= 0)
+        ):
             self.fail("sigma", "a finite number >= 0")
         object.__setattr__(self, "sigma", float(sigma))
         self.check_positive_int("query_chunk")
@@ -115,7 +119,9 @@ class BaselineConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{cls.__name__}.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
+            raise ValueError(
+                f"{cls.__name__}.from_dict: unknown keys {unknown}; known keys are {sorted(known)}"
+            )
         return cls(**values)
 
 
@@ -315,5 +321,7 @@ def score_in_batches(
         features = timed("backbone", batching.backbone_features, bound.apply_fn, keys, bound.params, batch)
         return timed("matching", score_features_jit, fitted, features)
 
-    maps, scores = batching.map_batches(score_batch, images, fitted.config, batch_size, progress=progress, desc=desc)
+    maps, scores = batching.map_batches(
+        score_batch, images, fitted.config, batch_size, progress=progress, desc=desc
+    )
     return maps.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)

@@ -202,9 +202,7 @@ def reweighted_scores(
     m_test = jnp.take_along_axis(embeddings, worst[:, None, None], axis=1)[:, 0]
     m_star = bank[jnp.take_along_axis(nearest, worst[:, None], axis=1)[:, 0]]
     _, support = lax.top_k(-common.squared_distances(m_star, bank), b)  # (B, b)
-    support_dist = jnp.sqrt(
-        jnp.sum((bank[support] - m_test[:, None, :]) ** 2, axis=-1)
-    )  # (B, b)
+    support_dist = jnp.sqrt(jnp.sum((bank[support] - m_test[:, None, :]) ** 2, axis=-1))  # (B, b)
     weight = 1.0 - jnp.exp(s_star - jax.nn.logsumexp(support_dist, axis=1))
     return weight * s_star
 
@@ -298,9 +296,16 @@ class PatchCoreModel(batching.BackboneBinding):
         separately jitted stages and their seconds are added to `timings["backbone" | "matching"]`.
         """
         return common.score_in_batches(
-            self, images, batch_size, backbone, progress, timings,
-            _score_images_jit, _score_features_jit,
-            [common.level_key(l) for l in self.config.levels], "PatchCore score",
+            self,
+            images,
+            batch_size,
+            backbone,
+            progress,
+            timings,
+            _score_images_jit,
+            _score_features_jit,
+            [common.level_key(l) for l in self.config.levels],
+            "PatchCore score",
         )
 
 
@@ -339,6 +344,10 @@ def fit(
     if not isinstance(config, PatchCoreConfig):
         raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
     keys = [common.level_key(l) for l in config.levels]
-    features, backbone = common.extract_features(images, config, backbone, keys, batch_size, progress, "PatchCore fit")
-    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
+    features, backbone = common.extract_features(
+        images, config, backbone, keys, batch_size, progress, "PatchCore fit"
+    )
+    model = fit_features(
+        features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256
+    )
     return model.bind(backbone)

@@ -164,8 +164,16 @@ class SpadeModel(batching.BackboneBinding):
         `images`, `backbone` and `timings` as for `PatchCoreModel.score`.
         """
         return common.score_in_batches(
-            self, images, batch_size, backbone, progress, timings,
-            _score_images_jit, _score_features_jit, _feature_keys(self.config), "SPADE score",
+            self,
+            images,
+            batch_size,
+            backbone,
+            progress,
+            timings,
+            _score_images_jit,
+            _score_features_jit,
+            _feature_keys(self.config),
+            "SPADE score",
         )
 
 
@@ -201,5 +209,7 @@ def fit(
     features, backbone = common.extract_features(
         images, config, backbone, _feature_keys(config), batch_size, progress, "SPADE fit"
     )
-    model = fit_features(features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
+    model = fit_features(
+        features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256
+    )
     return model.bind(backbone)

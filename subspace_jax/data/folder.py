@@ -40,7 +40,9 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def subfolders(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
+    )
 
 
 class FolderDataset(Dataset):
@@ -72,7 +74,9 @@ class FolderDataset(Dataset):
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.name} dataset root {self.root} is not a folder; {describe_folder(self.root.parent)}")
+            raise FileNotFoundError(
+                f"{self.name} dataset root {self.root} is not a folder; {describe_folder(self.root.parent)}"
+            )
         self.good_dir = good_dir
         self.mask_suffixes = tuple(mask_suffixes)
         self.allow_missing_masks = not require_masks
@@ -140,7 +144,9 @@ class CategoryFolderDataset(FolderDataset):
     def __init__(self, root: str | os.PathLike, category: str, **layout) -> None:
         dataset_root = Path(root)
         if not dataset_root.is_dir():
-            raise FileNotFoundError(f"{self.name} root {dataset_root} is not a folder; {describe_folder(dataset_root.parent)}")
+            raise FileNotFoundError(
+                f"{self.name} root {dataset_root} is not a folder; {describe_folder(dataset_root.parent)}"
+            )
         category_dir = dataset_root / str(category)
         if not category_dir.is_dir():
             found = [p.name for p in subfolders(dataset_root)]

@@ -160,6 +160,9 @@ def load_images(
     if len(paths) == 0:
         raise ValueError("paths is empty: expected at least one image file")
     arrays = parallel_map(
-        lambda path: resize_image(read_image(path), image_size, crop), list(paths), desc="images", progress=progress
+        lambda path: resize_image(read_image(path), image_size, crop),
+        list(paths),
+        desc="images",
+        progress=progress,
     )
     return np.stack(arrays)

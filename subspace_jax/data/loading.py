@@ -35,7 +35,9 @@ class Sample:
 
     def __post_init__(self) -> None:
         if self.label not in (0, 1):
-            raise ValueError(f"label of {self.image_path} must be 0 (good) or 1 (defective), got {self.label!r}")
+            raise ValueError(
+                f"label of {self.image_path} must be 0 (good) or 1 (defective), got {self.label!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,9 @@ class _Loaded:
     size_mismatch: tuple[tuple[int, int], tuple[int, int]] | None
 
 
-def read_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, tuple[tuple[int, int], tuple[int, int]] | None]:
+def read_sample(
+    sample: Sample,
+) -> tuple[np.ndarray, np.ndarray, tuple[tuple[int, int], tuple[int, int]] | None]:
     """Read a sample at its own size: image uint8 (H, W, 3), mask bool (H, W) aligned with it, size mismatch.
 
     A missing mask is all False. A mask file whose size differs from the image is resized to the image
@@ -93,8 +97,12 @@ def load_samples(
         for sample in samples:
             if sample.label == 1 and sample.mask_path is None:
                 raise ValueError(f"defective image {sample.image_path} has no ground-truth mask")
-    loaded = parallel_map(lambda s: _load_sample(s, image_size, crop), list(samples), desc=desc, progress=progress)
-    mismatched = [(s, item.size_mismatch) for s, item in zip(samples, loaded) if item.size_mismatch is not None]
+    loaded = parallel_map(
+        lambda s: _load_sample(s, image_size, crop), list(samples), desc=desc, progress=progress
+    )
+    mismatched = [
+        (s, item.size_mismatch) for s, item in zip(samples, loaded) if item.size_mismatch is not None
+    ]
     if mismatched:
         warn_mask_size_mismatch(len(mismatched), *mismatched[0])
     return Split(
@@ -136,7 +144,9 @@ class Dataset(abc.ABC):
     def samples(self, split: str) -> list[Sample]:
         """The samples of ``split`` ("train" or "test") in a deterministic order."""
 
-    def load(self, split: str, image_size: int = 256, crop: int | None = None, progress: bool = True) -> Split:
+    def load(
+        self, split: str, image_size: int = 256, crop: int | None = None, progress: bool = True
+    ) -> Split:
         """Load ``split`` resized to image_size (then center-cropped to crop if given) as a ``Split``."""
         return load_samples(
             self.samples(split),

@@ -27,7 +27,9 @@ _MASK_SUFFIX = ".png"
 @functools.cache
 def mtd_train_filenames() -> tuple[str, ...]:
     """The 761 MT_Free image file names of the canonical training split (DifferNet and later papers)."""
-    text = importlib.resources.files("subspace_jax.data").joinpath("mtd_train_filenames.txt").read_text("utf-8")
+    text = (
+        importlib.resources.files("subspace_jax.data").joinpath("mtd_train_filenames.txt").read_text("utf-8")
+    )
     names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if len(set(names)) != len(names):
         raise ValueError("mtd_train_filenames.txt lists a file more than once")
@@ -42,7 +44,9 @@ class MTD(Dataset):
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"MTD root {self.root} is not a folder; {describe_folder(self.root.parent)}")
+            raise FileNotFoundError(
+                f"MTD root {self.root} is not a folder; {describe_folder(self.root.parent)}"
+            )
         for class_name in MTD_CLASSES:
             if not (self.root / class_name).is_dir():
                 raise FileNotFoundError(
@@ -77,12 +81,16 @@ class MTD(Dataset):
                 raise ValueError("MTD training set is empty: mtd_train_filenames.txt lists no files")
             return [Sample(free_dir / name, 0, GOOD, None) for name in train_names]
         in_train = set(train_names)
-        samples = [Sample(path, 0, GOOD, None) for path in self._images(FREE_CLASS) if path.name not in in_train]
+        samples = [
+            Sample(path, 0, GOOD, None) for path in self._images(FREE_CLASS) if path.name not in in_train
+        ]
         for class_name in DEFECT_CLASSES:
             defect_type = class_name.removeprefix("MT_").lower()
             for path in self._images(class_name):
                 mask_path = path.with_suffix(_MASK_SUFFIX)
                 if not mask_path.is_file():
-                    raise FileNotFoundError(f"defective image {path} has no ground-truth mask: expected {mask_path}")
+                    raise FileNotFoundError(
+                        f"defective image {path} has no ground-truth mask: expected {mask_path}"
+                    )
                 samples.append(Sample(path, 1, defect_type, mask_path))
         return samples

@@ -20,8 +20,8 @@ class Split:
       paths: N source image paths, None for samples generated in memory.
     """
 
-    images: np.ndarray        # uint8 (N, S, S, 3)
-    masks: np.ndarray         # bool (N, S, S)
-    labels: np.ndarray        # int64 (N,) 0 good, 1 defective
+    images: np.ndarray  # uint8 (N, S, S, 3)
+    masks: np.ndarray  # bool (N, S, S)
+    labels: np.ndarray  # int64 (N,) 0 good, 1 defective
     defect_types: tuple[str, ...]
-    paths: tuple[Path | None, ...]   # None for in-memory samples
+    paths: tuple[Path | None, ...]  # None for in-memory samples

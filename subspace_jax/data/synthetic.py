@@ -246,7 +246,9 @@ def _finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     size = image.shape[0]
     x, y = _grid(size)
     gain = np.float32(rng.uniform(0.94, 1.06)) * (
-        1 + np.float32(rng.uniform(-0.08, 0.08)) * (x - 0.5) + np.float32(rng.uniform(-0.08, 0.08)) * (y - 0.5)
+        1
+        + np.float32(rng.uniform(-0.08, 0.08)) * (x - 0.5)
+        + np.float32(rng.uniform(-0.08, 0.08)) * (y - 0.5)
     )
     cast = (1 + 0.02 * rng.standard_normal(3, dtype=np.float32)) * 255
     noise = rng.standard_normal(image.shape, dtype=np.float32)
@@ -368,7 +370,9 @@ def write_mvtec_tree(
                 stem = f"{number:0{width}d}"
                 _save_png(image, folder / "test" / defect / f"{stem}.png")
                 if defect != GOOD:
-                    _save_png(mask.astype(np.uint8) * 255, folder / "ground_truth" / defect / f"{stem}_mask.png")
+                    _save_png(
+                        mask.astype(np.uint8) * 255, folder / "ground_truth" / defect / f"{stem}_mask.png"
+                    )
             provenance = {
                 "generator": "subspace_jax.data.synthetic",
                 "category": category,

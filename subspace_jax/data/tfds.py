@@ -112,13 +112,16 @@ class _AnomalyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             if size_mismatch is not None:
                 mismatched.append((sample, size_mismatch))
             filename = sample.image_path.relative_to(manual_dir).as_posix()
-            yield filename, {
-                "image": Image.fromarray(image),
-                "mask": Image.fromarray(mask.astype(np.uint8) * 255),
-                "label": sample.label,
-                "defect_type": sample.defect_type,
-                "filename": filename,
-            }
+            yield (
+                filename,
+                {
+                    "image": Image.fromarray(image),
+                    "mask": Image.fromarray(mask.astype(np.uint8) * 255),
+                    "label": sample.label,
+                    "defect_type": sample.defect_type,
+                    "filename": filename,
+                },
+            )
         if mismatched:
             warn_mask_size_mismatch(len(mismatched), *mismatched[0])
 
@@ -148,7 +151,8 @@ class Btad(_AnomalyBuilder):
     """BTAD (beanTech), one config per product 01, 02, 03; manual_dir holds 01/, 02/, 03/."""
 
     BUILDER_CONFIGS = [
-        tfds.core.BuilderConfig(name=category, description=f"BTAD product {category}") for category in BTAD_CATEGORIES
+        tfds.core.BuilderConfig(name=category, description=f"BTAD product {category}")
+        for category in BTAD_CATEGORIES
     ]
     DESCRIPTION = "BTAD: three industrial products with defect masks (beanTech Anomaly Detection)."
     HOMEPAGE = "https://github.com/pankajmishra000/VT-ADL"
@@ -168,7 +172,9 @@ class Mtd(_AnomalyBuilder):
 
     DESCRIPTION = "Magnetic Tile Defect dataset (Huang et al. 2020), DifferNet's canonical train/test split."
     HOMEPAGE = "https://github.com/abin24/Magnetic-tile-defect-datasets."
-    CITATION = "Huang, Qiu, Yuan, Surface defect saliency of magnetic tile, The Visual Computer 36, 85-96 (2020)."
+    CITATION = (
+        "Huang, Qiu, Yuan, Surface defect saliency of magnetic tile, The Visual Computer 36, 85-96 (2020)."
+    )
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Clone https://github.com/abin24/Magnetic-tile-defect-datasets. (the repository name ends with
     a full stop) and pass the folder holding MT_Free/, MT_Blowhole/, MT_Break/, MT_Crack/, MT_Fray/ and MT_Uneven/ (each with Imgs/
@@ -197,7 +203,9 @@ def split_from_source(
         mask = resize_mask(np.asarray(record["mask"])[..., 0] > 127, image_size, crop)
         return filename, image, mask, int(record["label"]), _text(record["defect_type"])
 
-    rows = sorted(parallel_map(resized, range(len(source)), desc="records", progress=progress), key=lambda r: r[0])
+    rows = sorted(
+        parallel_map(resized, range(len(source)), desc="records", progress=progress), key=lambda r: r[0]
+    )
     return Split(
         images=np.stack([row[1] for row in rows]),
         masks=np.stack([row[2] for row in rows]),

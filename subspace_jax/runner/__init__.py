@@ -1,11 +1,11 @@
 """The experiment runner behind ``experiments/mvtec.py``, ``btad.py`` and ``mtd.py``.
 
-  cli        command-line flags generated from a Config dataclass
-  features   batched backbone features and their on-disk .npy cache
-  figures    image | ground truth | heat-map PNGs of the best and worst test images
-  results    results.json (DESIGN §3) and results.md, with the paper's numbers beside ours
-  core       the per-category loop, resume, timings and peak memory
-  datasets   MVTec AD, BTAD and MTD as DatasetSpec values
+cli        command-line flags generated from a Config dataclass
+features   batched backbone features and their on-disk .npy cache
+figures    image | ground truth | heat-map PNGs of the best and worst test images
+results    results.json (DESIGN §3) and results.md, with the paper's numbers beside ours
+core       the per-category loop, resume, timings and peak memory
+datasets   MVTec AD, BTAD and MTD as DatasetSpec values
 """
 
 from __future__ import annotations

@@ -31,12 +31,15 @@ def _is_union(tp: Any) -> bool:
 def _scalar_parser(tp: Any) -> Callable[[str], Any]:
     """A str -> value converter for a scalar annotation (int, float, str, bool, Literal, unions of them)."""
     if tp is type(None):
+
         def parse_none(text: str) -> None:
             if text.lower() in _NONE_WORDS:
                 return None
             raise ValueError(f"expected 'none', got {text!r}")
+
         return parse_none
     if tp is bool:
+
         def parse_bool(text: str) -> bool:
             lowered = text.lower()
             if lowered in ("1", "true", "yes", "on"):
@@ -44,6 +47,7 @@ def _scalar_parser(tp: Any) -> Callable[[str], Any]:
             if lowered in ("0", "false", "no", "off"):
                 return False
             raise ValueError(f"expected true or false, got {text!r}")
+
         return parse_bool
     if tp in (int, float, str):
         return tp
@@ -55,6 +59,7 @@ def _scalar_parser(tp: Any) -> Callable[[str], Any]:
                 if str(option) == text or (isinstance(option, str) and option.lower() == text.lower()):
                     return option
             raise ValueError(f"expected one of {', '.join(map(str, options))}, got {text!r}")
+
         return parse_literal
     if _is_union(tp):
         # Try the narrowest reading first: None, then int before float before str.
@@ -70,6 +75,7 @@ def _scalar_parser(tp: Any) -> Callable[[str], Any]:
                 except (ValueError, TypeError) as exc:
                     errors.append(str(exc))
             raise ValueError("; ".join(errors))
+
         return parse_union
     raise TypeError(f"no command-line reading for the annotation {tp!r}")
 
@@ -147,8 +153,11 @@ def add_config_flags(
         element = _sequence_element(tp)
         if tp is bool:
             group.add_argument(
-                flag_name(field.name), dest=field.name, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=doc,
+                flag_name(field.name),
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=doc,
             )
         elif element is not None:
             element_parser = _scalar_parser(element)
@@ -158,20 +167,30 @@ def add_config_flags(
                 if _none_ok and text.lower() in _NONE_WORDS:
                     return None
                 return _parse(text)
+
             parse_item.__name__ = field.name  # argparse names the converter in its error messages
             group.add_argument(
-                flag_name(field.name), dest=field.name, nargs="+", type=parse_item,
-                default=argparse.SUPPRESS, metavar=field.name.upper(), help=doc,
+                flag_name(field.name),
+                dest=field.name,
+                nargs="+",
+                type=parse_item,
+                default=argparse.SUPPRESS,
+                metavar=field.name.upper(),
+                help=doc,
             )
         else:
             parse = _scalar_parser(tp)
 
             def parse_scalar(text: str, _parse=parse) -> Any:
                 return _parse(text)
+
             parse_scalar.__name__ = field.name
             choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else None
             group.add_argument(
-                flag_name(field.name), dest=field.name, type=parse_scalar, default=argparse.SUPPRESS,
+                flag_name(field.name),
+                dest=field.name,
+                type=parse_scalar,
+                default=argparse.SUPPRESS,
                 metavar=("{" + ",".join(map(str, choices)) + "}") if choices else field.name.upper(),
                 help=doc,
             )

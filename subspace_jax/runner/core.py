@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from subspace_jax.runner import cli, features as feature_io, figures, results
+from subspace_jax.runner import cli, figures, results
+from subspace_jax.runner import features as feature_io
 
 METHOD_CHOICES: tuple[str, ...] = ("subspace", "patchcore", "spade")
 DEFAULT_BACKBONE = "wide_resnet50_2"
@@ -73,8 +74,11 @@ def _subspace_stages() -> tuple[Callable, Callable, Callable]:
 
     from subspace_jax import model
 
-    return (jax.jit(model.sample_candidates), jax.jit(model.reconstruct_levels),
-            jax.jit(model.fuse_maps, static_argnums=(1, 2)))
+    return (
+        jax.jit(model.sample_candidates),
+        jax.jit(model.reconstruct_levels),
+        jax.jit(model.fuse_maps, static_argnums=(1, 2)),
+    )
 
 
 def _score_subspace(model: Any, features: Mapping[str, np.ndarray], timings: dict) -> tuple[Any, Any]:
@@ -180,7 +184,11 @@ class RunSettings:
 
 
 def _features_for(
-    split_name: str, dataset_obj: Any, settings: RunSettings, category: str, backbone: Any,
+    split_name: str,
+    dataset_obj: Any,
+    settings: RunSettings,
+    category: str,
+    backbone: Any,
     loaded: Any | None = None,
 ) -> tuple[dict[str, np.ndarray], float, bool, float]:
     """(features, backbone seconds, from the cache?, seconds spent loading images) of one split.
@@ -192,23 +200,40 @@ def _features_for(
     paths = [str(s.image_path) for s in dataset_obj.samples(split_name)]
     entry = None
     if cache is not None:
-        entry = cache.entry(settings.dataset, category, split_name, backbone.name, backbone.weights_sha256,
-                            settings.image_size, settings.crop)
+        entry = cache.entry(
+            settings.dataset,
+            category,
+            split_name,
+            backbone.name,
+            backbone.weights_sha256,
+            settings.image_size,
+            settings.crop,
+        )
         hit = cache.load(entry, paths)
         if hit is not None:
             return hit[0], hit[1], True, 0.0
     load_seconds = 0.0
     if loaded is None:
         start = time.perf_counter()
-        loaded = dataset_obj.load(split_name, image_size=settings.image_size, crop=settings.crop,
-                                  progress=settings.progress)
+        loaded = dataset_obj.load(
+            split_name, image_size=settings.image_size, crop=settings.crop, progress=settings.progress
+        )
         load_seconds = time.perf_counter() - start
     feats, seconds = feature_io.extract_features(
-        backbone, loaded.images, settings.batch_size, settings.progress, desc=f"{category} {split_name} backbone"
+        backbone,
+        loaded.images,
+        settings.batch_size,
+        settings.progress,
+        desc=f"{category} {split_name} backbone",
     )
     if cache is not None and entry is not None:
-        cache.store(entry, feats, paths, seconds, extra={"backbone": backbone.name,
-                                                         "weights_sha256": backbone.weights_sha256})
+        cache.store(
+            entry,
+            feats,
+            paths,
+            seconds,
+            extra={"backbone": backbone.name, "weights_sha256": backbone.weights_sha256},
+        )
     return feats, seconds, False, load_seconds
 
 
@@ -223,8 +248,13 @@ def _wait_for_arrays(model: Any) -> None:
 
 
 def score_in_batches(
-    method: MethodSpec, model: Any, features: Mapping[str, np.ndarray], batch_size: int, progress: bool,
-    timings: dict, desc: str = "scoring",
+    method: MethodSpec,
+    model: Any,
+    features: Mapping[str, np.ndarray],
+    batch_size: int,
+    progress: bool,
+    timings: dict,
+    desc: str = "scoring",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``method.score`` over fixed-size batches of precomputed features (the last one padded, so the
     scorer compiles once and memory stays bounded). Returns maps (N,S,S) float32, scores (N,) float64.
@@ -237,7 +267,7 @@ def score_in_batches(
     for lo in tqdm(range(0, n, batch), desc=desc, unit="batch", disable=not progress, leave=False):
         block = {}
         for level, value in features.items():
-            part = np.asarray(value[lo:lo + batch])
+            part = np.asarray(value[lo : lo + batch])
             if part.shape[0] < batch:
                 part = np.concatenate([part, np.repeat(part[-1:], batch - part.shape[0], axis=0)], axis=0)
             block[level] = part
@@ -249,7 +279,12 @@ def score_in_batches(
 
 
 def run_category(
-    spec: DatasetSpec, method: MethodSpec, config: Any, backbone: Any, category: str, settings: RunSettings,
+    spec: DatasetSpec,
+    method: MethodSpec,
+    config: Any,
+    backbone: Any,
+    category: str,
+    settings: RunSettings,
 ) -> dict[str, Any]:
     """Fit and evaluate one category; returns its results entry (DESIGN §3 keys plus extras)."""
     from subspace_jax import metrics
@@ -259,30 +294,35 @@ def run_category(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    test = dataset_obj.load("test", image_size=settings.image_size, crop=settings.crop,
-                            progress=settings.progress)
+    test = dataset_obj.load(
+        "test", image_size=settings.image_size, crop=settings.crop, progress=settings.progress
+    )
     timings["load_test"] = time.perf_counter() - start
 
     train_feats, train_backbone_s, train_cached, train_load_s = _features_for(
-        "train", dataset_obj, settings, category, backbone)
+        "train", dataset_obj, settings, category, backbone
+    )
     timings["load_train"] = train_load_s
     timings["backbone_train"] = train_backbone_s
     n_train = int(next(iter(train_feats.values())).shape[0])
 
     start = time.perf_counter()
-    model = method.fit_features(train_feats, config, backbone_name=backbone.name,
-                                weights_sha256=backbone.weights_sha256)
+    model = method.fit_features(
+        train_feats, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256
+    )
     _wait_for_arrays(model)
     timings["fit"] = time.perf_counter() - start
     del train_feats
 
     test_feats, test_backbone_s, test_cached, _ = _features_for(
-        "test", dataset_obj, settings, category, backbone, test)
+        "test", dataset_obj, settings, category, backbone, test
+    )
     timings["backbone_test"] = test_backbone_s
 
     start = time.perf_counter()
-    maps, scores = score_in_batches(method, model, test_feats, settings.batch_size, settings.progress, timings,
-                                    desc=f"{category} scoring")
+    maps, scores = score_in_batches(
+        method, model, test_feats, settings.batch_size, settings.progress, timings, desc=f"{category} scoring"
+    )
     timings["score_total"] = time.perf_counter() - start  # the stages plus batching and host copies
     del test_feats
 
@@ -311,8 +351,13 @@ def run_category(
     if settings.save_maps > 0:
         start = time.perf_counter()
         written = figures.save_best_worst(
-            settings.out_dir / "figures" / category, np.asarray(test.images), masks, maps,
-            [f"{kind}/{Path(path).name}" for kind, path in zip(test.defect_types, test.paths)], settings.save_maps)
+            settings.out_dir / "figures" / category,
+            np.asarray(test.images),
+            masks,
+            maps,
+            [f"{kind}/{Path(path).name}" for kind, path in zip(test.defect_types, test.paths)],
+            settings.save_maps,
+        )
         timings["figures"] = time.perf_counter() - start
         entry["figures"] = [str(p.relative_to(settings.out_dir)) for p in written]
 
@@ -333,7 +378,9 @@ def _method_from_argv(argv: Sequence[str]) -> str:
     return known.method
 
 
-def build_parser(spec: DatasetSpec, method: MethodSpec, defaults: Any) -> tuple[argparse.ArgumentParser, list[str]]:
+def build_parser(
+    spec: DatasetSpec, method: MethodSpec, defaults: Any
+) -> tuple[argparse.ArgumentParser, list[str]]:
     """The full parser for ``spec`` and ``method``: runner flags, then one flag per Config field."""
     parser = argparse.ArgumentParser(
         prog=f"experiments/{spec.name}.py",
@@ -343,32 +390,72 @@ def build_parser(spec: DatasetSpec, method: MethodSpec, defaults: Any) -> tuple[
         ),
     )
     run = parser.add_argument_group("run")
-    run.add_argument("--data-root", type=Path, default=None,
-                     help=f"dataset folder (default: the environment variable {spec.env_var})")
+    run.add_argument(
+        "--data-root",
+        type=Path,
+        default=None,
+        help=f"dataset folder (default: the environment variable {spec.env_var})",
+    )
     if len(spec.categories) > 1:
-        run.add_argument("--categories", nargs="+", default=list(spec.categories), metavar="NAME",
-                         help=f"categories to run, from: {' '.join(spec.categories)}")
-    run.add_argument("--method", default="subspace", choices=METHOD_CHOICES,
-                     help="model family: the paper's subspace-guided reconstruction (default) or a baseline; "
-                          "the flags below are that family's Config fields")
+        run.add_argument(
+            "--categories",
+            nargs="+",
+            default=list(spec.categories),
+            metavar="NAME",
+            help=f"categories to run, from: {' '.join(spec.categories)}",
+        )
+    run.add_argument(
+        "--method",
+        default="subspace",
+        choices=METHOD_CHOICES,
+        help="model family: the paper's subspace-guided reconstruction (default) or a baseline; "
+        "the flags below are that family's Config fields",
+    )
     config_fields = {f.name for f in dataclasses.fields(method.config_cls)}
     for name, default in _RUNNER_SETTINGS.items():
         if name not in config_fields:  # a Config that carries these owns their flags
-            run.add_argument(cli.flag_name(name), dest=name, default=default,
-                             type=str if name == "backbone" else int, help=f"(default: {default})")
-    run.add_argument("--weights", type=Path, default=None,
-                     help="backbone weight file (default: the backbone's own cache or download)")
-    run.add_argument("--out", type=Path, default=None,
-                     help=f"output folder (default: results/{spec.name}/<timestamp>)")
-    run.add_argument("--save-maps", type=int, default=0, metavar="N",
-                     help="save figures of the N best and N worst defective test images per category, "
-                          "ranked by per-image pixel AUROC (default: 0, none)")
-    run.add_argument("--resume", action="store_true",
-                     help="skip the categories already in --out/results.json (same configuration only)")
-    run.add_argument("--feature-cache", type=Path, default=None, metavar="DIR",
-                     help="store and reuse backbone features under DIR (.npy per level)")
-    run.add_argument("--batch-size", type=int, default=16,
-                     help="images per backbone forward pass and per scoring call (default: 16)")
+            run.add_argument(
+                cli.flag_name(name),
+                dest=name,
+                default=default,
+                type=str if name == "backbone" else int,
+                help=f"(default: {default})",
+            )
+    run.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="backbone weight file (default: the backbone's own cache or download)",
+    )
+    run.add_argument(
+        "--out", type=Path, default=None, help=f"output folder (default: results/{spec.name}/<timestamp>)"
+    )
+    run.add_argument(
+        "--save-maps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save figures of the N best and N worst defective test images per category, "
+        "ranked by per-image pixel AUROC (default: 0, none)",
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the categories already in --out/results.json (same configuration only)",
+    )
+    run.add_argument(
+        "--feature-cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="store and reuse backbone features under DIR (.npy per level)",
+    )
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="images per backbone forward pass and per scoring call (default: 16)",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     names = cli.add_config_flags(parser, method.config_cls, defaults, f"{method.name} configuration")
     return parser, names
@@ -434,15 +521,20 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
         print(missing_weights_message(backbone_name, exc), file=sys.stderr)
         return 2
 
-    run_config = config_dict(method, config, {"backbone": backbone_name, "image_size": image_size, "crop": crop},
-                             backbone.weights_sha256)
+    run_config = config_dict(
+        method,
+        config,
+        {"backbone": backbone_name, "image_size": image_size, "crop": crop},
+        backbone.weights_sha256,
+    )
     results_path = out_dir / "results.json"
     try:
         if results_path.exists():
             if not ns.resume:
                 raise results.ResultsError(
                     f"{results_path}: already holds results; pass --resume to continue that run, "
-                    "or choose another --out")
+                    "or choose another --out"
+                )
             document = results.read(results_path)
             results.check_resumable(document, spec.name, run_config, results_path)
             document.setdefault("run", {}).setdefault("resumed", []).append(_run_info(argv, spec))
@@ -453,8 +545,14 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
         return 2
 
     settings = RunSettings(
-        dataset=spec.name, data_root=data_root, out_dir=out_dir, image_size=image_size, crop=crop,
-        batch_size=ns.batch_size, save_maps=ns.save_maps, feature_cache=ns.feature_cache,
+        dataset=spec.name,
+        data_root=data_root,
+        out_dir=out_dir,
+        image_size=image_size,
+        crop=crop,
+        batch_size=ns.batch_size,
+        save_maps=ns.save_maps,
+        feature_cache=ns.feature_cache,
         progress=not ns.no_progress,
     )
     todo = [c for c in categories if c not in document["categories"]]
@@ -466,7 +564,9 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
 
     from tqdm.auto import tqdm
 
-    for category in tqdm(todo, desc=spec.title, unit="category", disable=not settings.progress or len(todo) < 2):
+    for category in tqdm(
+        todo, desc=spec.title, unit="category", disable=not settings.progress or len(todo) < 2
+    ):
         try:
             entry = run_category(spec, method, config, backbone, category, settings)
         except (OSError, ValueError) as exc:
@@ -486,8 +586,10 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
 
     header, rows = results.comparison_rows(document, method.name)
     print()
-    print(f"{spec.title}, {method.name} with {backbone_name} (metrics in %; paper columns: "
-          f"{results.TABLE_SOURCES.get(spec.name, 'none')})")
+    print(
+        f"{spec.title}, {method.name} with {backbone_name} (metrics in %; paper columns: "
+        f"{results.TABLE_SOURCES.get(spec.name, 'none')})"
+    )
     print(results.format_table(header, rows))
     print(f"\nwrote {results_path} and {out_dir / 'results.md'}")
     return 0

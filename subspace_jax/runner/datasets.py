@@ -33,16 +33,26 @@ def _categories(name: str) -> tuple[str, ...]:
 
 
 MVTEC = DatasetSpec(
-    name="mvtec", title="MVTec AD", env_var="SUBSPACE_JAX_MVTEC", categories=_categories("MVTEC_CATEGORIES"),
+    name="mvtec",
+    title="MVTec AD",
+    env_var="SUBSPACE_JAX_MVTEC",
+    categories=_categories("MVTEC_CATEGORIES"),
     open=_mvtec,
 )
 BTAD = DatasetSpec(
-    name="btad", title="BTAD", env_var="SUBSPACE_JAX_BTAD", categories=_categories("BTAD_CATEGORIES"),
+    name="btad",
+    title="BTAD",
+    env_var="SUBSPACE_JAX_BTAD",
+    categories=_categories("BTAD_CATEGORIES"),
     open=_btad,
 )
 # MTD is one category. The paper's MTD setting (Sec. IV-B3): reconstruction at levels 2, 3 and 4, and
 # sampling on the last level ("pooled", one vector per image).
 MTD = DatasetSpec(
-    name="mtd", title="MTD", env_var="SUBSPACE_JAX_MTD", categories=("mtd",), open=_mtd,
+    name="mtd",
+    title="MTD",
+    env_var="SUBSPACE_JAX_MTD",
+    categories=("mtd",),
+    open=_mtd,
     config_overrides={"subspace": {"levels": (2, 3, 4), "sampling_level": "pooled"}},
 )

@@ -81,8 +81,14 @@ class FeatureCache:
         self.root = Path(root)
 
     def entry(
-        self, dataset: str, category: str, split: str, backbone: str, weights_sha256: str,
-        image_size: int, crop: int | None,
+        self,
+        dataset: str,
+        category: str,
+        split: str,
+        backbone: str,
+        weights_sha256: str,
+        image_size: int,
+        crop: int | None,
     ) -> Path:
         """The folder of one cache entry."""
         setting = f"{_safe(backbone)}-{weights_sha256[:16]}-size{image_size}-crop{crop if crop else 'none'}"
@@ -111,7 +117,11 @@ class FeatureCache:
         return features, float(meta["seconds"])
 
     def store(
-        self, entry: Path, features: Mapping[str, np.ndarray], paths: Sequence[str | Path], seconds: float,
+        self,
+        entry: Path,
+        features: Mapping[str, np.ndarray],
+        paths: Sequence[str | Path],
+        seconds: float,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Write ``features`` (level -> (N, ...) arrays for the N ``paths``) to ``entry``, atomically."""
@@ -124,7 +134,10 @@ class FeatureCache:
             for level, array in features.items():
                 np.save(tmp / f"{_safe(level)}.npy", np.ascontiguousarray(array), allow_pickle=False)
             meta = {
-                "format": CACHE_FORMAT, "levels": [_safe(level) for level in features],
-                "paths": _resolved(paths), "seconds": seconds, **(extra or {}),
+                "format": CACHE_FORMAT,
+                "levels": [_safe(level) for level in features],
+                "paths": _resolved(paths),
+                "seconds": seconds,
+                **(extra or {}),
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -39,8 +39,13 @@ def select_best_worst(auroc: np.ndarray, n: int) -> tuple[list[int], list[int]]:
 
 
 def save_figure(
-    path: Path, image: np.ndarray, mask: np.ndarray, heat: np.ndarray, title: str,
-    vmin: float, vmax: float,
+    path: Path,
+    image: np.ndarray,
+    mask: np.ndarray,
+    heat: np.ndarray,
+    title: str,
+    vmin: float,
+    vmax: float,
 ) -> Path:
     """One 3-panel PNG: image (H,W,3) uint8 | mask (H,W) bool | heat map (H,W) over the image."""
     import matplotlib
@@ -69,7 +74,12 @@ def save_figure(
 
 
 def save_best_worst(
-    folder: Path, images: np.ndarray, masks: np.ndarray, maps: np.ndarray, names: Sequence[str], n: int,
+    folder: Path,
+    images: np.ndarray,
+    masks: np.ndarray,
+    maps: np.ndarray,
+    names: Sequence[str],
+    n: int,
 ) -> list[Path]:
     """Figures for the ``n`` best and ``n`` worst defective images (module docstring) under ``folder``.
 
@@ -85,7 +95,9 @@ def save_best_worst(
     for kind, indices in (("best", best), ("worst", worst)):
         for rank, i in enumerate(indices, start=1):
             title = f"{kind} {rank}: {names[i]}, per-image pixel AUROC {auroc[i]:.3f}"
-            label = "".join(ch if ch.isalnum() or ch in "-" else "_" for ch in Path(names[i]).with_suffix("").as_posix())
+            label = "".join(
+                ch if ch.isalnum() or ch in "-" else "_" for ch in Path(names[i]).with_suffix("").as_posix()
+            )
             target = folder / f"{kind}_{rank:02d}_{label}.png"
             written.append(save_figure(target, images[i], masks[i], maps[i], title, vmin, vmax))
     return written

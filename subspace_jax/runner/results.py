@@ -21,7 +21,13 @@ from subspace_jax.published import PRINTED_MEANS, TABLE_SOURCES, published
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS: tuple[str, ...] = (
-    "pixel_auroc", "pro", "image_auroc", "pixel_ap", "n_train", "n_test", "fit_seconds",
+    "pixel_auroc",
+    "pro",
+    "image_auroc",
+    "pixel_ap",
+    "n_train",
+    "n_test",
+    "fit_seconds",
     "score_seconds_per_image",
 )
 METRIC_KEYS: tuple[str, ...] = ("pixel_auroc", "pro", "image_auroc", "pixel_ap", "f1_max")
@@ -62,8 +68,12 @@ def category_means(categories: Mapping[str, Mapping[str, Any]]) -> dict[str, Any
 def new_document(dataset: str, config: Mapping[str, Any], run: Mapping[str, Any]) -> dict[str, Any]:
     """An empty results document for ``dataset`` under ``config`` (``run``: command, versions, device)."""
     return {
-        "schema_version": SCHEMA_VERSION, "dataset": dataset, "config": jsonable(config),
-        "categories": {}, "mean": category_means({}), "run": jsonable(run),
+        "schema_version": SCHEMA_VERSION,
+        "dataset": dataset,
+        "config": jsonable(config),
+        "categories": {},
+        "mean": category_means({}),
+        "run": jsonable(run),
     }
 
 
@@ -94,11 +104,13 @@ def check_resumable(document: Mapping[str, Any], dataset: str, config: Mapping[s
         keys = sorted(set(stored) | set(requested))
         differences = [
             f"{k}: stored {stored.get(k, '<absent>')!r}, requested {requested.get(k, '<absent>')!r}"
-            for k in keys if stored.get(k, "<absent>") != requested.get(k, "<absent>")
+            for k in keys
+            if stored.get(k, "<absent>") != requested.get(k, "<absent>")
         ]
         raise ResultsError(
             f"{path}: cannot resume, its configuration differs from the one requested ("
-            + "; ".join(differences) + "). Rerun with the stored settings, or choose another --out."
+            + "; ".join(differences)
+            + "). Rerun with the stored settings, or choose another --out."
         )
 
 
@@ -137,8 +149,12 @@ def comparison_rows(document: Mapping[str, Any], published_method: str) -> tuple
         for ref in references:
             numbers = published(dataset, ref).get(name, {})
             row += [_pct(numbers.get("pixel_auroc")), _pct(numbers.get("pro"))]
-        row += [str(entry["n_train"]), str(entry["n_test"]), _secs(entry["fit_seconds"]),
-                _secs(entry["score_seconds_per_image"])]
+        row += [
+            str(entry["n_train"]),
+            str(entry["n_test"]),
+            _secs(entry["fit_seconds"]),
+            _secs(entry["score_seconds_per_image"]),
+        ]
         rows.append(row)
     if document["categories"]:
         mean = category_means(document["categories"])
@@ -146,8 +162,12 @@ def comparison_rows(document: Mapping[str, Any], published_method: str) -> tuple
         for ref in references:
             printed = PRINTED_MEANS.get(dataset, {}).get(ref, {})
             row += [_pct(printed.get("pixel_auroc")), _pct(printed.get("pro"))]
-        row += [str(mean["n_train"]), str(mean["n_test"]), _secs(mean["fit_seconds"]),
-                _secs(mean["score_seconds_per_image"])]
+        row += [
+            str(mean["n_train"]),
+            str(mean["n_test"]),
+            _secs(mean["fit_seconds"]),
+            _secs(mean["score_seconds_per_image"]),
+        ]
         rows.append(row)
     return header, rows
 
@@ -159,16 +179,22 @@ def timing_rows(document: Mapping[str, Any]) -> tuple[list[str], list[list[str]]
         for stage in entry.get("timings", {}):
             if stage not in stages:
                 stages.append(stage)
-    header = ["category"] + [f"{s} s" for s in stages] + ["peak RSS MiB", "peak device MiB", "cached features"]
+    header = (
+        ["category"] + [f"{s} s" for s in stages] + ["peak RSS MiB", "peak device MiB", "cached features"]
+    )
     rows = []
     for name, entry in document["categories"].items():
         timings = entry.get("timings", {})
         memory = entry.get("peak_memory", {})
         cached = entry.get("features_cached", {})
         rows.append(
-            [name] + [_secs(timings.get(s)) for s in stages]
-            + [_secs(memory.get("rss_mib")), _secs(memory.get("device_mib")),
-               ", ".join(k for k, v in cached.items() if v) or "none"]
+            [name]
+            + [_secs(timings.get(s)) for s in stages]
+            + [
+                _secs(memory.get("rss_mib")),
+                _secs(memory.get("device_mib")),
+                ", ".join(k for k, v in cached.items() if v) or "none",
+            ]
         )
     return header, rows
 
@@ -184,7 +210,9 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
 
     def line(cells: list[str]) -> str:  # first column left-aligned, numbers right-aligned
-        return "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
 
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 

@@ -79,7 +79,9 @@ class Workbench:
     @functools.cache
     def split(self, split: str) -> Split:
         """The split's images, masks and labels at the workbench's size (loaded once)."""
-        return load_samples(self.samples(split), self.image_size, self.crop, self.progress, desc=f"{self.name} {split}")
+        return load_samples(
+            self.samples(split), self.image_size, self.crop, self.progress, desc=f"{self.name} {split}"
+        )
 
     def features(self, split: str) -> dict[str, np.ndarray]:
         """Backbone features of the split: level key -> (N, h, w, c) float32 ("pooled": (N, c)).
@@ -94,21 +96,38 @@ class Workbench:
         if self.cache is not None:
             # Subsets get their own entry so a quick run never overwrites the full split's features.
             limit = self.limits.get(split)
-            category = self.name if limit is None or limit >= len(self.dataset.samples(split)) else f"{self.name}-{limit}"
+            category = (
+                self.name
+                if limit is None or limit >= len(self.dataset.samples(split))
+                else f"{self.name}-{limit}"
+            )
             entry = self.cache.entry(
-                self.name, category, split, self.backbone.name, self.backbone.weights_sha256, self.image_size, self.crop
+                self.name,
+                category,
+                split,
+                self.backbone.name,
+                self.backbone.weights_sha256,
+                self.image_size,
+                self.crop,
             )
             hit = self.cache.load(entry, paths)
             if hit is not None:
                 self.backbone_seconds[split] = hit[1]
                 return hit[0]
         features, seconds = extract_features(
-            self.backbone, self.split(split).images, self.batch_size, self.progress, desc=f"{self.name} {split} backbone"
+            self.backbone,
+            self.split(split).images,
+            self.batch_size,
+            self.progress,
+            desc=f"{self.name} {split} backbone",
         )
         self.backbone_seconds[split] = seconds
         if entry is not None:
             self.cache.store(
-                entry, features, paths, seconds,
+                entry,
+                features,
+                paths,
+                seconds,
                 extra={"backbone": self.backbone.name, "weights_sha256": self.backbone.weights_sha256},
             )
         return features
@@ -144,8 +163,9 @@ def evaluate(
     method = core.resolve_method(method_name)
     train = bench.features("train")
     start = time.perf_counter()
-    model = method.fit_features(train, config, backbone_name=bench.backbone.name,
-                                weights_sha256=bench.backbone.weights_sha256)
+    model = method.fit_features(
+        train, config, backbone_name=bench.backbone.name, weights_sha256=bench.backbone.weights_sha256
+    )
     jax.block_until_ready(model)
     bank_seconds = time.perf_counter() - start
     test_features = bench.features("test")
@@ -153,8 +173,9 @@ def evaluate(
     core.score_in_batches(method, model, warm, batch_size, False, {})
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    maps, scores = core.score_in_batches(method, model, test_features, batch_size, progress, stages,
-                                         desc=method_name)
+    maps, scores = core.score_in_batches(
+        method, model, test_features, batch_size, progress, stages, desc=method_name
+    )
     score_seconds = time.perf_counter() - start
     test = bench.split("test")
     n_test = int(maps.shape[0])
