@@ -377,11 +377,54 @@ def parse_variant(text: str) -> Variant:
     return Variant(**values)
 
 
+def run_baseline(name: str, cache: Path, out: Path) -> None:
+    """PatchCore (1% coreset) or SPADE (levels 2+3, K=50) on the cached features of the whole test set;
+    saves maps, scores and bank bytes to ``out/<name>_{maps,scores}.npy`` and ``<name>.json``."""
+    from subspace_jax.runner import core
+    from subspace_jax.runner.workbench import bank_bytes, default_config
+
+    overrides = {"patchcore": {"coreset_ratio": 0.01}, "spade": {"levels": (2, 3)}}[name]
+    method = core.resolve_method(name)
+    config = default_config(name, "mtd", backbone="efficientnet_lite0", **overrides)
+    train = {k: np.asarray(v) for k, v in load_features(cache, "tf", "train").items()}
+    test = load_features(cache, "tf", "test")
+    start = time.perf_counter()
+    model = method.fit_features(train, config, backbone_name="efficientnet_lite0", weights_sha256=None)
+    fit_seconds = time.perf_counter() - start
+    maps, scores = core.score_in_batches(method, model, test, 16, False, {})
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{name}_maps.npy", maps.astype(np.float32))
+    np.save(out / f"{name}_scores.npy", scores)
+    info = {"config": config.to_dict(), "bank_bytes": bank_bytes(model), "fit_seconds": fit_seconds}
+    (out / f"{name}.json").write_text(json.dumps(info, default=str))
+    print(name, info, flush=True)
+
+
+def report(maps: np.ndarray, scores: np.ndarray, cache: Path) -> dict:
+    """Metrics (%) of full-test-set maps on the full set, half A, half B, and per defect type of each
+    (that type's images with the defect-free images of the same set)."""
+    masks = np.load(cache / "meta" / "test_masks.npy", mmap_mode="r")
+    labels = np.load(cache / "meta" / "test_labels.npy")
+    types = np.asarray(json.loads((cache / "meta" / "test_types.json").read_text()))
+    out = {}
+    for half in ("full", "A", "B"):
+        index = half_indices(cache, half)
+        groups = {"all": index}
+        for t in sorted(set(types) - {"good"}):
+            groups[t] = index[(types[index] == t) | (types[index] == "good")]
+        for group, idx in groups.items():
+            row = metrics_row(maps[idx], scores[idx], np.asarray(masks[idx]), labels[idx])
+            out[f"{half}/{group}"] = {k: round(100 * v, 2) for k, v in row.items()}
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("features", "options"))
+    parser.add_argument("command", choices=("features", "options", "baseline", "report"))
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("/work/cache/research"))
+    parser.add_argument("--method", choices=("patchcore", "spade"), default="patchcore")
+    parser.add_argument("--maps-dir", type=Path, default=Path("/work/cache/research/maps"))
     parser.add_argument("--half", choices=("A", "B", "full"), default="A")
     parser.add_argument("--variant", action="append", default=[], help="e.g. norm=imagenet,aggregate=3")
     parser.add_argument("--fusions", nargs="+", default=list(FUSIONS))
@@ -391,6 +434,15 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if args.command == "features":
         compute_features(args.data_root, args.cache)
+    elif args.command == "baseline":
+        run_baseline(args.method, args.cache, args.maps_dir)
+    elif args.command == "report":
+        maps = np.load(args.maps_dir / f"{args.method}_maps.npy", mmap_mode="r")
+        scores = np.load(args.maps_dir / f"{args.method}_scores.npy")
+        result = report(np.asarray(maps), scores, args.cache)
+        (args.maps_dir / f"{args.method}_report.json").write_text(json.dumps(result, indent=1))
+        for key, row in result.items():
+            print(key, row)
     else:
         for text in args.variant or [""]:
             rows = evaluate_variant(parse_variant(text), args.cache, args.half, args.fusions, args.scores)
