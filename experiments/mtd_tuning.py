@@ -84,10 +84,14 @@ def aggregate(features: np.ndarray, size: int) -> np.ndarray:
     def one(x):
         window, strides = (1, size, size, 1), (1, 1, 1, 1)
         total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "SAME")
-        count = jax.lax.reduce_window(jnp.ones_like(x[:1, ..., :1]), 0.0, jax.lax.add, window, strides, "SAME")
+        count = jax.lax.reduce_window(
+            jnp.ones_like(x[:1, ..., :1]), 0.0, jax.lax.add, window, strides, "SAME"
+        )
         return total / count
 
-    return np.concatenate([np.asarray(one(jnp.asarray(features[i : i + 64]))) for i in range(0, len(features), 64)])
+    return np.concatenate(
+        [np.asarray(one(jnp.asarray(features[i : i + 64]))) for i in range(0, len(features), 64)]
+    )
 
 
 def pca_projection(features: np.ndarray, channels: int) -> np.ndarray:
@@ -285,7 +289,9 @@ def fuse(maps: dict, sigma: float = 4.0, size: int = 256) -> np.ndarray:
 
     keys = sorted(maps)
     n = len(maps[keys[0]])
-    return np.concatenate([np.asarray(one([jnp.asarray(maps[k][i : i + 32]) for k in keys])) for i in range(0, n, 32)])
+    return np.concatenate(
+        [np.asarray(one([jnp.asarray(maps[k][i : i + 32]) for k in keys])) for i in range(0, n, 32)]
+    )
 
 
 def topk_mean(maps: np.ndarray, fraction: float) -> np.ndarray:
@@ -317,7 +323,9 @@ FUSIONS = ("none", "level", "pixel")
 SCORES = ("max", "top0.1%", "top1%", "pooled", "max+pooled")
 
 
-def image_scores(kind: str, maps: np.ndarray, pooled: np.ndarray, held_maps: np.ndarray, held_pooled) -> np.ndarray:
+def image_scores(
+    kind: str, maps: np.ndarray, pooled: np.ndarray, held_maps: np.ndarray, held_pooled
+) -> np.ndarray:
     """Image scores of one kind; "max+pooled" adds both after z-scoring with the held-out nominal images."""
     if kind == "max":
         return maps.max(axis=(1, 2))
@@ -362,7 +370,7 @@ def evaluate_variant(variant: Variant, cache: Path, half: str, fusions=FUSIONS, 
 
 
 def parse_variant(text: str) -> Variant:
-    """"norm=imagenet,levels=23,k=10,channels=2:16;3:32,projection=pca" -> Variant."""
+    """ "norm=imagenet,levels=23,k=10,channels=2:16;3:32,projection=pca" -> Variant."""
     values = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -419,7 +427,9 @@ def report(maps: np.ndarray, scores: np.ndarray, cache: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=("features", "options", "baseline", "report"))
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("/work/cache/research"))
