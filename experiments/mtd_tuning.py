@@ -245,7 +245,13 @@ def level_results(variant: Variant, cache: Path, test_index: np.ndarray) -> dict
     rest_keep = kcenter(train["pooled"][rest], variant.coreset) if variant.coreset else np.arange(len(rest))
     held_model = fit_features({k: v[rest[np.sort(rest_keep)]] for k, v in train.items()}, config)
     held_maps, held_pooled = score_levels(held_model, {k: v[holdout] for k, v in train.items()})
+
+    def norms(feats, index=slice(None)):
+        return {f"level{lv}": np.linalg.norm(feats[f"level{lv}"][index], axis=-1) for lv in variant.levels}
+
     return {
+        "test_norms": norms(test),
+        "held_norms": norms(train, holdout),
         "test_maps": test_maps,
         "test_pooled": test_pooled,
         "held_maps": held_maps,
@@ -347,8 +353,16 @@ def evaluate_variant(variant: Variant, cache: Path, half: str, fusions=FUSIONS, 
     res = level_results(variant, cache, index)
     rows = []
     for fusion in fusions:
-        maps = fuse(standardise(res["test_maps"], res["held_maps"], fusion))
-        held = fuse(standardise(res["held_maps"], res["held_maps"], fusion))
+        # "none:s8": fusion "none" smoothed with sigma 8 instead of the paper's 4.
+        mode, _, sigma = fusion.partition(":s")
+        sigma = float(sigma) if sigma else 4.0
+        if mode == "rel":  # residual relative to the feature norm at that pixel
+            test_levels = {k: v / (res["test_norms"][k] + 1e-6) for k, v in res["test_maps"].items()}
+            held_levels = {k: v / (res["held_norms"][k] + 1e-6) for k, v in res["held_maps"].items()}
+            maps, held = fuse(test_levels, sigma), fuse(held_levels, sigma)
+        else:
+            maps = fuse(standardise(res["test_maps"], res["held_maps"], mode), sigma)
+            held = fuse(standardise(res["held_maps"], res["held_maps"], mode), sigma)
         pixel = metrics_row(maps, maps.max(axis=(1, 2)), masks, labels)
         for kind in scores:
             s = image_scores(kind, maps, res["test_pooled"], held, res["held_pooled"])
@@ -426,11 +440,30 @@ def report(maps: np.ndarray, scores: np.ndarray, cache: Path) -> dict:
     return out
 
 
+def markdown_table(paths: list[Path]) -> str:
+    """The option rows of the JSONL files as a markdown table (metrics in %, bank in MB)."""
+    header = "| bank variant | fusion | image score | pixel AUROC | PRO | image AUROC | pixel AP | bank MB |"
+    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|"]
+    seen = set()
+    for path in paths:
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            key = (r["variant"], r["fusion"], r["score"])
+            if key in seen:
+                continue
+            seen.add(key)
+            lines.append(
+                f"| {r['variant']} | {r['fusion']} | {r['score']} | {r['pixel_auroc']:.2f} | {r['pro']:.2f} "
+                f"| {r['image_auroc']:.2f} | {r['pixel_ap']:.2f} | {r['bank_bytes'] / 1e6:.1f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("features", "options", "baseline", "report"))
+    parser.add_argument("command", choices=("features", "options", "baseline", "report", "table"))
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("/work/cache/research"))
     parser.add_argument("--method", choices=("patchcore", "spade"), default="patchcore")
@@ -444,6 +477,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     if args.command == "features":
         compute_features(args.data_root, args.cache)
+    elif args.command == "table":
+        print(markdown_table(sorted(args.cache.glob("optionsA*.jsonl"))))
     elif args.command == "baseline":
         run_baseline(args.method, args.cache, args.maps_dir)
     elif args.command == "report":

@@ -1,4 +1,4 @@
-"""Smaller banks: per-level channel projections and an image coreset (issue 14).
+"""Feature transforms before reconstruction: local aggregation, channel projections, an image coreset.
 
 Both are fitted on nominal training features only and are plain linear algebra on the host (numpy),
 run once at fit time; scoring applies a projection as one (c, c') matmul inside the jitted scorer.
@@ -7,12 +7,16 @@ run once at fit time; scoring applies a projection as one (c, c') matmul inside 
   dimension c), a (c, c') matrix with orthonormal columns. Features are projected without removing the
   mean, so the projection is linear and a reconstruction from atoms stays a reconstruction.
 - ``random_projection``: a seeded Gaussian (c, c') matrix with variance 1/c' (norms kept in expectation).
+- ``aggregate``: the mean of each pixel's size × size neighbourhood (PatchCore's local patch
+  embedding), jittable; at the borders only the neighbours inside the map are averaged.
 - ``kcenter``: greedy k-center on image vectors (e.g. pooled features): M' images such that every
   training image is close to a chosen one.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -76,3 +80,18 @@ def kcenter(points: np.ndarray, m: int) -> np.ndarray:
         chosen.append(nxt)
         dist = np.minimum(dist, np.maximum(sq - 2 * flat @ flat[nxt] + sq[nxt], 0.0))
     return np.asarray(chosen, np.int64)
+
+
+def aggregate(features: jax.Array, size: int) -> jax.Array:
+    """(B, h, w, c) -> (B, h, w, c) mean over each pixel's size × size neighbourhood (odd ``size``;
+    1 returns the features unchanged). Near the borders the mean is over the neighbours inside the map."""
+    if size == 1:
+        return features
+    if not isinstance(size, (int, np.integer)) or size < 1 or size % 2 == 0:
+        raise ValueError(f"size: expected an odd int >= 1, got {size!r}")
+    x = jnp.asarray(features, jnp.float32)
+    window, strides = (1, size, size, 1), (1, 1, 1, 1)
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "SAME")
+    ones = jnp.ones((1,) + x.shape[1:3] + (1,), jnp.float32)
+    count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, window, strides, "SAME")
+    return total / count

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.ndimage
 from sklearn.decomposition import PCA
 
-from subspace_jax.compress import kcenter, pca_projection, random_projection
+from subspace_jax.compress import aggregate, kcenter, pca_projection, random_projection
 
 
 def _features(seed=0, n=6, h=4, w=5, c=9):
@@ -73,3 +74,19 @@ def test_bad_sizes_raise(bad):
         pca_projection(_features(c=9), bad)
     with pytest.raises(ValueError, match="m"):
         kcenter(np.zeros((9, 2)), bad)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_aggregate_is_the_mean_over_the_window_inside_the_map(size):
+    feats = _features(seed=4, n=2, h=6, w=7, c=3)
+    # Reference: scipy's box filter with zeros outside, divided by the box filter of ones (the count).
+    box = [1, size, size, 1]
+    total = scipy.ndimage.uniform_filter(feats.astype(np.float64), box, mode="constant") * size**2
+    count = scipy.ndimage.uniform_filter(np.ones((1, 6, 7, 1)), box, mode="constant") * size**2
+    np.testing.assert_allclose(np.asarray(aggregate(feats, size)), total / count, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, 2, 3.0])
+def test_aggregate_rejects_even_sizes(bad):
+    with pytest.raises(ValueError, match="size"):
+        aggregate(np.zeros((1, 4, 4, 2), np.float32), bad)
