@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 
 def main(argv: list[str] | None = None) -> int:
     from subspace_jax.data import synthetic

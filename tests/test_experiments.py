@@ -421,7 +421,7 @@ def test_baseline_method_writes_the_same_schema(tree, tmp_path, method, own_fiel
     document = _read(out)
     assert document["config"]["method"] == method and own_field in document["config"]
     entry = document["categories"]["weave"]
-    assert set(results.REQUIRED_KEYS) <= set(entry) and "scoring" in entry["timings"]
+    assert set(results.REQUIRED_KEYS) <= set(entry) and {"matching", "maps"} <= set(entry["timings"])
     assert 0.5 < entry["pixel_auroc"] <= 1.0
 
 
@@ -459,6 +459,7 @@ def test_mtd_defaults_are_the_papers_mtd_setting_and_every_field_is_a_flag(capsy
 
 def test_staged_scoring_equals_the_models_fused_scorer():
     from subspace_jax import model as model_lib
+    from subspace_jax import scoring
 
     rng = np.random.default_rng(0)
 
@@ -475,7 +476,9 @@ def test_staged_scoring_equals_the_models_fused_scorer():
     fitted = model_lib.fit_features(feats(7), config)
     test = feats(3)
     timings: dict = {}
-    maps, scores = core.resolve_method("subspace").score(fitted, test, timings)
+    maps, scores = scoring.score_in_batches(
+        core.resolve_method("subspace").scorer, fitted, test, batch_size=2, timings=timings, progress=False
+    )
     ref_maps, ref_scores = fitted.score_features(test)
     np.testing.assert_allclose(np.asarray(maps), np.asarray(ref_maps), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(scores), np.asarray(ref_scores), rtol=1e-5, atol=1e-5)

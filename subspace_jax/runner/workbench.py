@@ -157,7 +157,7 @@ def evaluate(
 
     import jax
 
-    from subspace_jax import metrics
+    from subspace_jax import metrics, scoring
     from subspace_jax.runner import core
 
     method = core.resolve_method(method_name)
@@ -170,11 +170,17 @@ def evaluate(
     bank_seconds = time.perf_counter() - start
     test_features = bench.features("test")
     warm = {key: value[:batch_size] for key, value in test_features.items()}
-    core.score_in_batches(method, model, warm, batch_size, False, {})
+    scoring.score_in_batches(method.scorer, model, warm, batch_size=batch_size, timings={}, progress=False)
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    maps, scores = core.score_in_batches(
-        method, model, test_features, batch_size, progress, stages, desc=method_name
+    maps, scores = scoring.score_in_batches(
+        method.scorer,
+        model,
+        test_features,
+        batch_size=batch_size,
+        timings=stages,
+        progress=progress,
+        desc=method_name,
     )
     score_seconds = time.perf_counter() - start
     test = bench.split("test")
@@ -202,8 +208,8 @@ def evaluate(
 
 
 def default_config(method_name: str, dataset: str = "mtd", **overrides: Any) -> Any:
-    """``method_name``'s Config with the runner's per-dataset overrides (MTD: levels 2-4, pooled
-    sampling for the subspace model), then ``overrides``."""
+    """``method_name``'s config for ``dataset`` as the runner starts from it (MTD's subspace default
+    is ``experiments/configs/mtd_paper.py``: levels 2-4, pooled sampling), then ``overrides``."""
     import dataclasses
 
     from subspace_jax.runner import core, datasets
