@@ -196,7 +196,10 @@ def _open_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     actual_bytes = path.stat().st_size
     if actual_bytes != expected_bytes:
         raise _Damaged(f"{path}: holds {actual_bytes} bytes, its header and meta.json need {expected_bytes}")
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:  # e.g. replaced between the checks above and here
+        raise _Damaged(f"{path}: cannot be memory-mapped ({exc})") from None
 
 
 class FeatureCache:
