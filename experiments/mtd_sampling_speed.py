@@ -27,12 +27,7 @@ from subspace_jax.runner.datasets import MTD  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, required=True)
-    parser.add_argument(
-        "--feature-cache",
-        type=Path,
-        default=None,
-        help="the runner's feature cache (default: none, the features are computed)",
-    )
+    parser.add_argument("--feature-cache", type=Path, required=True)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--k", type=int, default=None)
@@ -49,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     backbone = core.load_backbone(args.backbone)
     dataset = MTD.open(args.data_root, "mtd")
-    cache = feature_io.FeatureCache(args.feature_cache) if args.feature_cache else None
+    cache = feature_io.FeatureCache(args.feature_cache)
     split_features = {}
     for split in ("train", "test"):
 
