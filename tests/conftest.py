@@ -58,6 +58,7 @@ def mtd_root() -> Path:
     return require_mtd()
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selection, so `-m "not mtd"` sees the added markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # One rule for both spellings: a test that takes mtd_root is an mtd test, and an mtd-marked test
     # checks for the data before it runs, even if it reaches the data some other way.

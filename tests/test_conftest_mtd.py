@@ -10,7 +10,8 @@ import pytest
 from subspace_jax.data.mtd import DOWNLOAD_COMMAND, MTD_CLASSES
 
 CONFTEST = Path(__file__).with_name("conftest.py")
-QUIET = ("-p", "no:nbmake", "-p", "no:hypothesispytest", "-p", "no:cacheprovider")  # plugins the rule needs not
+# Plugins the rule does not need; loading them would make each inner run take seconds.
+QUIET = ("-p", "no:nbmake", "-p", "no:hypothesispytest", "-p", "no:cacheprovider")
 
 # One test per way of asking for the data (the fixture, the marker) and one that does not ask.
 TESTS = """
