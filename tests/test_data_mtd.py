@@ -1,4 +1,4 @@
-"""The real Magnetic Tile Defect dataset (found by subspace_jax.data.mtd.find_root) and its canonical split."""
+"""The real Magnetic Tile Defect dataset (found by subspace_jax.data.mtd.find_root) and its split."""
 
 from __future__ import annotations
 
