@@ -285,7 +285,7 @@ def fuse(maps: dict, sigma: float = 4.0, size: int = 256) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    from subspace_jax.model import gaussian_blur
+    from subspace_jax.maps import gaussian_blur
 
     @jax.jit
     def one(parts):

@@ -6,7 +6,7 @@ Layout of a checkpoint directory::
                            sha256, image size, shape/dtype/sha256 of every array, and size and
                            sha256 of every file under arrays/
     <path>/arrays/         orbax StandardCheckpointer tree {"banks", "grams", "sampling_bank",
-                           "sampling_gram"}
+                           "sampling_gram", "projections"}
 
 Saving writes into a temporary sibling directory and renames it into place, so an interrupted save
 never leaves a half-written checkpoint where a good one was. Loading checks everything (metadata,
@@ -48,6 +48,7 @@ def _flat_arrays(model: Model) -> dict[str, jax.Array]:
     if model.sampling_bank is not None:
         flat["sampling_bank"] = model.sampling_bank
         flat["sampling_gram"] = model.sampling_gram
+    flat |= {f"projections/{key}": value for key, value in model.projections.items()}
     return flat
 
 
@@ -180,6 +181,7 @@ def _check_array_specs(meta_path: Path, specs: Any, config: Config, n_train: Any
     expected = {f"{group}/{level_key(level)}" for group in ("banks", "grams") for level in config.levels}
     if config.sampling == "subspace":
         expected |= {"sampling_bank", "sampling_gram"}
+    expected |= {f"projections/{key}" for key in config.projected_channels}
     if not isinstance(specs, dict) or set(specs) != expected:
         found = sorted(specs) if isinstance(specs, dict) else specs
         raise CheckpointError(
@@ -202,6 +204,9 @@ def _check_array_specs(meta_path: Path, specs: Any, config: Config, n_train: Any
             good = shape == [n_train, n_train] and spec["dtype"] == "float32"
         elif name.startswith("banks/"):
             good = len(shape) == 4 and shape[0] == n_train and spec["dtype"] == config.bank_dtype
+        elif name.startswith("projections/"):
+            channels = config.projected_channels[name.removeprefix("projections/")]
+            good = len(shape) == 2 and shape[1] == channels and spec["dtype"] == "float32"
         else:
             good = len(shape) == 2 and shape[0] == n_train and spec["dtype"] == config.bank_dtype
         if not good:
@@ -276,6 +281,7 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Model:
         grams={key: flat[f"grams/{key}"] for key in levels},
         sampling_bank=flat.get("sampling_bank"),
         sampling_gram=flat.get("sampling_gram"),
+        projections={key: flat[f"projections/{key}"] for key in config.projected_channels},
         config=config,
         backbone_name=metadata["backbone"]["name"],
         weights_sha256=metadata["backbone"]["weights_sha256"],
