@@ -437,36 +437,84 @@ def report(maps: np.ndarray, scores: np.ndarray, cache: Path) -> dict:
         for group, idx in groups.items():
             row = metrics_row(maps[idx], scores[idx], np.asarray(masks[idx]), labels[idx])
             out[f"{half}/{group}"] = {k: round(100 * v, 2) for k, v in row.items()}
+    # Pooled pixel AUROC ranks every defect pixel against every defect-free pixel of the set. Per defect
+    # type: its share of the defect pixels, and the AUROC of its defect pixels against all defect-free
+    # pixels of the full set (the pooled AUROC is the share-weighted mean of these).
+    from subspace_jax import metrics
+
+    full = np.asarray(masks)
+    normal = np.asarray(maps)[~full]
+    total = full.sum()
+    for t in sorted(set(types) - {"good"}):
+        idx = np.flatnonzero(types == t)
+        positive = np.asarray(maps[idx])[full[idx]]
+        scores_t = np.concatenate([normal, positive])
+        labels_t = np.concatenate([np.zeros(normal.size, bool), np.ones(positive.size, bool)])
+        out[f"full/pooled/{t}"] = {
+            "defect_pixel_share": round(100 * positive.size / total, 2),
+            "pixel_auroc_vs_all_normal": round(100 * metrics.image_auroc(scores_t, labels_t), 2),
+        }
     return out
 
 
 def markdown_table(paths: list[Path]) -> str:
-    """The option rows of the JSONL files as a markdown table (metrics in %, bank in MB)."""
-    header = "| bank variant | fusion | image score | pixel AUROC | PRO | image AUROC | pixel AP | bank MB |"
-    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|"]
-    seen = set()
+    """The option rows of the JSONL files as one markdown row per (bank variant, fusion): the pixel metrics,
+    image AUROC for each image score, and the bank in MB (metrics in %)."""
+    scores = ("max", "top0.1%", "top1%", "pooled", "max+pooled")
+    header = (
+        "| bank variant | fusion | pixel AUROC | PRO | pixel AP | image AUROC: "
+        + " / ".join(scores)
+        + " | bank MB |"
+    )
+    groups: dict[tuple[str, str], dict] = {}
     for path in paths:
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            key = (r["variant"], r["fusion"], r["score"])
-            if key in seen:
-                continue
-            seen.add(key)
-            lines.append(
-                f"| {r['variant']} | {r['fusion']} | {r['score']} | {r['pixel_auroc']:.2f} | {r['pro']:.2f} "
-                f"| {r['image_auroc']:.2f} | {r['pixel_ap']:.2f} | {r['bank_bytes'] / 1e6:.1f} |"
-            )
+            group = groups.setdefault((r["variant"], r["fusion"]), {"row": r, "image": {}})
+            group["image"].setdefault(r["score"], r["image_auroc"])
+    lines = [header, "|---|---|---:|---:|---:|---|---:|"]
+    for (variant, fusion), group in groups.items():
+        r = group["row"]
+        image = " / ".join(f"{group['image'][k]:.2f}" if k in group["image"] else "-" for k in scores)
+        lines.append(
+            f"| {variant} | {fusion} | {r['pixel_auroc']:.2f} | {r['pro']:.2f} | {r['pixel_ap']:.2f} "
+            f"| {image} | {r['bank_bytes'] / 1e6:.1f} |"
+        )
     return "\n".join(lines)
+
+
+def run_config(config_file: Path, cache: Path, out: Path, name: str) -> None:
+    """Fit the subspace config of ``config_file`` on the cached training features, score the whole test
+    set with the library's staged scorer, save maps and scores as ``out/<name>_{maps,scores}.npy``."""
+    from subspace_jax import scoring
+    from subspace_jax.model import SCORER, fit_features
+    from subspace_jax.runner import config_files
+    from subspace_jax.runner.workbench import bank_bytes
+
+    config = config_files.load(config_file, backbone="efficientnet_lite0")
+    train = load_features(cache, "tf", "train")
+    test = load_features(cache, "tf", "test")
+    model = fit_features(train, config)
+    maps, scores = scoring.score_in_batches(SCORER, model, test, batch_size=16, progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{name}_maps.npy", maps)
+    np.save(out / f"{name}_scores.npy", scores)
+    info = {"config": config.to_dict(), "bank_bytes": bank_bytes(model)}
+    (out / f"{name}.json").write_text(json.dumps(info))
+    print(name, info, flush=True)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("features", "options", "baseline", "report", "table"))
+    parser.add_argument("command", choices=("features", "options", "baseline", "report", "table", "config"))
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("/work/cache/research"))
-    parser.add_argument("--method", choices=("patchcore", "spade"), default="patchcore")
+    parser.add_argument(
+        "--method", default="patchcore", help="baseline: patchcore | spade; report: maps name"
+    )
+    parser.add_argument("--config", type=Path, help="config command: a subspace config file")
     parser.add_argument("--maps-dir", type=Path, default=Path("/work/cache/research/maps"))
     parser.add_argument("--half", choices=("A", "B", "full"), default="A")
     parser.add_argument("--variant", action="append", default=[], help="e.g. norm=imagenet,aggregate=3")
@@ -479,6 +527,8 @@ def main(argv=None) -> int:
         compute_features(args.data_root, args.cache)
     elif args.command == "table":
         print(markdown_table(sorted(args.cache.glob("optionsA*.jsonl"))))
+    elif args.command == "config":
+        run_config(args.config, args.cache, args.maps_dir, args.method)
     elif args.command == "baseline":
         run_baseline(args.method, args.cache, args.maps_dir)
     elif args.command == "report":

@@ -167,3 +167,18 @@ def test_round_trip_through_dict_and_too_many_channels():
         sj.fit_features(features(0, N_TRAIN), config(projection="pca", projection_channels=(7, 1)))
     with pytest.raises(ValueError, match="coreset"):
         sj.fit_features(features(0, N_TRAIN), config(coreset=N_TRAIN + 1))
+
+
+def test_mtd_runner_default_is_the_tuned_config_and_the_paper_config_is_kept():
+    from subspace_jax.runner import config_files, datasets
+
+    default = config_files.load(datasets.MTD.configs["subspace"])
+    paper = config_files.load(config_files.CONFIG_DIR / "mtd_paper.py")
+    assert datasets.MTD.configs["subspace"].name == "mtd_default.py"
+    # The paper's MTD setting: today's behaviour, none of issue 14's switches.
+    assert (paper.levels, paper.sampling_level, paper.k, paper.lam) == ((2, 3, 4), "pooled", 5, 50)
+    assert (paper.projection, paper.aggregate, paper.coreset, paper.score_fraction) == ("none", 1, 0, 0.0)
+    assert paper.bank_dtype == "float32"
+    # The default differs from it only in the switches chosen on half A.
+    changed = {k for k, v in default.to_dict().items() if paper.to_dict()[k] != v}
+    assert changed == {"k", "projection", "projection_channels", "bank_dtype", "score_fraction"}

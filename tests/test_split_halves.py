@@ -57,3 +57,15 @@ def test_subset_keeps_rows_together():
     assert part.defect_types == ("t3", "t1") and list(part.labels) == [1, 1]
     with pytest.raises(ValueError, match="indices"):
         subset(split, [n])
+
+
+@pytest.mark.mtd
+def test_mtd_test_set_halves(mtd_root):
+    from subspace_jax.data import MTD
+
+    types = [s.defect_type for s in MTD(mtd_root).samples("test")]
+    a, b = stratified_halves(types, seed=0)
+    assert len(a) + len(b) == 583 and len(a) == 294  # each type rounds up in A
+    for name in set(types):
+        n_a = sum(types[i] == name for i in a)
+        assert n_a - sum(types[i] == name for i in b) in (0, 1)
