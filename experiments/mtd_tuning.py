@@ -402,6 +402,7 @@ def parse_variant(text: str) -> Variant:
 def run_baseline(name: str, cache: Path, out: Path) -> None:
     """PatchCore (1% coreset) or SPADE (levels 2+3, K=50) on the cached features of the whole test set;
     saves maps, scores and bank bytes to ``out/<name>_{maps,scores}.npy`` and ``<name>.json``."""
+    from subspace_jax import scoring
     from subspace_jax.runner import core
     from subspace_jax.runner.workbench import bank_bytes, default_config
 
@@ -413,7 +414,7 @@ def run_baseline(name: str, cache: Path, out: Path) -> None:
     start = time.perf_counter()
     model = method.fit_features(train, config, backbone_name="efficientnet_lite0", weights_sha256=None)
     fit_seconds = time.perf_counter() - start
-    maps, scores = core.score_in_batches(method, model, test, 16, False, {})
+    maps, scores = scoring.score_in_batches(method.scorer, model, test, batch_size=16, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / f"{name}_maps.npy", maps.astype(np.float32))
     np.save(out / f"{name}_scores.npy", scores)
