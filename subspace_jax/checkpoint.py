@@ -121,6 +121,8 @@ def save(model: Model, path: str | os.PathLike) -> Path:
             for name, value in flat.items()
         },
     }
+    if model.thresholds is not None:  # optional: only calibrated models have them
+        metadata["thresholds"] = model.thresholds.to_dict()
     with atomic_directory(path) as tmp:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(tmp / ARRAYS_DIR, _nest(flat))
@@ -173,6 +175,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         )
     _check_array_specs(meta_path, metadata["arrays"], config, metadata["n_train"])
     metadata["config"] = config
+    if "thresholds" in metadata:
+        from subspace_jax.calibration import Thresholds
+
+        try:
+            metadata["thresholds"] = Thresholds.from_dict(metadata["thresholds"])
+        except ValueError as error:
+            raise CheckpointError(f"{meta_path}: invalid thresholds ({error})") from error
     return metadata
 
 
@@ -279,6 +288,7 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Model:
         config=config,
         backbone_name=metadata["backbone"]["name"],
         weights_sha256=metadata["backbone"]["weights_sha256"],
+        thresholds=metadata.get("thresholds"),
     )
     if backbone is not None:
         try:

@@ -217,6 +217,8 @@ class Model(BackboneBinding):
       config: the ``Config`` (static).
       backbone_name: the backbone that produced the features (static).
       weights_sha256: hex sha256 of that backbone's weights, None when unknown (static).
+      thresholds: ``calibration.Thresholds`` for ``predict``, None until calibrated (static; the
+        scorer never sees it, so calibrating does not recompile scoring).
     """
 
     banks: dict[str, Array]
@@ -226,6 +228,7 @@ class Model(BackboneBinding):
     config: Config = dataclasses.field(metadata=dict(static=True))
     backbone_name: str = dataclasses.field(metadata=dict(static=True))
     weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
+    thresholds: Any = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def n_train(self) -> int:
@@ -234,7 +237,31 @@ class Model(BackboneBinding):
 
     def score_features(self, features: Features) -> tuple[Array, Array]:
         """Score precomputed backbone features (see ``score_features``); jitted."""
-        return _score_features_jit(self, _select_features(features, self.config))
+        return _score_features_jit(self._scorer(), _select_features(features, self.config))
+
+    def _scorer(self) -> Model:
+        # Thresholds are static metadata: strip them so that calibrated and uncalibrated models share
+        # one compiled scorer.
+        return self if self.thresholds is None else dataclasses.replace(self, thresholds=None)
+
+    def with_thresholds(self, thresholds: Any) -> Model:
+        """A copy of this model carrying ``thresholds`` (from ``sj.calibrate``) for ``predict``."""
+        from subspace_jax.calibration import Thresholds
+
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise ValueError(f"thresholds: expected subspace_jax.Thresholds, got {type(thresholds).__name__}")
+        model = dataclasses.replace(self, thresholds=thresholds)
+        if getattr(self, "_backbone", None) is not None:
+            object.__setattr__(model, "_backbone", self._backbone)
+        return model
+
+    def predict(self, images: ImageSource, batch_size: int = 8, *, progress: bool = True, **kwargs):
+        """Maps, scores, normalised scores (0.5 = threshold), decisions and masks of ``images``
+        under the model's thresholds: see ``subspace_jax.calibration.predict`` and ``Prediction``.
+        The thresholds bound false alarms on nominal images; they do not control recall."""
+        from subspace_jax.calibration import predict
+
+        return predict(self, images, batch_size, progress=progress, **kwargs)
 
     def score(
         self,
@@ -265,9 +292,9 @@ class Model(BackboneBinding):
         batch_size = batching.batch_size_for(images, batch_size)
         bound = self.bound_backbone(backbone)
         if timings is None:
-            score_batch = functools.partial(_score_images_jit, self, bound.apply_fn, bound.params)
+            score_batch = functools.partial(_score_images_jit, self._scorer(), bound.apply_fn, bound.params)
         else:
-            score_batch = functools.partial(_score_images_staged, self, bound, timings=timings)
+            score_batch = functools.partial(_score_images_staged, self._scorer(), bound, timings=timings)
         return batching.map_batches(
             score_batch, images, self.config, batch_size, progress=progress, desc="score"
         )
@@ -333,6 +360,10 @@ def fit(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    validation_fraction: float = 0.0,
+    validation: ImageSource = None,
+    false_alarm_rate: float = 0.01,
+    seed: int = 0,
 ) -> Model:
     """Extract features of the nominal ``images`` and build the ``Model`` (no training).
 
@@ -344,7 +375,23 @@ def fit(
       backbone: a loaded backbone whose ``name`` is ``config.backbone``; loaded by name if None.
       batch_size: images per backbone call.
       progress: show a progress bar.
+      validation_fraction: when > 0, this fraction of ``images`` (an array or a list of paths), drawn
+        with ``seed``, is held out of the bank and calibrates thresholds (``sj.calibrate``) at
+        ``false_alarm_rate``. They bound false alarms, not recall.
+      validation: held-out defect-free images to calibrate on instead (excludes validation_fraction).
     """
+    if validation is not None or validation_fraction:
+        from subspace_jax import calibration
+
+        if validation is not None and validation_fraction:
+            raise ValueError("validation, validation_fraction: give one of them, not both")
+        if validation is None:
+            images, validation = calibration.split_images(images, validation_fraction, seed)
+        model = fit(images, config, backbone, batch_size=batch_size, progress=progress)
+        thresholds = calibration.calibrate(
+            model, validation, false_alarm_rate=false_alarm_rate, batch_size=batch_size, progress=progress
+        )
+        return model.with_thresholds(thresholds)
     if backbone is None:
         from subspace_jax import backbones
 
