@@ -181,6 +181,8 @@ def _load_model(model_dir: str, rate: float | None) -> Any:
     from subspace_jax import checkpoint
 
     model = checkpoint.load(model_dir)
+    # The process-wide cached backbone: scoring compiles once per backbone object and batch shape.
+    model = model.bind(_load_backbone(model.backbone_name))
     if rate is not None:
         if model.thresholds is None:
             raise UsageError(
@@ -323,7 +325,7 @@ def predict_files(
                 all_scores[index] = score
                 n_anomalous += anomalous
                 writer.writerow(
-                    [str(paths[index]), f"{score:.6g}", f"{normalized:.6f}", "true" if anomalous else "false"]
+                    [str(paths[index]), f"{score:.9g}", f"{normalized:.6f}", "true" if anomalous else "false"]
                 )
                 top.offer(
                     score,

@@ -15,6 +15,7 @@ import dataclasses
 import heapq
 import html
 import io
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -46,13 +47,19 @@ def mask_outline(mask: np.ndarray) -> np.ndarray:
 
 
 def overlay(
-    image: np.ndarray, heat: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.45
+    image: np.ndarray, heat: np.ndarray, mask: np.ndarray | None = None, alpha: float = 0.6
 ) -> np.ndarray:
     """uint8 (H, W, 3) image blended with a jet heat map; ``heat`` (H, W) in [0, 1] (0.5 = the pixel
-    threshold when it comes from ``calibration.normalize``); ``mask`` (H, W) bool is outlined in white."""
-    index = np.clip(np.asarray(heat, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    threshold when it comes from ``calibration.normalize``); ``mask`` (H, W) bool is outlined in white.
+
+    The colour's weight grows from 0 at heat 0.25 to ``alpha`` at 0.75, so clearly normal regions show
+    the image itself and what is near or above the threshold stands out.
+    """
+    heat = np.asarray(heat, np.float32)
+    index = np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8)
     colours = _jet_lut()[index].astype(np.float32)
-    out = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
+    weight = (alpha * np.clip((heat - 0.25) / 0.5, 0.0, 1.0))[..., None]
+    out = (1.0 - weight) * image.astype(np.float32) + weight * colours
     out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     if mask is not None and mask.any():
         out[mask_outline(mask)] = 255
@@ -197,11 +204,15 @@ def histogram_svg(
         f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" font-size="12" text-anchor="middle" '
         'fill="#333">image score</text>'
     )
-    for frac in (0.0, 0.5, 1.0):
+    for tick in sorted({0, round(peak / 2), math.floor(peak)}):
         parts.append(
-            f'<text x="{left - 6}" y="{y(frac * peak) + 4:.1f}" font-size="11" text-anchor="end" '
-            f'fill="#333">{frac * peak:.0f}</text>'
+            f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" font-size="11" text-anchor="end" '
+            f'fill="#333">{tick}</text>'
         )
+    parts.append(
+        f'<text x="12" y="{top + plot_h / 2:.1f}" font-size="12" text-anchor="middle" fill="#333" '
+        f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">images</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -284,9 +295,9 @@ def write_report(
         f"<p class='note'>{esc(note)}</p>{metric_rows}"
         f"<h2>Scores against the threshold</h2>{histogram_svg(scores, threshold, nominal=nominal_scores)}"
         f"{legend}<h2>Images by score: {esc(shown)}</h2>"
-        "<p class='note'>Each card: the input, then the anomaly map over it (jet colours: blue is 0, green "
-        "the pixel threshold, yellow to red above it; the predicted mask outlined in white). Red border: "
-        "anomalous.</p>"
+        "<p class='note'>Each card: the input, then the anomaly map over it (jet colours, shown from half "
+        "the pixel threshold up: green at the pixel threshold, yellow to red above it; the predicted mask "
+        "outlined in white). Red border: anomalous.</p>"
         f"<div class='gallery'>{''.join(cards)}</div></body></html>\n"
     )
     return atomic_write_text(path, page)
