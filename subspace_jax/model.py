@@ -242,7 +242,13 @@ class Model(BackboneBinding):
     def _scorer(self) -> Model:
         # Thresholds are static metadata: strip them so that calibrated and uncalibrated models share
         # one compiled scorer.
-        return self if self.thresholds is None else dataclasses.replace(self, thresholds=None)
+        return self if self.thresholds is None else self._replace_thresholds(None)
+
+    def _replace_thresholds(self, thresholds: Any) -> Model:
+        model = dataclasses.replace(self, thresholds=thresholds)
+        if getattr(self, "_backbone", None) is not None:  # keep the binding (no field, not copied)
+            object.__setattr__(model, "_backbone", self._backbone)
+        return model
 
     def with_thresholds(self, thresholds: Any) -> Model:
         """A copy of this model carrying ``thresholds`` (from ``sj.calibrate``) for ``predict``."""
@@ -250,10 +256,7 @@ class Model(BackboneBinding):
 
         if thresholds is not None and not isinstance(thresholds, Thresholds):
             raise ValueError(f"thresholds: expected subspace_jax.Thresholds, got {type(thresholds).__name__}")
-        model = dataclasses.replace(self, thresholds=thresholds)
-        if getattr(self, "_backbone", None) is not None:
-            object.__setattr__(model, "_backbone", self._backbone)
-        return model
+        return self._replace_thresholds(thresholds)
 
     def predict(self, images: ImageSource, batch_size: int = 8, *, progress: bool = True, **kwargs):
         """Maps, scores, normalised scores (0.5 = threshold), decisions and masks of ``images``

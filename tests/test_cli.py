@@ -279,3 +279,18 @@ def test_mtd_fit_then_predict_at_original_sizes(mtd_root, tmp_path):
         width, height = Image.open(row["path"]).size
         assert np.asarray(Image.open(tmp_path / "p" / "masks" / name)).shape == (height, width)
     check_report(tmp_path / "p" / "report.html")
+
+
+def test_config_file_then_flags(tmp_path):
+    parser, names = cli.build_parser()
+    (tmp_path / "c.json").write_text(json.dumps({"backbone": "efficientnet_lite0", "k": 3, "lam": 9}))
+    (tmp_path / "c.py").write_text(
+        "import subspace_jax as sj\n\n\ndef get_config():\n"
+        "    return sj.Config(backbone='efficientnet_lite0', levels=(2, 3, 4), sampling_level='pooled')\n"
+    )
+    args = parser.parse_args(["fit", "x", "--out", "m", "--config", str(tmp_path / "c.json"), "--k", "4"])
+    config = cli.load_config(args.config, args, names)
+    assert (config.backbone, config.k, config.lam) == ("efficientnet_lite0", 4, 9)
+    args = parser.parse_args(["fit", "x", "--out", "m", "--config", str(tmp_path / "c.py")])
+    config = cli.load_config(args.config, args, names)
+    assert config.levels == (2, 3, 4) and config.sampling_level == "pooled" and config.k == 5
