@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -412,8 +413,9 @@ def threshold_metrics(
     maps: np.ndarray, scores: np.ndarray, masks: np.ndarray, labels: np.ndarray, thresholds: Any
 ) -> dict:
     """Image false-alarm rate, recall, precision and F1 at the image threshold, the F1-max oracle (the
-    best F1 over all thresholds, i.e. with the labels), and pixel precision, recall and IoU of the
-    predicted masks (map > pixel threshold in images decided anomalous) and of the ungated masks."""
+    best F1 over all thresholds, i.e. with the labels), pixel precision, recall, IoU and false-alarm
+    rate of the predicted masks (map > pixel threshold in images decided anomalous) and of the ungated
+    masks (map > pixel threshold), and the ungated pixel false-alarm rate on defect-free images."""
     from subspace_jax import metrics
 
     labels = np.asarray(labels).astype(bool)
@@ -439,6 +441,10 @@ def threshold_metrics(
         out[f"{name}_recall"] = ptp / max(ptp + pfn, 1)
         out[f"{name}_iou"] = ptp / max(ptp + pfp + pfn, 1)
         out[f"{name}_false_alarm_rate"] = pfp / max(int((~masks).sum()), 1)
+    # What the pixel threshold controls: the fraction of pixels of defect-free images above it (pixels
+    # around defects in defective images are not like the calibration pixels: smoothing spreads the defect).
+    if (~labels).any():
+        out["pixel_false_alarm_rate_nominal_images"] = float((maps[~labels] > thresholds.pixel).mean())
     return out
 
 
@@ -684,6 +690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
     args.quiet = getattr(args, "quiet", False)
+    if not args.debug:  # warnings as one line each, like the errors
+        warnings.formatwarning = lambda message, category, *_, **__: f"{PROG}: warning: {message}\n"
     try:
         if args.command == "fit":
             return cmd_fit(args, config_names)
