@@ -690,6 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
     args.quiet = getattr(args, "quiet", False)
+    previous_format = warnings.formatwarning
     if not args.debug:  # warnings as one line each, like the errors
         warnings.formatwarning = lambda message, category, *_, **__: f"{PROG}: warning: {message}\n"
     try:
@@ -705,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":
