@@ -52,13 +52,13 @@ def overlay(
     """uint8 (H, W, 3) image blended with a jet heat map; ``heat`` (H, W) in [0, 1] (0.5 = the pixel
     threshold when it comes from ``calibration.normalize``); ``mask`` (H, W) bool is outlined in white.
 
-    The colour's weight grows from 0 at heat 0.25 to ``alpha`` at 0.75, so clearly normal regions show
+    The colour's weight grows from 0 at heat 0.4 to ``alpha`` at 0.75, so clearly normal regions show
     the image itself and what is near or above the threshold stands out.
     """
     heat = np.asarray(heat, np.float32)
     index = np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8)
     colours = _jet_lut()[index].astype(np.float32)
-    weight = (alpha * np.clip((heat - 0.25) / 0.5, 0.0, 1.0))[..., None]
+    weight = (alpha * np.clip((heat - 0.4) / 0.35, 0.0, 1.0))[..., None]
     out = (1.0 - weight) * image.astype(np.float32) + weight * colours
     out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
     if mask is not None and mask.any():
@@ -229,7 +229,8 @@ table.metrics{border-collapse:collapse;font-size:13px} table.metrics td{padding:
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
 .card{border:3px solid #2a9d5b;border-radius:6px;padding:6px;font-size:12px;background:#fcfcfc}
 .card.anomalous{border-color:#d62728}
-.card .pics{display:flex;gap:4px} .card img{width:142px;height:auto;display:block;image-rendering:auto}
+.card .pics{display:flex;gap:4px}
+.card img{width:142px;height:142px;object-fit:contain;background:#eee;display:block}
 .badge{display:inline-block;padding:1px 6px;border-radius:3px;color:#fff;font-weight:600;background:#2a9d5b}
 .anomalous .badge{background:#d62728}
 .path{word-break:break-all;color:#333;margin:4px 0 2px}
@@ -295,7 +296,7 @@ def write_report(
         f"<p class='note'>{esc(note)}</p>{metric_rows}"
         f"<h2>Scores against the threshold</h2>{histogram_svg(scores, threshold, nominal=nominal_scores)}"
         f"{legend}<h2>Images by score: {esc(shown)}</h2>"
-        "<p class='note'>Each card: the input, then the anomaly map over it (jet colours, shown from half "
+        "<p class='note'>Each card: the input, then the anomaly map over it (jet colours, shown from 0.8 × "
         "the pixel threshold up: green at the pixel threshold, yellow to red above it; the predicted mask "
         "outlined in white). Red border: anomalous.</p>"
         f"<div class='gallery'>{''.join(cards)}</div></body></html>\n"
