@@ -1,6 +1,7 @@
-"""Scoring time of subspace, random and no sampling on MTD, side by side in one process, from cached features.
+"""Scoring time of subspace, random and no sampling on MTD, side by side in one process, from cached features
 
-    python experiments/mtd_sampling_speed.py --data-root /data/mtd --feature-cache DIR [--rounds 3] [--k 5 --lam 50]
+    python experiments/mtd_sampling_speed.py --data-root /data/mtd --feature-cache DIR \\
+        [--config experiments/configs/mtd_paper.py] [--rounds 3] [--k 5 --lam 50]
 
 Needs the features of a previous ``experiments/mtd.py --backbone efficientnet_lite0 --feature-cache DIR`` run.
 The three settings are fitted once and scored in interleaved rounds (so a busy machine slows all of them
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         hit = cache.load(entry, [str(s.image_path) for s in dataset.samples(split)])
         if hit is None:
             parser.error(
-                f"--feature-cache: no {split} features for {args.backbone} at {entry}; run experiments/mtd.py "
+                f"--feature-cache: no {split} features for {args.backbone} at {entry}; "
+                "run experiments/mtd.py "
                 f"--backbone {args.backbone} --feature-cache {args.feature_cache} first"
             )
         split_features[split] = hit[0]

@@ -25,6 +25,7 @@ import numpy as np
 from subspace_jax.runner import cli, config_files, figures, results
 from subspace_jax.runner import features as feature_io
 
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What distinguishes one benchmark script from another; everything else is shared.
@@ -319,9 +320,7 @@ def method_and_defaults(spec: DatasetSpec, argv: Sequence[str]) -> tuple[Any, An
     return method, config
 
 
-def build_parser(
-    spec: DatasetSpec, method: Any, defaults: Any
-) -> tuple[argparse.ArgumentParser, list[str]]:
+def build_parser(spec: DatasetSpec, method: Any, defaults: Any) -> tuple[argparse.ArgumentParser, list[str]]:
     """The full parser for ``spec`` and ``method``: runner flags, then one flag per Config field
     (``defaults`` feeds their help texts)."""
     parser = argparse.ArgumentParser(
