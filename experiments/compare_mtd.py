@@ -27,7 +27,7 @@ import jax
 
 from subspace_jax import methods
 from subspace_jax._io import atomic_write_text
-from subspace_jax.data import MTD
+from subspace_jax.data.mtd import MTD, MTDNotFoundError, find_root
 from subspace_jax.runner import config_files, core, workbench
 from subspace_jax.runner.workbench import Workbench
 
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-root",
         type=Path,
-        default=os.environ.get("SUBSPACE_JAX_MTD"),
-        help="MTD folder (default: $SUBSPACE_JAX_MTD)",
+        default=None,
+        help="MTD folder (default: $SUBSPACE_JAX_MTD, else ../shared/data/mtd, else the download cache)",
     )
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=256)
@@ -177,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="JSON record (default: --out with .json)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.data_root is None or not Path(args.data_root).is_dir():
+    if args.data_root is None:
+        try:
+            args.data_root = find_root()
+        except MTDNotFoundError as error:
+            parser.error(f"--data-root: not given, and {error}")
+    if not Path(args.data_root).is_dir():
         parser.error(f"--data-root: expected the MTD folder, got {args.data_root}")
     unknown = sorted(set(args.rows) - {label for label, _ in ROWS})
     if unknown:

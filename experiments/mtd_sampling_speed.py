@@ -3,9 +3,10 @@
     python experiments/mtd_sampling_speed.py --data-root /data/mtd --feature-cache DIR \\
         [--config experiments/configs/mtd_paper.py] [--rounds 3] [--k 5 --lam 50]
 
-Needs the features of a previous ``experiments/mtd.py --backbone efficientnet_lite0 --feature-cache DIR`` run.
-The three settings are fitted once and scored in interleaved rounds (so a busy machine slows all of them
-alike); prints the median seconds per stage over the rounds and the ratios to "none".
+Reads the backbone features from the runner's feature cache (``experiments/mtd.py --feature-cache DIR``
+fills the same entries), computing and storing them when it lacks them. The three settings are fitted
+once and scored in interleaved rounds (so a busy machine slows all of them alike); prints the median
+seconds per stage over the rounds and the ratios to "none".
 """
 
 from __future__ import annotations
@@ -55,17 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     cache = feature_io.FeatureCache(args.feature_cache)
     split_features = {}
     for split in ("train", "test"):
-        entry = cache.entry(
-            "mtd", "mtd", split, backbone.name, backbone.weights_sha256, base.image_size, base.crop
-        )
-        hit = cache.load(entry, [str(s.image_path) for s in dataset.samples(split)])
-        if hit is None:
-            parser.error(
-                f"--feature-cache: no {split} features for {args.backbone} at {entry}; "
-                "run experiments/mtd.py "
-                f"--backbone {args.backbone} --feature-cache {args.feature_cache} first"
+
+        def compute(split: str = split) -> tuple[dict, float]:
+            images = dataset.load(split, image_size=base.image_size, crop=base.crop).images
+            return feature_io.extract_features(
+                backbone, images, args.batch_size, desc=f"mtd {split} backbone"
             )
-        split_features[split] = hit[0]
+
+        key = feature_io.FeatureKey.of(
+            backbone, dataset="mtd", category="mtd", split=split, image_size=base.image_size, crop=base.crop
+        )
+        paths = [s.image_path for s in dataset.samples(split)]
+        split_features[split] = feature_io.cached_features(cache, key, paths, compute).features
 
     settings = {name: dataclasses.replace(base, sampling=name) for name in ("subspace", "random", "none")}
     models = {name: method.fit_features(split_features["train"], config) for name, config in settings.items()}

@@ -142,44 +142,36 @@ def _features_for(
     the cache cannot supply the features.
     """
     cache = feature_io.FeatureCache(settings.feature_cache) if settings.feature_cache else None
-    paths = [str(s.image_path) for s in dataset_obj.samples(split_name)]
-    entry = None
-    if cache is not None:
-        entry = cache.entry(
-            settings.dataset,
-            category,
-            split_name,
-            backbone.name,
-            backbone.weights_sha256,
-            settings.image_size,
-            settings.crop,
-        )
-        hit = cache.load(entry, paths)
-        if hit is not None:
-            return hit[0], hit[1], True, 0.0
-    load_seconds = 0.0
-    if loaded is None:
-        start = time.perf_counter()
-        loaded = dataset_obj.load(
-            split_name, image_size=settings.image_size, crop=settings.crop, progress=settings.progress
-        )
-        load_seconds = time.perf_counter() - start
-    feats, seconds = feature_io.extract_features(
+    key = feature_io.FeatureKey.of(
         backbone,
-        loaded.images,
-        settings.batch_size,
-        settings.progress,
-        desc=f"{category} {split_name} backbone",
+        dataset=settings.dataset,
+        category=category,
+        split=split_name,
+        image_size=settings.image_size,
+        crop=settings.crop,
     )
-    if cache is not None and entry is not None:
-        cache.store(
-            entry,
-            feats,
-            paths,
-            seconds,
-            extra={"backbone": backbone.name, "weights_sha256": backbone.weights_sha256},
+    load_seconds = 0.0
+
+    def compute() -> tuple[dict[str, np.ndarray], float]:
+        nonlocal load_seconds
+        split = loaded
+        if split is None:
+            start = time.perf_counter()
+            split = dataset_obj.load(
+                split_name, image_size=settings.image_size, crop=settings.crop, progress=settings.progress
+            )
+            load_seconds = time.perf_counter() - start
+        return feature_io.extract_features(
+            backbone,
+            split.images,
+            settings.batch_size,
+            settings.progress,
+            desc=f"{category} {split_name} backbone",
         )
-    return feats, seconds, False, load_seconds
+
+    paths = [s.image_path for s in dataset_obj.samples(split_name)]
+    got = feature_io.cached_features(cache, key, paths, compute)
+    return got.features, got.seconds, got.hit, load_seconds
 
 
 def _wait_for_arrays(model: Any) -> None:
@@ -201,7 +193,7 @@ def run_category(
     settings: RunSettings,
 ) -> dict[str, Any]:
     """Fit and evaluate one category; returns its results entry (the keys of ``results.REQUIRED_KEYS``,
-    described in ``docs/method.md``, "Evaluation protocol", plus extras)."""
+    described in ``docs/method.md``, "Results file", plus extras)."""
     from subspace_jax import metrics, scoring
 
     reset_peak_rss()
@@ -255,19 +247,15 @@ def run_category(
             f"{masks.shape}; the maps must have the masks' size"
         )
     start = time.perf_counter()
-    has_both_labels = len(np.unique(labels)) == 2
+    measured = metrics.evaluate(maps, scores, masks, labels)
+    timings["metrics"] = time.perf_counter() - start
     entry: dict[str, Any] = {
-        "pixel_auroc": metrics.pixel_auroc(maps, masks),
-        "pro": metrics.pro(maps, masks),
-        "image_auroc": metrics.image_auroc(scores, labels) if has_both_labels else None,
-        "pixel_ap": metrics.pixel_ap(maps, masks),
+        **measured,
         "n_train": n_train,
         "n_test": int(maps.shape[0]),
         "fit_seconds": train_backbone_s + timings["fit"],
         "score_seconds_per_image": (test_backbone_s + timings["score_total"]) / maps.shape[0],
-        "f1_max": metrics.f1_max(maps, masks),
     }
-    timings["metrics"] = time.perf_counter() - start
 
     if settings.save_maps > 0:
         start = time.perf_counter()
