@@ -83,16 +83,11 @@ class BaseConfig:
         if not _is_int(value) or (minimum is not None and value < minimum):
             self._fail(name, "an int" if minimum is None else f"an int >= {minimum}")
 
-    def _check_number(self, name: str, low: float, high: float, *, high_inclusive: bool = False) -> None:
-        """A real number in [low, high) (or [low, high]); stored as a float."""
+    def _check_number(self, name: str, low: float, high: float) -> None:
+        """A real number in [low, high); stored as a float."""
         value = getattr(self, name)
-        ok = (
-            not isinstance(value, bool)
-            and isinstance(value, (int, float))
-            and (low <= value <= high if high_inclusive else low <= value < high)
-        )
-        if not ok:
-            self._fail(name, f"a number in [{low}, {high}{']' if high_inclusive else ')'}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+            self._fail(name, f"a number in [{low}, {high})")
         object.__setattr__(self, name, float(value))
 
     def _check_bool(self, name: str) -> None:

@@ -119,7 +119,6 @@ class Config(BaseConfig):
 
     method: ClassVar[str] = "subspace"
 
-    levels: tuple[int, ...] = (2, 3)
     sampling_level: int | str = 4
     sampling: str = "subspace"
     lam: int = 50

@@ -60,7 +60,6 @@ class PatchCoreConfig(common.BaselineConfig):
 
     method: ClassVar[str] = "patchcore"
 
-    levels: tuple[int, ...] = (2, 3)
     coreset_ratio: float = 0.1
     projection_dim: int | None = 128
     reweight: bool = False
