@@ -56,6 +56,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+# Sizes, counts and loop bounds become int32 shapes and indices under jit; seeds go to
+# jax.random.key, which takes an int64.
+MAX_INT = 2**31 - 1
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def seed_ok(value: Any) -> bool:
+    """``value`` is an int jax.random.key accepts (int64 range)."""
+    return _is_int(value) and SEED_RANGE[0] <= value <= SEED_RANGE[1]
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything that defines a fitted model and its scorer (hashable: static under ``jit``).
@@ -124,14 +135,16 @@ class Config:
             if getattr(self, name) not in options:
                 fail(name, f"one of {options}")
 
-        def integer(name: str, minimum: int | None) -> None:
+        def integer(name: str, minimum: int) -> None:
             value = getattr(self, name)
-            if not _is_int(value) or (minimum is not None and value < minimum):
-                fail(name, "an int" if minimum is None else f"an int >= {minimum}")
+            if not _is_int(value) or not minimum <= value <= MAX_INT:
+                fail(name, f"an int in [{minimum}, {MAX_INT}]")
+            object.__setattr__(self, name, int(value))
 
         def number(name: str, low: float, high: float) -> None:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
+            real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if not real or not low <= value < high:  # NaN fails the comparison too
                 fail(name, f"a number in [{low}, {high})")
             object.__setattr__(self, name, float(value))
 
@@ -166,7 +179,9 @@ class Config:
         choice("fusion", FUSION_MODES)
         number("sigma", 0.0, math.inf)
         choice("bank_dtype", BANK_DTYPES)
-        integer("seed", None)
+        if not seed_ok(self.seed):
+            fail("seed", f"an int in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (jax.random.key takes an int64)")
+        object.__setattr__(self, "seed", int(self.seed))
 
     @property
     def output_size(self) -> int:
@@ -233,8 +248,12 @@ class Model(BackboneBinding):
         return next(iter(self.grams.values())).shape[0]
 
     def score_features(self, features: Features) -> tuple[Array, Array]:
-        """Score precomputed backbone features (see ``score_features``); jitted."""
-        return _score_features_jit(self, _select_features(features, self.config))
+        """Score precomputed backbone features (see ``score_features``); jitted. Features holding NaN
+        or inf are refused (ValueError naming the key and image)."""
+        selected = _select_features(features, self.config)
+        check_feature_shapes(self, selected)
+        batching.check_finite_features(selected)
+        return _score_features_jit(self, selected)
 
     def score(
         self,
@@ -298,6 +317,7 @@ def fit_features(
         raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
     backbone_name = config.backbone if backbone_name is None else backbone_name
     feats = _select_features(features, config)
+    batching.check_finite_features(feats)
     n = {key: value.shape[0] for key, value in feats.items()}
     if len(set(n.values())) != 1 or min(n.values()) < 1:
         raise ValueError(f"features: every level needs the same number N >= 1 of images, got {n}")
@@ -430,6 +450,7 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
     ``"random"``: ``lam`` images drawn once from ``seed``, the same for every test image;
     ``"none"``, or ``lam >= N``: all N images (m = N).
     """
+    check_feature_shapes(model, features)
     cfg = model.config
     n = model.n_train
     batch = next(iter(features.values())).shape[0]
@@ -449,6 +470,36 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
     result = _omp_on_bank(model.sampling_bank, model.sampling_gram, target, cfg.lam, None, cfg)
     support = result.support
     return Candidates(jnp.maximum(support, 0).astype(jnp.int32), support >= 0)
+
+
+def check_feature_shapes(model: Model, features: Features) -> None:
+    """ValueError naming the key unless test ``features`` fit the model's banks: one batch size B,
+    each reconstruction level (B, h_l, w_l, c_l) like its bank, the sampling level holding d_s values
+    per image like the sampling bank. Shapes are static, so this also runs under ``jit``."""
+    cfg = model.config
+    missing = [key for key in cfg.feature_keys if key not in features]
+    if missing:
+        raise ValueError(f"features: missing {missing}; this config needs {list(cfg.feature_keys)}")
+    shapes = {key: tuple(np.shape(features[key])) for key in cfg.feature_keys}
+    batch = {key: (shape[0] if shape else None) for key, shape in shapes.items()}
+    if len(set(batch.values())) != 1 or None in batch.values():
+        raise ValueError(f"features: every key needs the same batch size B, got {batch}")
+    for level in cfg.levels:
+        key = level_key(level)
+        expected = tuple(model.banks[key].shape[1:])
+        if shapes[key][1:] != expected:
+            raise ValueError(
+                f"features[{key!r}]: expected (B, {', '.join(map(str, expected))}) like the bank, got "
+                f"{shapes[key]}; were the images resized to the model's image_size/crop?"
+            )
+    if cfg.sampling == "subspace" and model.sampling_bank is not None:
+        key = level_key(cfg.sampling_level)
+        d = model.sampling_bank.shape[1]
+        if math.prod(shapes[key][1:]) != d or len(shapes[key]) < 2:
+            raise ValueError(
+                f"features[{key!r}]: expected {d} values per image like the sampling bank, got shape "
+                f"{shapes[key]}"
+            )
 
 
 def _omp_on_bank(bank: Array, gram: Array, targets: Array, k: int, candidates: Array | None, cfg: Config):

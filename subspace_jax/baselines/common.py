@@ -66,8 +66,9 @@ class BaselineConfig:
 
     def check_positive_int(self, name: str) -> None:
         value = getattr(self, name)
-        if not _is_int(value) or value < 1:
-            self.fail(name, "an int >= 1")
+        if not _is_int(value) or not 1 <= value <= model_lib.MAX_INT:
+            self.fail(name, f"an int in [1, {model_lib.MAX_INT}]")
+        object.__setattr__(self, name, int(value))
 
     def __post_init__(self) -> None:
         if self.backbone not in model_lib.BACKBONE_NAMES:
@@ -148,6 +149,7 @@ def check_features(
         raise ValueError(f"{name}: all entries must have the same batch size, got {sizes}")
     if next(iter(sizes.values())) == 0:
         raise ValueError(f"{name}: expected at least one image, got an empty batch")
+    batching.check_finite_features(out, name)
     return out
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from jax import lax
 
 from subspace_jax import batching
+from subspace_jax import model as model_lib
 from subspace_jax.baselines import common
 
 Array = jax.Array
@@ -76,8 +77,9 @@ class PatchCoreConfig(common.BaselineConfig):
         if not isinstance(self.reweight, bool):
             self.fail("reweight", "a bool")
         self.check_positive_int("num_neighbors")
-        if not common._is_int(self.seed):
-            self.fail("seed", "an int")
+        if not model_lib.seed_ok(self.seed):
+            self.fail("seed", f"an int in [{model_lib.SEED_RANGE[0]}, {model_lib.SEED_RANGE[1]}]")
+        object.__setattr__(self, "seed", int(self.seed))
 
 
 # --- patch embedding ------------------------------------------------------------------------------------
@@ -220,6 +222,13 @@ def score_features(model: PatchCoreModel, features: Mapping[str, Array]) -> tupl
     bank = model.bank
     emb = patch_embeddings(features, config.levels)
     batch, height, width, channels = emb.shape
+    if channels != bank.shape[1]:  # static: caught at trace time, before the distance products
+        keys = [common.level_key(level) for level in config.levels]
+        found = {key: tuple(features[key].shape) for key in keys}
+        raise ValueError(
+            f"features: the levels' channels sum to {channels} but the memory bank holds {bank.shape[1]}-"
+            f"dimensional patches; got {found}: were they made by the backbone the model was fit with?"
+        )
     flat = emb.reshape(batch * height * width, channels)
     dist, nearest = common.nearest_neighbor(
         flat, bank, query_chunk=config.query_chunk, bank_chunk=config.bank_chunk
