@@ -108,14 +108,13 @@ def _spade_inputs(shapes: dict[str, list[int]], config: Any) -> dict[str, jax.Sh
 
 @functools.cache
 def _methods() -> dict[str, _Method]:
-    from subspace_jax.baselines import patchcore, spade
+    """The method registry's families, with how to recover each one's fit inputs."""
+    from subspace_jax import methods
 
+    fit_inputs = {"subspace": _subspace_inputs, "spade": _spade_inputs}
     return {
-        "subspace": _Method(model_lib.Model, model_lib.Config, model_lib.fit_features, _subspace_inputs),
-        "patchcore": _Method(
-            patchcore.PatchCoreModel, patchcore.PatchCoreConfig, patchcore.fit_features, None
-        ),
-        "spade": _Method(spade.SpadeModel, spade.SpadeConfig, spade.fit_features, _spade_inputs),
+        name: _Method(method.model_cls, method.config_cls, method.fit_features, fit_inputs.get(name))
+        for name, method in methods.METHODS.items()
     }
 
 

@@ -3,6 +3,7 @@ NaN or inf in images, features or scores, features of the wrong size, out-of-ran
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -143,7 +144,7 @@ def test_config_accepts_numpy_numbers_and_the_full_seed_range():
     model = make_model()
     random = sj.fit_features(
         {key: np.concatenate([v] * 3) for key, v in score_inputs().items()},
-        model_lib.Config(**{**model.config.to_dict(), "sampling": "random", "seed": 2**40, "levels": (2, 3)}),
+        dataclasses.replace(model.config, sampling="random", seed=2**40),
     )
     maps, _ = random.score_features(score_inputs())
     assert np.isfinite(np.asarray(maps)).all()
