@@ -1,4 +1,4 @@
-"""MTD (Magnetic Tile Defect, one category): fit on the 761 canonical training images, evaluate on the other 583.
+"""MTD (Magnetic Tile Defect, one category): fit on the 761 canonical training images, test on the 583 others.
 
     python experiments/mtd.py --data-root PATH [--backbone efficientnet_lite0] [--out DIR] [--resume] ...
 

@@ -1,10 +1,11 @@
 """Subspace-guided feature reconstruction: ``Config``, ``fit``, ``Model`` and the pure scorer.
 
-Method (``docs/method.md``, "The method"): every nominal training image is one atom per reconstruction level; the bank
-``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is rebuilt from at most ``k`` rows by
-orthogonal matching pursuit (Batch-OMP on the precomputed Gram matrix); what cannot be rebuilt is
-the anomaly. Subspace-guided sampling first runs OMP with ``lam`` atoms at a high level (level 4 or
-the pooled vector) and restricts the low-level reconstruction to the chosen images.
+Method (``docs/method.md``, "Image atoms and the bank"): every nominal training image is one atom per
+reconstruction level; the bank ``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is
+rebuilt from at most ``k`` rows by orthogonal matching pursuit (Batch-OMP on the precomputed Gram
+matrix); what cannot be rebuilt is the anomaly. Subspace-guided sampling first runs OMP with ``lam``
+atoms at a high level (level 4 or the pooled vector) and restricts the low-level reconstruction to
+the chosen images.
 
 Layers, outermost first:
 
@@ -505,14 +506,15 @@ def image_pursuit(
     Returns:
       the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
 
-    Sampling exists to touch only the m candidate rows (``docs/method.md``, "Computation"). When m ≤ N/2 (the usual λ ≪ N)
-    that is what happens: per test image the rows D[idx] (m, d) are gathered, α = D[idx] y (m,),
-    Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the residual is rebuilt from the
-    k chosen rows. Images are processed one at a time (``lax.map``), so memory holds one (m, d)
-    float32 block, not B of them. When m > N/2 (sampling ``none``, or λ close to N) the correlations
-    are one batched product α = y Dᵀ against the whole bank, with the non-candidates masked out:
-    gathering is memory-bound and per image, the whole-bank product compute-bound and shared by the
-    batch, and on CPU the two cost the same near m = N/2 (``benchmarks/bench_gather.md``).
+    Sampling exists to touch only the m candidate rows (``docs/method.md``, "Computation"). When
+    m ≤ N/2 (the usual λ ≪ N) that is what happens: per test image the rows D[idx] (m, d) are
+    gathered, α = D[idx] y (m,), Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the
+    residual is rebuilt from the k chosen rows. Images are processed one at a time (``lax.map``), so
+    memory holds one (m, d) float32 block, not B of them. When m > N/2 (sampling ``none``, or λ close
+    to N) the correlations are one batched product α = y Dᵀ against the whole bank, with the
+    non-candidates masked out: gathering is memory-bound and per image, the whole-bank product
+    compute-bound and shared by the batch, and on CPU the two cost the same near m = N/2
+    (``benchmarks/bench_gather.md``).
     """
     atoms, gram = jnp.asarray(atoms), jnp.asarray(gram, jnp.float32)
     n = atoms.shape[0]

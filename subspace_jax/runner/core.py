@@ -25,6 +25,7 @@ import numpy as np
 from subspace_jax.runner import cli, config_files, figures, results
 from subspace_jax.runner import features as feature_io
 
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What distinguishes one benchmark script from another; everything else is shared.
@@ -192,7 +193,7 @@ def run_category(
     settings: RunSettings,
 ) -> dict[str, Any]:
     """Fit and evaluate one category; returns its results entry (the keys of ``results.REQUIRED_KEYS``,
-    described in ``docs/method.md``, "Evaluation protocol", plus extras)."""
+    described in ``docs/method.md``, "Results file", plus extras)."""
     from subspace_jax import metrics, scoring
 
     reset_peak_rss()
@@ -307,9 +308,7 @@ def method_and_defaults(spec: DatasetSpec, argv: Sequence[str]) -> tuple[Any, An
     return method, config
 
 
-def build_parser(
-    spec: DatasetSpec, method: Any, defaults: Any
-) -> tuple[argparse.ArgumentParser, list[str]]:
+def build_parser(spec: DatasetSpec, method: Any, defaults: Any) -> tuple[argparse.ArgumentParser, list[str]]:
     """The full parser for ``spec`` and ``method``: runner flags, then one flag per Config field
     (``defaults`` feeds their help texts)."""
     parser = argparse.ArgumentParser(

@@ -1,4 +1,4 @@
-"""The three benchmarks of the paper as :class:`DatasetSpec` values (the scripts in ``experiments/`` run them)."""
+"""The paper's three benchmarks as :class:`DatasetSpec` values (the scripts in ``experiments/`` run them)."""
 
 from __future__ import annotations
 
