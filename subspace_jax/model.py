@@ -150,7 +150,7 @@ class Config(BaseConfig):
         self._check_bool("normalize_selection")
         self._check_choice("fusion", FUSION_MODES)
         self._check_choice("bank_dtype", BANK_DTYPES)
-        self._check_int("seed", None)
+        self._check_seed("seed")
 
     @property
     def feature_keys(self) -> tuple[str, ...]:
@@ -192,8 +192,12 @@ class Model(BackboneBinding):
         return next(iter(self.grams.values())).shape[0]
 
     def score_features(self, features: Features) -> tuple[Array, Array]:
-        """Score precomputed backbone features (see ``score_features``); jitted."""
-        return _score_features_jit(self, _select_features(features, self.config))
+        """Score precomputed backbone features (see ``score_features``); jitted. Features holding NaN
+        or inf are refused (ValueError naming the key and image)."""
+        selected = _select_features(features, self.config)
+        check_feature_shapes(self, selected)
+        batching.check_finite_features(selected)
+        return _score_features_jit(self, selected)
 
     def score(
         self,
@@ -258,6 +262,7 @@ def fit_features(
         raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
     backbone_name = config.backbone if backbone_name is None else backbone_name
     feats = _select_features(features, config)
+    batching.check_finite_features(feats)
     n = {key: value.shape[0] for key, value in feats.items()}
     if len(set(n.values())) != 1 or min(n.values()) < 1:
         raise ValueError(f"features: every level needs the same number N >= 1 of images, got {n}")
@@ -390,6 +395,7 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
     ``"random"``: ``lam`` images drawn once from ``seed``, the same for every test image;
     ``"none"``, or ``lam >= N``: all N images (m = N).
     """
+    check_feature_shapes(model, features)
     cfg = model.config
     n = model.n_train
     batch = next(iter(features.values())).shape[0]
@@ -409,6 +415,36 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
     result = _omp_on_bank(model.sampling_bank, model.sampling_gram, target, cfg.lam, None, cfg)
     support = result.support
     return Candidates(jnp.maximum(support, 0).astype(jnp.int32), support >= 0)
+
+
+def check_feature_shapes(model: Model, features: Features) -> None:
+    """ValueError naming the key unless test ``features`` fit the model's banks: one batch size B,
+    each reconstruction level (B, h_l, w_l, c_l) like its bank, the sampling level holding d_s values
+    per image like the sampling bank. Shapes are static, so this also runs under ``jit``."""
+    cfg = model.config
+    missing = [key for key in cfg.feature_keys if key not in features]
+    if missing:
+        raise ValueError(f"features: missing {missing}; this config needs {list(cfg.feature_keys)}")
+    shapes = {key: tuple(np.shape(features[key])) for key in cfg.feature_keys}
+    batch = {key: (shape[0] if shape else None) for key, shape in shapes.items()}
+    if len(set(batch.values())) != 1 or None in batch.values():
+        raise ValueError(f"features: every key needs the same batch size B, got {batch}")
+    for level in cfg.levels:
+        key = level_key(level)
+        expected = tuple(model.banks[key].shape[1:])
+        if shapes[key][1:] != expected:
+            raise ValueError(
+                f"features[{key!r}]: expected (B, {', '.join(map(str, expected))}) like the bank, got "
+                f"{shapes[key]}; were the images resized to the model's image_size/crop?"
+            )
+    if cfg.sampling == "subspace" and model.sampling_bank is not None:
+        key = level_key(cfg.sampling_level)
+        d = model.sampling_bank.shape[1]
+        if int(np.prod(shapes[key][1:])) != d or len(shapes[key]) < 2:
+            raise ValueError(
+                f"features[{key!r}]: expected {d} values per image like the sampling bank, got shape "
+                f"{shapes[key]}"
+            )
 
 
 def _omp_on_bank(bank: Array, gram: Array, targets: Array, k: int, candidates: Array | None, cfg: Config):

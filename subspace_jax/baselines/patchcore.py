@@ -76,7 +76,7 @@ class PatchCoreConfig(common.BaselineConfig):
             self._check_int("projection_dim", 1)
         self._check_bool("reweight")
         self._check_int("num_neighbors", 1)
-        self._check_int("seed", None)
+        self._check_seed("seed")
 
 
 # --- patch embedding ------------------------------------------------------------------------------------
@@ -219,6 +219,13 @@ def match(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[dict[st
     bank = model.bank
     emb = patch_embeddings(features, config.levels)
     batch, height, width, channels = emb.shape
+    if channels != bank.shape[1]:  # static: caught at trace time, before the distance products
+        keys = [common.level_key(level) for level in config.levels]
+        found = {key: tuple(features[key].shape) for key in keys}
+        raise ValueError(
+            f"features: the levels' channels sum to {channels} but the memory bank holds {bank.shape[1]}-"
+            f"dimensional patches; got {found}: were they made by the backbone the model was fit with?"
+        )
     flat = emb.reshape(batch * height * width, channels)
     dist, nearest = common.nearest_neighbor(
         flat, bank, query_chunk=config.query_chunk, bank_chunk=config.bank_chunk
