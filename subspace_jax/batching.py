@@ -4,8 +4,8 @@
   fixed-size (padded) batches out, so every jitted call has one shape and compiles once.
 - ``extract_features``: backbone features of images, batched, as host arrays.
 - ``BoundBackbone`` / ``check_backbone`` / ``BackboneBinding``: a fitted model remembers which
-  backbone (name and weights hash) built its bank; ``bind`` attaches one after checking it, and
-  ``bound_backbone`` returns the one to score with (the bound one, or loaded by name).
+  backbone (name and weights hash) built its bank; ``bind`` returns a copy carrying one after
+  checking it, and ``bound_backbone`` returns the one to score with (the bound one, or loaded by name).
 
 The functions take a ``config``: any object with ``backbone``, ``image_size``, ``crop`` and
 ``output_size`` (the model's ``Config`` and the baselines' configs are).
@@ -13,6 +13,7 @@ The functions take a ``config``: any object with ``backbone``, ``image_size``, `
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import numpy as np
 
+from subspace_jax.config_fields import _is_int
 from subspace_jax.data.images import read_image, resize_image
 
 Array = jax.Array
@@ -39,21 +41,69 @@ class InputConfig(Protocol):
     def output_size(self) -> int: ...
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+def first_nonfinite(values: Any) -> int | None:
+    """Index along the first axis of the first entry holding NaN or inf; None when every entry is finite,
+    for integer data, and for traced values (inside jit or eval_shape nothing can be checked)."""
+    if isinstance(values, jax.core.Tracer):
+        return None
+    if isinstance(values, jax.Array):
+        if not jax.numpy.issubdtype(values.dtype, jax.numpy.inexact) or values.ndim == 0 or not values.size:
+            return None
+        ok = np.asarray(jax.numpy.isfinite(values).reshape(values.shape[0], -1).all(axis=1))
+    else:
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.inexact) or values.ndim == 0 or not values.size:
+            return None
+        ok = np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if bad.size else None
 
 
-def check_batch(batch: Any, config: InputConfig, what: str) -> np.ndarray:
-    """``batch`` as a (B, S, S, 3) uint8 or float numpy array, S = ``config.output_size``; else ValueError."""
+def check_finite_features(features: Any, what: str = "features") -> None:
+    """Raise ValueError naming the key and image index of the first NaN or inf in a feature dict."""
+    for key, values in features.items():
+        index = first_nonfinite(values)
+        if index is not None:
+            raise ValueError(
+                f"{what}[{key!r}]: image {index} holds NaN or inf values; non-finite features would turn "
+                "its map into NaN and its score into -inf (ranked least anomalous)"
+            )
+
+
+def check_batch(batch: Any, config: InputConfig, what: str, first_index: int = 0) -> np.ndarray:
+    """``batch`` as a (B, S, S, 3) numpy array, S = ``config.output_size``; else ValueError.
+
+    The input contract of every public entry point: uint8 images (the normal path), or float images
+    on the same [0, 255] scale. Float batches are refused when they hold NaN or inf (naming the image,
+    counted from ``first_index``), values outside [0, 255], or only values <= 1 (images scaled to
+    [0, 1] would silently score as almost black: multiply them by 255 or convert them to uint8).
+    """
     batch = np.asarray(batch)
     size = config.output_size
     if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
         raise ValueError(
-            f"{what}: expected images of shape (B, {size}, {size}, 3) (config image_size/crop), got {batch.shape}; "
-            "load datasets with subspace_jax.data at this size or pass image paths"
+            f"{what}: expected images of shape (B, {size}, {size}, 3) (config image_size/crop), got "
+            f"{batch.shape}; load datasets with subspace_jax.data at this size or pass image paths"
         )
-    if batch.dtype != np.uint8 and not np.issubdtype(batch.dtype, np.floating):
+    if batch.dtype == np.uint8:
+        return batch
+    if not np.issubdtype(batch.dtype, np.floating):
         raise ValueError(f"{what}: expected uint8 (or float in [0, 255]) images, got dtype {batch.dtype}")
+    bad = first_nonfinite(batch)
+    if bad is not None:
+        raise ValueError(f"{what}: image {first_index + bad} holds NaN or inf values")
+    if batch.size:
+        low, high = float(batch.min()), float(batch.max())
+        if low < 0.0 or high > 255.0:
+            raise ValueError(
+                f"{what}: float images must hold values in [0, 255] (the uint8 scale), got values in "
+                f"[{low:g}, {high:g}]; pass raw pixels, not normalised ones (the backbone normalises)"
+            )
+        if high <= 1.0:
+            raise ValueError(
+                f"{what}: float images must be on the [0, 255] scale, but every value is <= 1 (max "
+                f"{high:g}), which looks like [0, 1] images; multiply them by 255 or convert them to uint8"
+            )
     return batch
 
 
@@ -85,8 +135,10 @@ def iter_batches(images: ImageSource, config: InputConfig, batch_size: int) -> I
         raise ValueError(
             f"images: expected an array, an iterable of batches or a list of paths, got {type(images).__name__}"
         )
+    seen = 0
     for index, batch in enumerate(images):
-        batch = check_batch(batch, config, f"images (batch {index})")
+        batch = check_batch(batch, config, f"images (batch {index})", first_index=seen)
+        seen += batch.shape[0]
         for start in range(0, batch.shape[0], batch_size):
             yield batch[start : start + batch_size]
 
@@ -104,11 +156,12 @@ def count_images(images: ImageSource) -> int | None:
     return len(images) if isinstance(images, (np.ndarray, jax.Array, list, tuple)) else None
 
 
-def batch_size_for(images: ImageSource, batch_size: int) -> int:
-    """``batch_size`` checked, lowered to the number of images when fewer are given (less padding)."""
+def batch_size_for(images: ImageSource | int, batch_size: int) -> int:
+    """``batch_size`` checked, lowered to the number of images (or ``images`` itself, a count) when
+    fewer are given (less padding)."""
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    n = count_images(images)
+    n = int(images) if _is_int(images) else count_images(images)
     return max(1, min(batch_size, n)) if n else batch_size
 
 
@@ -224,19 +277,30 @@ def check_backbone(fitted: Any, backbone: Any) -> None:
         )
 
 
+@functools.lru_cache(maxsize=4)
+def _load_backbone(name: str) -> Any:
+    """``backbones.load(name)``, kept for later calls (loading converts and folds the weights)."""
+    from subspace_jax import backbones
+
+    return backbones.load(name)
+
+
 class BackboneBinding:
     """Mixin for fitted models (frozen dataclasses with ``backbone_name`` and ``weights_sha256``).
 
-    ``bind(backbone)`` checks and attaches a backbone (outside the pytree: it is no field);
-    ``bound_backbone(backbone)`` is what ``score`` runs: ``backbone`` if given (checked), else the
-    bound one, else the backbone loaded by name.
+    Fitted models are values: ``bind(backbone)`` checks a backbone and returns a copy of the model
+    that carries it (outside the pytree: it is no field, so ``jit`` and ``tree_map`` ignore it); the
+    model it was called on is unchanged. ``bound_backbone(backbone)`` is what ``score`` runs:
+    ``backbone`` if given (checked), else the bound one, else the backbone loaded by name (checked).
     """
 
     def bind(self, backbone: Any) -> Any:
-        """Attach ``backbone`` for ``score`` after checking it is the one the bank was built with."""
+        """A copy of this model bound to ``backbone``, after checking it built the bank."""
         check_backbone(self, backbone)
-        object.__setattr__(self, "_backbone", BoundBackbone.of(backbone))
-        return self
+        bound = dataclasses.replace(self)
+        # The copy is new and not yet shared, so attaching the binding changes no existing value.
+        object.__setattr__(bound, "_backbone", BoundBackbone.of(backbone))
+        return bound
 
     def bound_backbone(self, backbone: Any = None) -> BoundBackbone:
         """The backbone to score with: ``backbone`` (checked), the bound one, or loaded by name."""
@@ -244,16 +308,15 @@ class BackboneBinding:
             check_backbone(self, backbone)
             return BoundBackbone.of(backbone)
         bound = getattr(self, "_backbone", None)
-        if bound is None:
-            cls = type(self).__name__
-            if self.weights_sha256 is None:
-                raise ValueError(
-                    f"{cls}.score: this model was fit from features with weights_sha256=None, so no "
-                    f"backbone can be checked against it; pass weights_sha256 to fit_features, bind a "
-                    f"backbone, or use {cls}.score_features"
-                )
-            from subspace_jax import backbones
-
-            self.bind(backbones.load(self.backbone_name))
-            bound = self._backbone
-        return bound
+        if bound is not None:
+            return bound
+        cls = type(self).__name__
+        if self.weights_sha256 is None:
+            raise ValueError(
+                f"{cls}.score: this model was fit from features with weights_sha256=None, so no "
+                f"backbone can be checked against it; pass weights_sha256 to fit_features, bind a "
+                f"backbone, or use {cls}.score_features"
+            )
+        loaded = _load_backbone(self.backbone_name)
+        check_backbone(self, loaded)
+        return BoundBackbone.of(loaded)
