@@ -4,9 +4,9 @@
 
 Defaults are the paper's MTD setting, experiments/configs/mtd_paper.py: reconstruction at levels 2, 3 and 4,
 subspace sampling on the pooled last level (override with --levels / --sampling-level, or start from another
-file with --config FILE). `--data-root` defaults to $SUBSPACE_JAX_MTD.
-`--help` lists every flag (one per Config field). Results with efficientnet_lite0:
-docs/results/mtd_efficientnet_lite0.md.
+file with --config FILE). `--data-root` defaults to $SUBSPACE_JAX_MTD, else ../shared/data/mtd beside the
+checkout, else the cache `python -m subspace_jax.data.mtd download` fills. `--help` lists every flag (one
+per Config field). Results with efficientnet_lite0: docs/results/mtd_efficientnet_lite0.md.
 """
 
 from __future__ import annotations

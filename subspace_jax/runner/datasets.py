@@ -27,6 +27,12 @@ def _mtd(root: Path, category: str) -> Any:
     return MTD(root)
 
 
+def _mtd_root() -> Path:
+    from subspace_jax.data.mtd import find_root
+
+    return find_root()
+
+
 def _categories(name: str) -> tuple[str, ...]:
     from subspace_jax import data
 
@@ -55,4 +61,5 @@ MTD = DatasetSpec(
     categories=("mtd",),
     open=_mtd,
     configs={"subspace": CONFIG_DIR / "mtd_paper.py"},
+    find_root=_mtd_root,
 )
