@@ -1,10 +1,11 @@
 """Subspace-guided feature reconstruction: ``Config``, ``fit``, ``Model`` and the pure scorer.
 
-Method (``docs/method.md``, "The method"): every nominal training image is one atom per reconstruction level; the bank
-``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is rebuilt from at most ``k`` rows by
-orthogonal matching pursuit (Batch-OMP on the precomputed Gram matrix); what cannot be rebuilt is
-the anomaly. Subspace-guided sampling first runs OMP with ``lam`` atoms at a high level (level 4 or
-the pooled vector) and restricts the low-level reconstruction to the chosen images.
+Method (``docs/method.md``, "Image atoms and the bank"): every nominal training image is one atom per
+reconstruction level; the bank ``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is
+rebuilt from at most ``k`` rows by orthogonal matching pursuit (Batch-OMP on the precomputed Gram
+matrix); what cannot be rebuilt is the anomaly. Subspace-guided sampling first runs OMP with ``lam``
+atoms at a high level (level 4 or the pooled vector) and restricts the low-level reconstruction to
+the chosen images.
 
 Layers, outermost first:
 
@@ -118,7 +119,6 @@ class Config(BaseConfig):
 
     method: ClassVar[str] = "subspace"
 
-    levels: tuple[int, ...] = (2, 3)
     sampling_level: int | str = 4
     sampling: str = "subspace"
     lam: int = 50
@@ -150,7 +150,7 @@ class Config(BaseConfig):
         self._check_bool("normalize_selection")
         self._check_choice("fusion", FUSION_MODES)
         self._check_choice("bank_dtype", BANK_DTYPES)
-        self._check_int("seed", None)
+        self._check_seed("seed")
 
     @property
     def feature_keys(self) -> tuple[str, ...]:
@@ -195,8 +195,12 @@ class Model(BackboneBinding):
         return next(iter(self.grams.values())).shape[0]
 
     def score_features(self, features: Features) -> tuple[Array, Array]:
-        """Score precomputed backbone features (see ``score_features``); jitted."""
-        return _score_features_jit(self._scorer(), _select_features(features, self.config))
+        """Score precomputed backbone features (see ``score_features``); jitted. Features holding NaN
+        or inf are refused (ValueError naming the key and image)."""
+        selected = _select_features(features, self.config)
+        check_feature_shapes(self, selected)
+        batching.check_finite_features(selected)
+        return _score_features_jit(self._scorer(), selected)
 
     def _scorer(self) -> Model:
         # Thresholds are static metadata: strip them so that calibrated and uncalibrated models share
@@ -288,6 +292,7 @@ def fit_features(
         raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
     backbone_name = config.backbone if backbone_name is None else backbone_name
     feats = _select_features(features, config)
+    batching.check_finite_features(feats)
     n = {key: value.shape[0] for key, value in feats.items()}
     if len(set(n.values())) != 1 or min(n.values()) < 1:
         raise ValueError(f"features: every level needs the same number N >= 1 of images, got {n}")
@@ -440,6 +445,7 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
     ``"random"``: ``lam`` images drawn once from ``seed``, the same for every test image;
     ``"none"``, or ``lam >= N``: all N images (m = N).
     """
+    check_feature_shapes(model, features)
     cfg = model.config
     n = model.n_train
     batch = next(iter(features.values())).shape[0]
@@ -459,6 +465,36 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
     result = _omp_on_bank(model.sampling_bank, model.sampling_gram, target, cfg.lam, None, cfg)
     support = result.support
     return Candidates(jnp.maximum(support, 0).astype(jnp.int32), support >= 0)
+
+
+def check_feature_shapes(model: Model, features: Features) -> None:
+    """ValueError naming the key unless test ``features`` fit the model's banks: one batch size B,
+    each reconstruction level (B, h_l, w_l, c_l) like its bank, the sampling level holding d_s values
+    per image like the sampling bank. Shapes are static, so this also runs under ``jit``."""
+    cfg = model.config
+    missing = [key for key in cfg.feature_keys if key not in features]
+    if missing:
+        raise ValueError(f"features: missing {missing}; this config needs {list(cfg.feature_keys)}")
+    shapes = {key: tuple(np.shape(features[key])) for key in cfg.feature_keys}
+    batch = {key: (shape[0] if shape else None) for key, shape in shapes.items()}
+    if len(set(batch.values())) != 1 or None in batch.values():
+        raise ValueError(f"features: every key needs the same batch size B, got {batch}")
+    for level in cfg.levels:
+        key = level_key(level)
+        expected = tuple(model.banks[key].shape[1:])
+        if shapes[key][1:] != expected:
+            raise ValueError(
+                f"features[{key!r}]: expected (B, {', '.join(map(str, expected))}) like the bank, got "
+                f"{shapes[key]}; were the images resized to the model's image_size/crop?"
+            )
+    if cfg.sampling == "subspace" and model.sampling_bank is not None:
+        key = level_key(cfg.sampling_level)
+        d = model.sampling_bank.shape[1]
+        if int(np.prod(shapes[key][1:])) != d or len(shapes[key]) < 2:
+            raise ValueError(
+                f"features[{key!r}]: expected {d} values per image like the sampling bank, got shape "
+                f"{shapes[key]}"
+            )
 
 
 def _omp_on_bank(bank: Array, gram: Array, targets: Array, k: int, candidates: Array | None, cfg: Config):
@@ -519,14 +555,15 @@ def image_pursuit(
     Returns:
       the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
 
-    Sampling exists to touch only the m candidate rows (``docs/method.md``, "Computation"). When m ≤ N/2 (the usual λ ≪ N)
-    that is what happens: per test image the rows D[idx] (m, d) are gathered, α = D[idx] y (m,),
-    Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the residual is rebuilt from the
-    k chosen rows. Images are processed one at a time (``lax.map``), so memory holds one (m, d)
-    float32 block, not B of them. When m > N/2 (sampling ``none``, or λ close to N) the correlations
-    are one batched product α = y Dᵀ against the whole bank, with the non-candidates masked out:
-    gathering is memory-bound and per image, the whole-bank product compute-bound and shared by the
-    batch, and on CPU the two cost the same near m = N/2 (``benchmarks/bench_gather.md``).
+    Sampling exists to touch only the m candidate rows (``docs/method.md``, "Computation"). When
+    m ≤ N/2 (the usual λ ≪ N) that is what happens: per test image the rows D[idx] (m, d) are
+    gathered, α = D[idx] y (m,), Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the
+    residual is rebuilt from the k chosen rows. Images are processed one at a time (``lax.map``), so
+    memory holds one (m, d) float32 block, not B of them. When m > N/2 (sampling ``none``, or λ close
+    to N) the correlations are one batched product α = y Dᵀ against the whole bank, with the
+    non-candidates masked out: gathering is memory-bound and per image, the whole-bank product
+    compute-bound and shared by the batch, and on CPU the two cost the same near m = N/2
+    (``benchmarks/bench_gather.md``).
     """
     atoms, gram = jnp.asarray(atoms), jnp.asarray(gram, jnp.float32)
     n = atoms.shape[0]
