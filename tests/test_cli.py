@@ -122,7 +122,7 @@ def check_report(path: Path) -> _Links:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """Synthetic data, then fit, predict, export and evaluate through the console script."""
+    """Synthetic data; fit and predict through the console script, export and evaluate via cli.main."""
     root = tmp_path_factory.mktemp("cli")
     synthetic.write_mvtec_tree(root / "data", ("shape",), n_train=20, n_test=8, image_size=SIZE)
     wide = read_image(root / "data/shape/test/good/000.png")
@@ -137,16 +137,21 @@ def workspace(tmp_path_factory):
         "predict": (
             "predict", "model", "data/shape/test", "extra/wide.png", "--out", "pred", "--batch-size", "4",
         ),
-        "export": ("export", "model", "model.jaxexport"),
-        "evaluate": (
-            "evaluate", "model", "--dataset", "folder", "--data-root", "data/shape", "--out", "eval",
-            "--batch-size", "4",
-        ),
     }  # fmt: skip
     results = {}
     for name, args in steps.items():
         results[name] = run_console(*args, cwd=root)
         assert results[name].returncode == 0, (name, results[name].stderr[-3000:])
+    # export and evaluate run in this process (cli.main, the console script's function): it saves two
+    # interpreter starts and lets the export test reuse this process's compiled scorer.
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert cli.main(["--quiet", "export", "model", "model.jaxexport"]) == 0
+        evaluate = ["evaluate", "model", "--dataset", "folder", "--data-root", "data/shape", "--out", "eval"]
+        assert cli.main(["--quiet", *evaluate, "--batch-size", "5"]) == 0
+    finally:
+        os.chdir(cwd)
     return root, results
 
 
@@ -186,8 +191,8 @@ def test_fit_predict_writes_csv_masks_overlays_and_report(workspace):
 
 
 def test_exported_artifact_runs_with_jax_and_numpy_only(workspace, tmp_path):
-    root, results = workspace
-    model = checkpoint.load(root / "model")
+    root, _ = workspace
+    model = cli._load_model(str(root / "model"), None)  # bound to the cached backbone evaluate used
     _, test = synthetic.generate("shape", 20, 8, SIZE, 0)
     np.save(tmp_path / "images.npy", test.images)
     script = tmp_path / "run.py"
@@ -222,13 +227,12 @@ def test_exported_artifact_runs_with_jax_and_numpy_only(workspace, tmp_path):
         # The same program, compiled with the bank and weights as constants: equal to float32 rounding.
         np.testing.assert_allclose(out[f"maps{b}"], maps, rtol=1e-5, atol=1e-5 * scale)
         np.testing.assert_allclose(out[f"scores{b}"], scores, rtol=1e-5, atol=1e-5 * scale)
-    assert "any batch size" in results["export"].stdout
 
 
 def test_export_fixed_batch_and_several_platforms(workspace):
     from subspace_jax import export
 
-    model = checkpoint.load(workspace[0] / "model")
+    model = cli._load_model(str(workspace[0] / "model"), None)
     exported = export.export_model(model, batch_size=2, platforms=("cpu", "cuda", "tpu"))
     assert exported.platforms == ("cpu", "cuda", "tpu")
     assert exported.in_avals[0].shape == (2, SIZE, SIZE, 3) and str(exported.in_avals[0].dtype) == "uint8"
