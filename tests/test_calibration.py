@@ -146,3 +146,17 @@ def test_validation_needs_a_splittable_input():
         calibration.split_images(iter([np.zeros((2, SIZE, SIZE, 3), np.uint8)]), 0.1, 0)
     with pytest.raises(ValueError, match="at least 2"):
         calibration.holdout_split(1, 0.5, 0)
+
+
+def test_fit_with_an_explicit_validation_set_gives_the_same_thresholds(calibrated):
+    train, _, model = calibrated
+    keep, held = calibration.holdout_split(len(train.images), 0.25, 3)
+    backbone = load_backbone(model.config.backbone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        explicit = sj.fit(
+            train.images[keep], model.config, backbone, validation=train.images[held], progress=False
+        )
+    assert explicit.thresholds == model.thresholds and explicit.n_train == model.n_train
+    with pytest.raises(ValueError, match="not both"):
+        sj.fit(train.images, model.config, backbone, validation=train.images[held], validation_fraction=0.1)
