@@ -531,6 +531,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         note=CALIBRATION_NOTE,
         nominal_scores=thresholds.nominal_scores,
         metrics=shown,
+        defective=labels,
+        full_list=None,
     )
     keys = (
         "false_alarm_rate",

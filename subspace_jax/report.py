@@ -132,13 +132,15 @@ def histogram_svg(
     threshold: float,
     *,
     nominal: Sequence[float] | None = None,
+    defective: Sequence[bool] | None = None,
     bins: int = 40,
     width: int = 720,
     height: int = 240,
 ) -> str:
     """Inline SVG: histogram of ``scores`` (bars) with the ``threshold`` as a red line; optional
     ``nominal`` calibration scores drawn as a step outline on the same bins (scaled to the same
-    total, so the two shapes compare)."""
+    total, so the two shapes compare). With ``defective`` (ground truth per score), the bars are
+    stacked: defect-free below, defective (orange) above."""
     scores = np.asarray(scores, dtype=np.float64)
     values = scores if nominal is None else np.concatenate([scores, np.asarray(nominal, np.float64)])
     low = float(min(values.min(initial=threshold), threshold))
@@ -149,6 +151,9 @@ def histogram_svg(
     low, high = low - pad, high + pad
     edges = np.linspace(low, high, bins + 1)
     counts = np.histogram(scores, edges)[0]
+    bad_counts = np.zeros_like(counts)
+    if defective is not None:
+        bad_counts = np.histogram(scores[np.asarray(defective, bool)], edges)[0]
     left, right, top, bottom = 48, 12, 28, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     nominal_counts = None
@@ -171,14 +176,18 @@ def histogram_svg(
         f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#ccc"/>',
     ]
     bar_w = plot_w / bins
-    for i, count in enumerate(counts):
-        if count:
-            x0 = x(edges[i])
-            parts.append(
-                f'<rect x="{x0 + 0.5:.1f}" y="{y(count):.1f}" width="{max(bar_w - 1, 1):.1f}" '
-                f'height="{top + plot_h - y(count):.1f}" fill="#4a78b5"><title>{edges[i]:.4g} to '
-                f"{edges[i + 1]:.4g}: {count} image(s)</title></rect>"
-            )
+    for i, (count, bad) in enumerate(zip(counts, bad_counts)):
+        x0 = x(edges[i])
+        for low_count, high_count, colour, what in (
+            (0, count - bad, "#4a78b5", "defect-free " if defective is not None else ""),
+            (count - bad, count, "#e08a2c", "defective "),
+        ):
+            if high_count > low_count:
+                parts.append(
+                    f'<rect x="{x0 + 0.5:.1f}" y="{y(high_count):.1f}" width="{max(bar_w - 1, 1):.1f}" '
+                    f'height="{y(low_count) - y(high_count):.1f}" fill="{colour}"><title>{edges[i]:.4g} to '
+                    f"{edges[i + 1]:.4g}: {high_count - low_count} {what}image(s)</title></rect>"
+                )
     if nominal_counts is not None:
         points = []
         for i, count in enumerate(nominal_counts):
@@ -249,6 +258,8 @@ def write_report(
     note: str = "",
     nominal_scores: Sequence[float] | None = None,
     metrics: Mapping[str, str] | None = None,
+    defective: Sequence[bool] | None = None,
+    full_list: str | None = "predictions.csv",
 ) -> Path:
     """Write the report to ``path`` atomically; ``items`` are shown in the order given (highest
     score first), ``scores`` are all the scores of the run (for the histogram)."""
@@ -276,7 +287,8 @@ def write_report(
     shown = (
         f"all {n_total} images"
         if len(items) == n_total
-        else f"the {len(items)} highest-scoring of {n_total} images (every image is in predictions.csv)"
+        else f"the {len(items)} highest-scoring of {n_total} images"
+        + (f" (every image is in {full_list})" if full_list else "")
     )
     metric_rows = ""
     if metrics:
@@ -285,16 +297,23 @@ def write_report(
             + "".join(f"<tr><td>{esc(k)}</td><td>{esc(v)}</td></tr>" for k, v in metrics.items())
             + "</table>"
         )
-    legend = '<div class="legend"><span style="background:#4a78b5"></span>these images'
+    if defective is None:
+        legend = '<div class="legend"><span style="background:#4a78b5"></span>these images'
+    else:
+        legend = (
+            '<div class="legend"><span style="background:#4a78b5"></span>defect-free (ground truth)'
+            '<span style="background:#e08a2c"></span>defective (ground truth)'
+        )
     if nominal_scores is not None:
         legend += '<span style="background:#2a9d5b"></span>nominal calibration images (rescaled)'
     legend += '<span style="background:#d62728"></span>threshold</div>'
+    svg = histogram_svg(scores, threshold, nominal=nominal_scores, defective=defective)
     page = (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{esc(title)}</h1><div class='summary'>{rows}</div>"
         f"<p class='note'>{esc(note)}</p>{metric_rows}"
-        f"<h2>Scores against the threshold</h2>{histogram_svg(scores, threshold, nominal=nominal_scores)}"
+        f"<h2>Scores against the threshold</h2>{svg}"
         f"{legend}<h2>Images by score: {esc(shown)}</h2>"
         "<p class='note'>Each card: the input, then the anomaly map over it (jet colours, shown from 0.8 × "
         "the pixel threshold up: green at the pixel threshold, yellow to red above it; the predicted mask "
