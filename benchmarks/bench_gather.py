@@ -169,12 +169,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"command: python {' '.join(sys.argv)}")
     print(
-        f"machine: {platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} "
-        f"device(s), jax {jax.__version__}"
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}"
     )
     print(
-        "| case | sampling | reconstruction | sampling ms/img | reconstruction ms/img | maps ms/img | total ms/img "
-        "| reconstruction before / after | max |Δ level map| |"
+        "| case | sampling | reconstruction | sampling ms/img | reconstruction ms/img | maps ms/img "
+        "| total ms/img | reconstruction before / after | max |Δ level map| |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     if "mtd" in args.cases:
