@@ -222,7 +222,8 @@ class Model(BackboneBinding):
         ``config.sampling == "subspace"``.
       sampling_gram: (N, N) float32 Gram matrix of the sampling-level features, or None.
       projections: level key -> (c_l, c′_l) float32 channel projection (``config.projection``), applied
-        to that level's features (after aggregation) before reconstruction; empty without one.
+        to that level's features (after aggregation) before reconstruction; empty (None when loaded
+        from a checkpoint) without one.
       config: the ``Config`` (static).
       backbone_name: the backbone that produced the features (static).
       weights_sha256: hex sha256 of that backbone's weights, None when unknown (static).
@@ -234,7 +235,7 @@ class Model(BackboneBinding):
     grams: dict[str, Array]
     sampling_bank: Array | None
     sampling_gram: Array | None
-    projections: dict[str, Array]
+    projections: dict[str, Array] | None
     config: Config = dataclasses.field(metadata=dict(static=True))
     backbone_name: str = dataclasses.field(metadata=dict(static=True))
     weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
@@ -575,6 +576,8 @@ def check_feature_shapes(model: Model, features: Features) -> None:
     for level in cfg.levels:
         key = level_key(level)
         expected = tuple(model.banks[key].shape[1:])
+        if key in (model.projections or {}):  # the bank holds c′ projected channels, the features c
+            expected = expected[:-1] + (model.projections[key].shape[0],)
         if shapes[key][1:] != expected:
             raise ValueError(
                 f"features[{key!r}]: expected (B, {', '.join(map(str, expected))}) like the bank, got "
@@ -628,7 +631,7 @@ def prepare_level(model: Model, key: str, features: Array) -> Array:
     """(B, h, w, c) test features of a reconstruction level -> what its bank holds: aggregated
     (``config.aggregate``), then projected to c′ channels when the model has a projection for it."""
     features = compress.aggregate(features, model.config.aggregate)
-    if key in model.projections:
+    if key in (model.projections or {}):
         features = jnp.matmul(jnp.asarray(features, jnp.float32), model.projections[key])
     return features
 
