@@ -21,9 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 KEYS = ("level2", "level3", "level4", "pooled")
 NORMS = ("tf", "imagenet")

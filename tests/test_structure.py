@@ -204,8 +204,9 @@ def test_bind_returns_a_bound_copy_and_leaves_the_model_unchanged(name):
 def test_config_files_load_and_take_overrides():
     paper = config_files.load(REPO / "experiments/configs/mtd_paper.py")
     assert paper == sj.Config(levels=(2, 3, 4), sampling_level="pooled")
-    # The MTD runner's default is that file: experiments/mtd.py starts from the same config as before.
-    assert core.default_config(datasets.MTD, methods.get("subspace")) == paper
+    # The MTD runner's default is experiments/configs/mtd_default.py (issue 14); the paper's setting stays.
+    default = config_files.load(REPO / "experiments/configs/mtd_default.py")
+    assert core.default_config(datasets.MTD, methods.get("subspace")) == default
     assert core.default_config(datasets.MTD, methods.get("patchcore")) == PatchCoreConfig()
     pixel = config_files.load(REPO / "experiments/configs/mtd_subspace_pixel.py", k=3)
     assert pixel == dataclasses.replace(paper, reconstruction="pixel", k=3)
