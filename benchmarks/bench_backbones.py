@@ -128,7 +128,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, batch, t_jax, t_torch, ratio in rows:
         print(
-            f"| {name} | {batch} | {t_jax * 1e3:.1f} | {t_torch * 1e3:.1f} | {t_jax / t_torch:.2f} | {ratio:.2f} |"
+            f"| {name} | {batch} | {t_jax * 1e3:.1f} | {t_torch * 1e3:.1f} "
+            f"| {t_jax / t_torch:.2f} | {ratio:.2f} |"
         )
 
 

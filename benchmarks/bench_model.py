@@ -73,7 +73,10 @@ def main() -> None:
     train, test = synthetic.generate("shape", args.n_train, args.n_test, args.image_size, seed=0)
     report = {
         "command": " ".join(sys.argv),
-        "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s)",
+        "machine": (
+            f"{platform.processor() or platform.machine()}, "
+            f"{jax.device_count()} {jax.default_backend()} device(s)"
+        ),
         "jax": jax.__version__,
         "memory": {},
         "speed": {},
@@ -118,7 +121,8 @@ def main() -> None:
     print(f"command: {report['command']}")
     print(f"machine: {report['machine']}, jax {report['jax']}")
     print(
-        f"\nBank bytes per training image at {args.image_size} px (levels {base.levels} + sampling level {base.sampling_level}):"
+        f"\nBank bytes per training image at {args.image_size} px "
+        f"(levels {base.levels} + sampling level {base.sampling_level}):"
     )
     print(f"| backbone | dtype | {' | '.join(k for k in next(iter(report['memory'].values())))} |")
     for key, value in report["memory"].items():
@@ -130,7 +134,8 @@ def main() -> None:
                 + " |"
             )
     print(
-        f"\nScoring time per image (N = {args.n_train}, lam = {args.lam}, k = {args.k}, pixel_k = {args.pixel_k}, "
+        f"\nScoring time per image (N = {args.n_train}, lam = {args.lam}, k = {args.k}, "
+        f"pixel_k = {args.pixel_k}, "
         f"batch {args.batch_size}, mean of {args.repeats} runs over {args.n_test} images):"
     )
     print(
@@ -142,7 +147,8 @@ def main() -> None:
         backbone_name, mode = key.split("/")
         cells = " | ".join(f"{value[s] * 1e3:.1f} ms" for s in (*STAGES, "total"))
         print(
-            f"| {backbone_name} | {mode} | {value['weights']} | {cells} | {value['method_over_backbone']:.2f} |"
+            f"| {backbone_name} | {mode} | {value['weights']} | {cells} "
+            f"| {value['method_over_backbone']:.2f} |"
         )
     if args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")

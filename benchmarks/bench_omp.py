@@ -120,7 +120,7 @@ def image_atom_rows(args: argparse.Namespace, rng: np.random.Generator) -> list[
                     "agree": agreement,
                 }
             )
-        del atoms, gram, alpha
+
     return rows
 
 
@@ -155,18 +155,21 @@ def pixel_rows(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]
 def format_table(rows: list[dict]) -> str:
     header = (
         f"{'case':<44} {'jax s':>8} {'sklearn s':>10} {'floor s':>8} {'np mm s':>8} "
-        f"{'skl/jax':>8} {'jax/floor':>9} {'jax stg s':>10} {'skl stg s':>10} {'stg ratio':>9} {'same supp':>9}"
+        f"{'skl/jax':>8} {'jax/floor':>9} {'jax stg s':>10} {'skl stg s':>10} "
+        f"{'stg ratio':>9} {'same supp':>9}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
         stage = (
-            f"{row['jax stage']:>10.4f} {row['sklearn stage']:>10.4f} {row['sklearn stage'] / row['jax stage']:>9.1f}"
+            f"{row['jax stage']:>10.4f} {row['sklearn stage']:>10.4f} "
+            f"{row['sklearn stage'] / row['jax stage']:>9.1f}"
             if "jax stage" in row
             else f"{'-':>10} {'-':>10} {'-':>9}"
         )
         lines.append(
             f"{row['case']:<44} {row['jax']:>8.4f} {row['sklearn']:>10.4f} {row['floor']:>8.4f} "
-            f"{row['numpy matmul']:>8.4f} {row['sklearn'] / row['jax']:>8.1f} {row['jax'] / row['floor']:>9.2f} "
+            f"{row['numpy matmul']:>8.4f} {row['sklearn'] / row['jax']:>8.1f} "
+            f"{row['jax'] / row['floor']:>9.2f} "
             f"{stage} {row['agree']:>9.2f}"
         )
     return "\n".join(lines)
@@ -191,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python " + shlex.join([sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     print(f"command: {command}")
     print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; float32; medians of {args.repeats} interleaved repeats"
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; float32; "
+        f"medians of {args.repeats} interleaved repeats"
     )
     rng = np.random.default_rng(args.seed)
     rows = image_atom_rows(args, rng)
@@ -200,8 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(format_table(rows))
     print(
-        "\njax: jitted alpha = targets @ atoms.T (+ ||targets||^2) and omp_gram (image rows) or omp (pixel rows);"
-        "\nsklearn: numpy alpha + orthogonal_mp_gram (image) or orthogonal_mp (pixel); floor: jitted targets @ atoms.T;"
+        "\njax: jitted alpha = targets @ atoms.T (+ ||targets||^2) and omp_gram (image rows) "
+        "or omp (pixel rows);"
+        "\nsklearn: numpy alpha + orthogonal_mp_gram (image) or orthogonal_mp (pixel); "
+        "floor: jitted targets @ atoms.T;"
         "\nnp mm: numpy targets @ atoms.T; stg: the OMP stage alone with alpha given; same supp: fraction of"
         "\ntargets whose atom set equals sklearn's (float32 rounding can flip near-ties)."
     )

@@ -129,7 +129,8 @@ class Backbone:
         return self._classify(self._params, _check_images(images))
 
     def pure(self) -> tuple[Callable[[Any, jax.Array], dict[str, jax.Array]], Any]:
-        """``(apply_fn, params)`` with ``apply_fn(params, images)`` equal to ``self(images)``: pure, jittable."""
+        """``(apply_fn, params)`` with ``apply_fn(params, images)`` equal to ``self(images)``: pure,
+        jittable."""
         return self._apply, self._params
 
     def __repr__(self) -> str:

@@ -44,7 +44,8 @@ LEVEL_BLOCKS = {"level1": 2, "level2": 4, "level3": 10}
 
 
 class MBConv(nnx.Module):
-    """Inverted residual: 1x1 expand (if ratio > 1), depthwise k x k (strided), 1x1 project, skip if shapes match."""
+    """Inverted residual: 1x1 expand (if ratio > 1), depthwise k x k (strided), 1x1 project, skip if
+    shapes match."""
 
     def __init__(
         self,

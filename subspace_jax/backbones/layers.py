@@ -4,7 +4,8 @@ Every module that holds weights names the torch tensors it is loaded from (``tor
 converts them itself (``assign_torch``), so :mod:`.convert` can check a whole state dict against a model
 generically. Random initialisation (He-normal kernels, identity BatchNorm) uses a numpy generator:
 it exists for tests and benchmarks, and numpy keeps building a 69M-parameter model to about a second
-where one jax.random call per tensor shape costs several. Layout is NHWC activations and HWIO kernels, XLA's native layout on CPU, GPU and TPU.
+where one jax.random call per tensor shape costs several. Layout is NHWC activations and HWIO kernels,
+XLA's native layout on CPU, GPU and TPU.
 """
 
 from __future__ import annotations

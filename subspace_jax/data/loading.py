@@ -26,7 +26,8 @@ SPLITS = ("train", "test")
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
-    """One listed image: its file, label (0 defect-free, 1 defective), defect type and mask file (None: no mask)."""
+    """One listed image: its file, label (0 defect-free, 1 defective), defect type and mask file
+    (None: no mask)."""
 
     image_path: Path
     label: int
@@ -121,7 +122,8 @@ def warn_mask_size_mismatch(
     (mask_h, mask_w), (image_h, image_w) = sizes
     warnings.warn(
         f"{count} mask(s) differ in size from their images and were resized to them with nearest neighbour; "
-        f"first: mask {first.mask_path} is {mask_w}x{mask_h} but image {first.image_path} is {image_w}x{image_h}",
+        f"first: mask {first.mask_path} is {mask_w}x{mask_h} but image {first.image_path} "
+        f"is {image_w}x{image_h}",
         stacklevel=3,
     )
 
@@ -133,7 +135,8 @@ def check_split(split: str) -> str:
 
 
 class Dataset(abc.ABC):
-    """A dataset on disk: ``samples(split)`` lists it, ``load(split, ...)`` reads it as a resized ``Split``."""
+    """A dataset on disk: ``samples(split)`` lists it, ``load(split, ...)`` reads it as a resized
+    ``Split``."""
 
     #: Shown in progress bars and error messages.
     name: str = "dataset"

@@ -287,7 +287,8 @@ def _split(images: list[np.ndarray], masks: list[np.ndarray], defect_types: list
 
 
 def _test_split_types(n_test: int) -> list[str]:
-    """The defect type of each test image: the first n_test // 2 good, the rest cycling DEFECT_TYPES, grouped."""
+    """The defect type of each test image: the first n_test // 2 good, the rest cycling DEFECT_TYPES,
+    grouped."""
     n_good = n_test // 2
     defective = [DEFECT_TYPES[i % len(DEFECT_TYPES)] for i in range(n_test - n_good)]
     return [GOOD] * n_good + sorted(defective, key=DEFECT_TYPES.index)
