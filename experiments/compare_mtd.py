@@ -2,18 +2,20 @@
 same cached backbone features and the same split; writes a Markdown table and a JSON record.
 
     python experiments/compare_mtd.py --data-root PATH [--backbone efficientnet_lite0]
-        [--feature-cache results/cache] [--coreset-ratio 0.01] [--out docs/results/mtd_comparison_efficientnet_lite0.md]
+        [--feature-cache results/cache] [--coreset-ratio R] [--out docs/results/mtd_comparison_<backbone>.md]
 
-Every method uses its Config defaults with the runner's MTD overrides (subspace: levels 2-4, pooled
-sampling), except PatchCore's coreset ratio (``--coreset-ratio``; the paper's 0.1 takes hours on a CPU).
-Fit seconds = backbone on the training images + building the bank; seconds per image = backbone +
-scoring on the test images, divided by their number. Bank memory = bytes of every array the fitted model
-holds (banks, Gram matrices, coreset).
+Each row is a config file in ``experiments/configs`` (``ROWS``), with ``--backbone`` and ``--image-size``
+applied to every row. The subspace rows are the paper's MTD setting (levels 2-4, pooled sampling); the
+PatchCore row keeps 1% of the patches instead of the paper's 10% (``--coreset-ratio`` overrides it;
+0.1 takes hours on a CPU). Fit seconds = backbone on the training images + building the bank; seconds
+per image = backbone + scoring on the test images, divided by their number. Bank memory = bytes of every
+array the fitted model holds (banks, Gram matrices, coreset).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -21,39 +23,41 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import jax
 
-import jax  # noqa: E402
+from subspace_jax import methods
+from subspace_jax._io import atomic_write_text
+from subspace_jax.data.mtd import MTD, MTDNotFoundError, find_root
+from subspace_jax.runner import config_files, core, workbench
+from subspace_jax.runner.workbench import Workbench
 
-from subspace_jax._io import atomic_write_text  # noqa: E402
-from subspace_jax.data import MTD  # noqa: E402
-from subspace_jax.runner import (
-    core,  # noqa: E402
-    workbench,  # noqa: E402
-)
-from subspace_jax.runner.workbench import Workbench  # noqa: E402
-
-# (row label, --method name, Config overrides beyond the backbone)
+CONFIGS = Path(__file__).resolve().parent / "configs"
 NOTES_HEADING = "\n## Reading\n"
+# (row label, config file in experiments/configs)
 ROWS = (
-    ("subspace (image atoms)", "subspace", {"reconstruction": "image"}),
-    ("subspace (pixel atoms)", "subspace", {"reconstruction": "pixel"}),
-    ("PatchCore", "patchcore", {}),
+    ("subspace (image atoms)", "mtd_paper.py"),
+    ("subspace (pixel atoms)", "mtd_subspace_pixel.py"),
+    ("PatchCore", "mtd_patchcore.py"),
     # SPADE's own setting (K = 50 images, levels 1-3) matches every level-1 vector against 50 x 64 x 64 bank
     # vectors at 256 px: more than 2.2 s per image on the 2-core CPU of our run, which it did not finish.
     # Two cheaper variants, each changing one of the two factors:
-    ("SPADE (K=10)", "spade", {"top_k_images": 10}),
-    ("SPADE (levels 2+3)", "spade", {"levels": (2, 3)}),
-    ("SPADE", "spade", {}),
+    ("SPADE (K=10)", "mtd_spade_k10.py"),
+    ("SPADE (levels 2+3)", "mtd_spade_levels23.py"),
+    ("SPADE", "mtd_spade.py"),
 )
-DEFAULT_ROWS = tuple(label for label, _, _ in ROWS if label != "SPADE")
+DEFAULT_ROWS = tuple(label for label, _ in ROWS if label != "SPADE")
 
 
-def run_row(label, method_name, overrides, bench, coreset_ratio, batch_size, progress) -> dict:
-    overrides = dict(overrides, backbone=bench.backbone.name, image_size=bench.image_size)
-    if method_name == "patchcore":
-        overrides["coreset_ratio"] = coreset_ratio
-    config = workbench.default_config(method_name, "mtd", **overrides)
+def row_config(config_file: str, backbone: str, image_size: int, coreset_ratio: float | None):
+    """The row's config file with the run's backbone and image size (and coreset ratio, for PatchCore)."""
+    config = config_files.load(CONFIGS / config_file, backbone=backbone, image_size=image_size)
+    if coreset_ratio is not None and hasattr(config, "coreset_ratio"):
+        config = dataclasses.replace(config, coreset_ratio=coreset_ratio)
+    return config
+
+
+def run_row(label, config, bench, batch_size, progress) -> dict:
+    method_name = methods.for_config(config).name
     row, _, _ = workbench.evaluate(bench, method_name, config, batch_size=batch_size, progress=progress)
     row["label"] = label
     print(
@@ -83,7 +87,8 @@ def settings_text(row: dict) -> str:
 
 def markdown(rows: list[dict], command: str, info: dict) -> str:
     lines = [
-        "# MTD: subspace-guided reconstruction against PatchCore and SPADE (efficientnet_lite0)",
+        "# MTD: subspace-guided reconstruction against PatchCore and SPADE "
+        f"({rows[0]['config']['backbone']})",
         "",
         f"Backbone `{rows[0]['config']['backbone']}` (ImageNet weights), {rows[0]['config']['image_size']} px, "
         f"MTD canonical split: {rows[0]['n_train']} defect-free training images, {rows[0]['n_test']} test images. "
@@ -137,13 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-root",
         type=Path,
-        default=os.environ.get("SUBSPACE_JAX_MTD"),
-        help="MTD folder (default: $SUBSPACE_JAX_MTD)",
+        default=None,
+        help="MTD folder (default: $SUBSPACE_JAX_MTD, else ../shared/data/mtd, else the download cache)",
     )
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--feature-cache", type=Path, default=Path("results/cache"))
-    parser.add_argument("--coreset-ratio", type=float, default=0.01)
+    parser.add_argument(
+        "--coreset-ratio",
+        type=float,
+        default=None,
+        help="PatchCore's coreset ratio (default: its config file's, 0.01)",
+    )
     parser.add_argument(
         "--rows",
         nargs="+",
@@ -155,15 +165,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-train", type=int, default=None, help="evenly spaced subset (quick runs)")
     parser.add_argument("--limit-test", type=int, default=None, help="evenly spaced subset (quick runs)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=Path("docs/results/mtd_comparison_efficientnet_lite0.md"))
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: docs/results/mtd_comparison_<backbone>.md"
+    )
     parser.add_argument("--json", type=Path, default=None, help="JSON record (default: --out with .json)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.data_root is None or not Path(args.data_root).is_dir():
+    if args.data_root is None:
+        try:
+            args.data_root = find_root()
+        except MTDNotFoundError as error:
+            parser.error(f"--data-root: not given, and {error}")
+    if not Path(args.data_root).is_dir():
         parser.error(f"--data-root: expected the MTD folder, got {args.data_root}")
-    unknown = sorted(set(args.rows) - {label for label, _, _ in ROWS})
+    unknown = sorted(set(args.rows) - {label for label, _ in ROWS})
     if unknown:
         parser.error(f"--rows: unknown {unknown}")
+    if args.out is None:
+        args.out = Path("docs/results") / f"mtd_comparison_{args.backbone}.md"
     backbone = core.load_backbone(args.backbone)
     limits = {k: v for k, v in {"train": args.limit_train, "test": args.limit_test}.items() if v is not None}
     bench = Workbench(
@@ -177,8 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
     )
     rows = [
-        run_row(label, name, overrides, bench, args.coreset_ratio, args.batch_size, not args.no_progress)
-        for label, name, overrides in ROWS
+        run_row(
+            label,
+            row_config(config_file, args.backbone, args.image_size, args.coreset_ratio),
+            bench,
+            args.batch_size,
+            not args.no_progress,
+        )
+        for label, config_file in ROWS
         if label in args.rows
     ]
     command = shlex.join(["python", "experiments/compare_mtd.py", *(sys.argv[1:] if argv is None else argv)])

@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
 
 def main(argv: list[str] | None = None) -> int:
     from subspace_jax.data import synthetic
@@ -49,13 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         score_start = time.perf_counter()
         maps, scores = model.score(test.images, progress=False)
         done = time.perf_counter()
+        measured = metrics.evaluate(maps, scores, test.masks, test.labels)
         rows.append(
             [
                 category,
-                f"{100 * metrics.pixel_auroc(maps, test.masks):.1f}",
-                f"{100 * metrics.pro(maps, test.masks):.1f}",
-                f"{100 * metrics.image_auroc(scores, test.labels):.1f}",
-                f"{100 * metrics.pixel_ap(maps, test.masks):.1f}",
+                *(f"{100 * measured[key]:.1f}" for key in ("pixel_auroc", "pro", "image_auroc", "pixel_ap")),
                 f"{score_start - fit_start:.1f}",
                 f"{done - score_start:.1f}",
             ]

@@ -16,11 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from subspace_jax._io import atomic_write_text  # noqa: E402
-from subspace_jax.runner import main as run_benchmark  # noqa: E402
-from subspace_jax.runner.datasets import MTD  # noqa: E402
+from subspace_jax._io import atomic_write_text
+from subspace_jax.runner import main as run_benchmark
+from subspace_jax.runner.datasets import MTD
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,12 @@
 """Scoring time of subspace, random and no sampling on MTD, side by side in one process, from cached features.
 
-    python experiments/mtd_sampling_speed.py --data-root /data/mtd --feature-cache DIR [--rounds 3] [--k 5 --lam 50]
+    python experiments/mtd_sampling_speed.py --data-root /data/mtd --feature-cache DIR [--rounds 3]
+        [--k 5 --lam 50]
 
-Needs the features of a previous ``experiments/mtd.py --backbone efficientnet_lite0 --feature-cache DIR`` run.
-The three settings are fitted once and scored in interleaved rounds (so a busy machine slows all of them
-alike); prints the median seconds per stage over the rounds and the ratios to "none".
+Reads the backbone features from the runner's feature cache (``experiments/mtd.py --feature-cache DIR``
+fills the same entries), computing and storing them when it lacks them. The three settings are fitted
+once and scored in interleaved rounds (so a busy machine slows all of them alike); prints the median
+seconds per stage over the rounds and the ratios to "none".
 """
 
 from __future__ import annotations
@@ -15,17 +17,22 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from subspace_jax.runner import core  # noqa: E402
+from subspace_jax import scoring
+from subspace_jax.runner import config_files, core
 from subspace_jax.runner import features as feature_io
-from subspace_jax.runner.datasets import MTD  # noqa: E402
+from subspace_jax.runner.datasets import MTD
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--feature-cache", type=Path, required=True)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=config_files.CONFIG_DIR / "mtd_paper.py",
+        help="subspace config file (default: experiments/configs/mtd_paper.py); its sampling is varied",
+    )
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--k", type=int, default=None)
@@ -34,45 +41,58 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     method = core.resolve_method("subspace")
-    base = core.default_config(MTD, method)
-    base = dataclasses.replace(
-        base,
-        backbone=args.backbone,
-        **{name: value for name, value in (("k", args.k), ("lam", args.lam)) if value is not None},
-    )
+    try:
+        base = config_files.load(
+            args.config,
+            backbone=args.backbone,
+            **{name: value for name, value in (("k", args.k), ("lam", args.lam)) if value is not None},
+        )
+    except ValueError as exc:
+        parser.error(f"--config: {exc}")
+    if not isinstance(base, method.config_cls):
+        parser.error(f"--config: {args.config} holds no subspace config")
     backbone = core.load_backbone(args.backbone)
     dataset = MTD.open(args.data_root, "mtd")
     cache = feature_io.FeatureCache(args.feature_cache)
     split_features = {}
     for split in ("train", "test"):
-        entry = cache.entry(
-            "mtd", "mtd", split, backbone.name, backbone.weights_sha256, base.image_size, base.crop
-        )
-        hit = cache.load(entry, [str(s.image_path) for s in dataset.samples(split)])
-        if hit is None:
-            parser.error(
-                f"--feature-cache: no {split} features for {args.backbone} at {entry}; run experiments/mtd.py "
-                f"--backbone {args.backbone} --feature-cache {args.feature_cache} first"
+
+        def compute(split: str = split) -> tuple[dict, float]:
+            images = dataset.load(split, image_size=base.image_size, crop=base.crop).images
+            return feature_io.extract_features(
+                backbone, images, args.batch_size, desc=f"mtd {split} backbone"
             )
-        split_features[split] = hit[0]
+
+        key = feature_io.FeatureKey.of(
+            backbone, dataset="mtd", category="mtd", split=split, image_size=base.image_size, crop=base.crop
+        )
+        paths = [s.image_path for s in dataset.samples(split)]
+        split_features[split] = feature_io.cached_features(cache, key, paths, compute).features
 
     settings = {name: dataclasses.replace(base, sampling=name) for name in ("subspace", "random", "none")}
     models = {name: method.fit_features(split_features["train"], config) for name, config in settings.items()}
     n_test = next(iter(split_features["test"].values())).shape[0]
     for model in models.values():  # compile every scorer before timing
-        core.score_in_batches(
-            method,
+        scoring.score_in_batches(
+            method.scorer,
             model,
             {k: v[: args.batch_size] for k, v in split_features["test"].items()},
-            args.batch_size,
-            False,
-            {},
+            batch_size=args.batch_size,
+            timings={},
+            progress=False,
         )
     times: dict[str, list[dict]] = {name: [] for name in settings}
     for _ in range(args.rounds):
         for name, model in models.items():
             timings: dict[str, float] = {}
-            core.score_in_batches(method, model, split_features["test"], args.batch_size, False, timings)
+            scoring.score_in_batches(
+                method.scorer,
+                model,
+                split_features["test"],
+                batch_size=args.batch_size,
+                timings=timings,
+                progress=False,
+            )
             times[name].append(timings)
 
     stages = ("sampling", "reconstruction", "maps")

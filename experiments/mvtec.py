@@ -8,12 +8,9 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from subspace_jax.runner import main  # noqa: E402
-from subspace_jax.runner.datasets import MVTEC  # noqa: E402
+from subspace_jax.runner import main
+from subspace_jax.runner.datasets import MVTEC
 
 if __name__ == "__main__":
     sys.exit(main(MVTEC))

@@ -4,8 +4,8 @@
   fixed-size (padded) batches out, so every jitted call has one shape and compiles once.
 - ``extract_features``: backbone features of images, batched, as host arrays.
 - ``BoundBackbone`` / ``check_backbone`` / ``BackboneBinding``: a fitted model remembers which
-  backbone (name and weights hash) built its bank; ``bind`` attaches one after checking it, and
-  ``bound_backbone`` returns the one to score with (the bound one, or loaded by name).
+  backbone (name and weights hash) built its bank; ``bind`` returns a copy carrying one after
+  checking it, and ``bound_backbone`` returns the one to score with (the bound one, or loaded by name).
 
 The functions take a ``config``: any object with ``backbone``, ``image_size``, ``crop`` and
 ``output_size`` (the model's ``Config`` and the baselines' configs are).
@@ -13,6 +13,7 @@ The functions take a ``config``: any object with ``backbone``, ``image_size``, `
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import numpy as np
 
+from subspace_jax.config_fields import _is_int
 from subspace_jax.data.images import read_image, resize_image
 
 Array = jax.Array
@@ -37,10 +39,6 @@ class InputConfig(Protocol):
 
     @property
     def output_size(self) -> int: ...
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def check_batch(batch: Any, config: InputConfig, what: str) -> np.ndarray:
@@ -104,11 +102,12 @@ def count_images(images: ImageSource) -> int | None:
     return len(images) if isinstance(images, (np.ndarray, jax.Array, list, tuple)) else None
 
 
-def batch_size_for(images: ImageSource, batch_size: int) -> int:
-    """``batch_size`` checked, lowered to the number of images when fewer are given (less padding)."""
+def batch_size_for(images: ImageSource | int, batch_size: int) -> int:
+    """``batch_size`` checked, lowered to the number of images (or ``images`` itself, a count) when
+    fewer are given (less padding)."""
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    n = count_images(images)
+    n = int(images) if _is_int(images) else count_images(images)
     return max(1, min(batch_size, n)) if n else batch_size
 
 
@@ -224,19 +223,30 @@ def check_backbone(fitted: Any, backbone: Any) -> None:
         )
 
 
+@functools.lru_cache(maxsize=4)
+def _load_backbone(name: str) -> Any:
+    """``backbones.load(name)``, kept for later calls (loading converts and folds the weights)."""
+    from subspace_jax import backbones
+
+    return backbones.load(name)
+
+
 class BackboneBinding:
     """Mixin for fitted models (frozen dataclasses with ``backbone_name`` and ``weights_sha256``).
 
-    ``bind(backbone)`` checks and attaches a backbone (outside the pytree: it is no field);
-    ``bound_backbone(backbone)`` is what ``score`` runs: ``backbone`` if given (checked), else the
-    bound one, else the backbone loaded by name.
+    Fitted models are values: ``bind(backbone)`` checks a backbone and returns a copy of the model
+    that carries it (outside the pytree: it is no field, so ``jit`` and ``tree_map`` ignore it); the
+    model it was called on is unchanged. ``bound_backbone(backbone)`` is what ``score`` runs:
+    ``backbone`` if given (checked), else the bound one, else the backbone loaded by name (checked).
     """
 
     def bind(self, backbone: Any) -> Any:
-        """Attach ``backbone`` for ``score`` after checking it is the one the bank was built with."""
+        """A copy of this model bound to ``backbone``, after checking it built the bank."""
         check_backbone(self, backbone)
-        object.__setattr__(self, "_backbone", BoundBackbone.of(backbone))
-        return self
+        bound = dataclasses.replace(self)
+        # The copy is new and not yet shared, so attaching the binding changes no existing value.
+        object.__setattr__(bound, "_backbone", BoundBackbone.of(backbone))
+        return bound
 
     def bound_backbone(self, backbone: Any = None) -> BoundBackbone:
         """The backbone to score with: ``backbone`` (checked), the bound one, or loaded by name."""
@@ -244,16 +254,15 @@ class BackboneBinding:
             check_backbone(self, backbone)
             return BoundBackbone.of(backbone)
         bound = getattr(self, "_backbone", None)
-        if bound is None:
-            cls = type(self).__name__
-            if self.weights_sha256 is None:
-                raise ValueError(
-                    f"{cls}.score: this model was fit from features with weights_sha256=None, so no "
-                    f"backbone can be checked against it; pass weights_sha256 to fit_features, bind a "
-                    f"backbone, or use {cls}.score_features"
-                )
-            from subspace_jax import backbones
-
-            self.bind(backbones.load(self.backbone_name))
-            bound = self._backbone
-        return bound
+        if bound is not None:
+            return bound
+        cls = type(self).__name__
+        if self.weights_sha256 is None:
+            raise ValueError(
+                f"{cls}.score: this model was fit from features with weights_sha256=None, so no "
+                f"backbone can be checked against it; pass weights_sha256 to fit_features, bind a "
+                f"backbone, or use {cls}.score_features"
+            )
+        loaded = _load_backbone(self.backbone_name)
+        check_backbone(self, loaded)
+        return BoundBackbone.of(loaded)

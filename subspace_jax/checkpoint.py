@@ -285,5 +285,5 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Model:
             check_backbone(model, backbone)
         except ValueError as error:
             raise CheckpointError(f"{path}: {error}") from error
-        model.bind(backbone)
+        model = model.bind(backbone)
     return model

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage
 
-__all__ = ["f1_max", "image_auroc", "pixel_ap", "pixel_auroc", "pro"]
+__all__ = ["evaluate", "f1_max", "image_auroc", "pixel_ap", "pixel_auroc", "pro"]
 
 # 8-connectivity within each image, none across images: labelling the (N, H, W) stack at once with this
 # structure is the same as labelling every mask separately with a 3x3 block of ones.
@@ -100,6 +100,16 @@ def _counts_at_positive_thresholds(
     return true_positives.astype(np.int64), false_positives.astype(np.int64)
 
 
+def _average_precision(tp: np.ndarray, fp: np.ndarray, n_positive: int) -> float:
+    """sum_k (R_k - R_{k-1}) P_k from the counts at the positive thresholds, highest first."""
+    recall_step = np.diff(tp, prepend=0) / n_positive
+    return float(np.sum(recall_step * (tp / (tp + fp))))
+
+
+def _best_f1(tp: np.ndarray, fp: np.ndarray, n_positive: int) -> float:
+    return float(np.max(2 * tp / (tp + fp + n_positive)))
+
+
 def pixel_auroc(maps, masks) -> float:
     """Area under the pixel-wise ROC curve over all pixels of all maps (equals sklearn's roc_auc_score).
 
@@ -128,9 +138,7 @@ def pixel_ap(maps, masks) -> float:
     """
     maps, masks = _check_maps_and_masks(maps, masks)
     negatives, positives = _sorted_by_class(maps, masks)
-    tp, fp = _counts_at_positive_thresholds(negatives, positives)
-    recall_step = np.diff(tp, prepend=0) / positives.size
-    return float(np.sum(recall_step * (tp / (tp + fp))))
+    return _average_precision(*_counts_at_positive_thresholds(negatives, positives), positives.size)
 
 
 def f1_max(maps, masks) -> float:
@@ -141,17 +149,19 @@ def f1_max(maps, masks) -> float:
     """
     maps, masks = _check_maps_and_masks(maps, masks)
     negatives, positives = _sorted_by_class(maps, masks)
-    tp, fp = _counts_at_positive_thresholds(negatives, positives)
-    return float(np.max(2 * tp / (tp + fp + positives.size)))
+    return _best_f1(*_counts_at_positive_thresholds(negatives, positives), positives.size)
 
 
-def _pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _pro_curve(
+    maps: np.ndarray, masks: np.ndarray, negatives: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The PRO-vs-FPR curve of MVTec's official ``compute_pro``, ties collapsed: (fpr (P,), pro (P,)).
 
     The official curve has one point per distinct score. Between two consecutive distinct scores of
     defective pixels only FPR moves, along a horizontal line; this curve keeps the two end points of
     each such line (the point just before a defective score's tie group and the point after it), which
     gives the same trapezoid area and the same interpolated end point, without sorting every pixel.
+    ``negatives``: the defect-free pixels' scores already sorted ascending, when the caller has them.
     """
     labelled, n_regions = scipy.ndimage.label(masks, structure=_PER_IMAGE_8_CONNECTIVITY)
     region_of_pixel = labelled[masks]
@@ -170,7 +180,8 @@ def _pro_curve(maps: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndar
     pro_after = pro_desc[is_last_of_tie]
     pro_before = np.concatenate(([0.0], pro_after[:-1]))
 
-    negatives = np.sort(maps[~masks], axis=None)
+    if negatives is None:
+        negatives = np.sort(maps[~masks], axis=None)
     n_negatives = negatives.size
     fpr_after = (n_negatives - np.searchsorted(negatives, group_scores, side="left")) / n_negatives
     fpr_before = (n_negatives - np.searchsorted(negatives, group_scores, side="right")) / n_negatives
@@ -210,5 +221,45 @@ def pro(maps, masks, fpr_limit: float = 0.3) -> float:
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}")
     maps, masks = _check_maps_and_masks(maps, masks)
-    fpr, pro_values = _pro_curve(maps, masks)
+    return _pro_area(*_pro_curve(maps, masks), fpr_limit)
+
+
+def _pro_area(fpr: np.ndarray, pro_values: np.ndarray, fpr_limit: float) -> float:
     return float(_trapezoid_up_to(fpr, pro_values, fpr_limit) / fpr_limit)
+
+
+def evaluate(maps, scores, masks, labels) -> dict[str, float | None]:
+    """Every metric of one test set, as the runner, the workbench and the notebooks report them.
+
+    maps: float (N, H, W) anomaly maps; scores: float (N,) image scores; masks: bool or 0/1 (N, H, W),
+    True on defective pixels; labels: bool or 0/1 (N,), 1 for defective images.
+
+    Returns {"pixel_auroc", "pro", "image_auroc", "pixel_ap", "f1_max"} as Python floats (fractions),
+    each equal to its own function here (``pro`` at ``fpr_limit=0.3``); ``image_auroc`` is None when
+    ``labels`` hold one class only (e.g. a test subset of defective images). The pixels are sorted
+    once and shared by the pixel metrics, which matters at tens of millions of pixels.
+    """
+    maps = _as_scores(maps, "maps", 3, "(N, H, W)")
+    scores = _as_scores(scores, "scores", 1, "(N,)")
+    if scores.shape[0] != maps.shape[0]:
+        raise ValueError(
+            f"scores must have one value per map: shape ({maps.shape[0]},) for maps of shape {maps.shape}, "
+            f"got {scores.shape}"
+        )
+    masks = _as_binary(masks, "masks", maps.shape, "(N, H, W)")
+    labels = _as_binary(labels, "labels", scores.shape, "(N,)")
+    _check_both_classes(masks, "masks", "pixels")
+    negatives, positives = _sorted_by_class(maps, masks)
+    tp, fp = _counts_at_positive_thresholds(negatives, positives)
+    n_defective_images = int(np.count_nonzero(labels))
+    return {
+        "pixel_auroc": _mann_whitney_auroc(negatives, positives),
+        "pro": _pro_area(*_pro_curve(maps, masks, negatives), 0.3),
+        "image_auroc": (
+            _mann_whitney_auroc(*_sorted_by_class(scores, labels))
+            if 0 < n_defective_images < labels.size
+            else None
+        ),
+        "pixel_ap": _average_precision(tp, fp, positives.size),
+        "f1_max": _best_f1(tp, fp, positives.size),
+    }

@@ -1,6 +1,6 @@
 """Subspace-guided feature reconstruction: ``Config``, ``fit``, ``Model`` and the pure scorer.
 
-Method (DESIGN §1): every nominal training image is one atom per reconstruction level; the bank
+Method (``docs/method.md``, "The method"): every nominal training image is one atom per reconstruction level; the bank
 ``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is rebuilt from at most ``k`` rows by
 orthogonal matching pursuit (Batch-OMP on the precomputed Gram matrix); what cannot be rebuilt is
 the anomaly. Subspace-guided sampling first runs OMP with ``lam`` atoms at a high level (level 4 or
@@ -12,55 +12,73 @@ Layers, outermost first:
 - ``score_images(model, apply_fn, params, images)``: one pure function, backbone included, for use
   inside a user's ``jax.jit``.
 - ``score_features(model, features)``: the same from precomputed backbone features, the
-  composition of the three stages ``sample_candidates`` → ``reconstruct_levels`` → ``fuse_maps``.
+  composition of the three stages ``sample_candidates`` → ``reconstruct_levels`` →
+  ``subspace_jax.maps.maps_and_scores`` (upsample, fuse, blur; the image score is the map's maximum).
+- ``SCORER``: those stages as separately jitted calls, for ``subspace_jax.scoring.score_in_batches``
+  (``Model.score(timings=...)`` and the runner's per-stage times).
 
 ``Model`` is a pytree: its arrays are leaves and its ``Config`` and backbone identity are static
-metadata, so ``jax.jit(score_features)(model, features)`` compiles once per configuration.
+metadata, so ``jax.jit(score_features)(model, features)`` compiles once per configuration. A fitted
+model is a value: ``bind`` returns a copy carrying a backbone and leaves the original unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import time
 from collections.abc import Mapping
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_jax import batching
+from subspace_jax import batching, scoring
 from subspace_jax import execution as execution_lib
+from subspace_jax import maps as maps_lib
 from subspace_jax import omp as omp_lib
-from subspace_jax.backbones.registry import REGISTRY as _BACKBONE_REGISTRY
-from subspace_jax.batching import BackboneBinding, BoundBackbone, ImageSource
+from subspace_jax.batching import BackboneBinding, ImageSource
+from subspace_jax.config_fields import BACKBONE_NAMES, LEVELS, BaseConfig, _is_int, level_key
 from subspace_jax.execution import Execution
+from subspace_jax.maps import FUSION_MODES
 
-BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 SAMPLING_MODES = ("subspace", "random", "none")
 RECONSTRUCTION_MODES = ("image", "pixel")
-FUSION_MODES = ("sum", "mean", "product")
 BANK_DTYPES = ("float32", "bfloat16")
-LEVELS = (1, 2, 3, 4)
+
+__all__ = [
+    "BACKBONE_NAMES",
+    "BANK_DTYPES",
+    "FUSION_MODES",
+    "LEVELS",
+    "RECONSTRUCTION_MODES",
+    "SAMPLING_MODES",
+    "SCORER",
+    "Candidates",
+    "Config",
+    "Model",
+    "extract_features",
+    "fit",
+    "fit_features",
+    "image_pursuit",
+    "level_key",
+    "reconstruct_levels",
+    "sample_candidates",
+    "score_features",
+    "score_images",
+]
 
 Array = jax.Array
 Features = Mapping[str, Array]  # "level1".."level4" -> (B, h, w, c); "pooled" -> (B, c)
 
 
-def level_key(level: int | str) -> str:
-    """The backbone feature-dict key of a level: 2 -> "level2", "pooled" -> "pooled"."""
-    return "pooled" if level == "pooled" else f"level{level}"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(BaseConfig):
     """Everything that defines a fitted model and its scorer (hashable: static under ``jit``).
+
+    The fields shared with the baselines (backbone, image_size, crop, levels, sigma) and their checks
+    come from ``subspace_jax.config_fields.BaseConfig``.
 
     Attributes:
       backbone: feature extractor, one of ``BACKBONE_NAMES``.
@@ -100,9 +118,8 @@ class Config:
     from our copy). The grid was scored on MTD's test set, so these are tuned on it.
     """
 
-    backbone: str = "wide_resnet50_2"
-    image_size: int = 256
-    crop: int | None = None
+    method: ClassVar[str] = "subspace"
+
     levels: tuple[int, ...] = (2, 3)
     sampling_level: int | str = 4
     sampling: str = "subspace"
@@ -114,66 +131,28 @@ class Config:
     pixel_k: int = 5
     normalize_selection: bool = False
     fusion: str = "sum"
-    sigma: float = 4.0
     bank_dtype: str = "float32"
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def fail(name: str, expected: str) -> None:
-            raise ValueError(f"Config.{name}: expected {expected}, got {getattr(self, name)!r}")
-
-        def choice(name: str, options: tuple) -> None:
-            if getattr(self, name) not in options:
-                fail(name, f"one of {options}")
-
-        def integer(name: str, minimum: int | None) -> None:
-            value = getattr(self, name)
-            if not _is_int(value) or (minimum is not None and value < minimum):
-                fail(name, "an int" if minimum is None else f"an int >= {minimum}")
-
-        def number(name: str, low: float, high: float) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high:
-                fail(name, f"a number in [{low}, {high})")
-            object.__setattr__(self, name, float(value))
-
-        choice("backbone", BACKBONE_NAMES)
-        integer("image_size", 32)
-        if self.crop is not None and (not _is_int(self.crop) or not 32 <= self.crop <= self.image_size):
-            fail("crop", f"None or an int in [32, image_size={self.image_size}]")
-        levels = (self.levels,) if _is_int(self.levels) else self.levels
-        if (
-            not isinstance(levels, (tuple, list))
-            or not levels
-            or not all(_is_int(level) and level in LEVELS for level in levels)
-            or len(set(levels)) != len(levels)
-        ):
-            fail("levels", "a non-empty sequence of distinct levels from {1, 2, 3, 4}")
-        object.__setattr__(self, "levels", tuple(sorted(int(level) for level in levels)))
+        super().__post_init__()
         if self.sampling_level != "pooled" and not (
             _is_int(self.sampling_level) and self.sampling_level in LEVELS
         ):
-            fail("sampling_level", "a level in {1, 2, 3, 4} or 'pooled'")
-        choice("sampling", SAMPLING_MODES)
-        integer("lam", 1)
-        integer("k", 1)
+            self._fail("sampling_level", "a level in {1, 2, 3, 4} or 'pooled'")
+        self._check_choice("sampling", SAMPLING_MODES)
+        self._check_int("lam", 1)
+        self._check_int("k", 1)
         if self.sampling != "none" and self.reconstruction == "image" and self.k > self.lam:
-            fail("k", f"at most lam={self.lam} (image mode picks k atoms among the lam sampled images)")
-        number("tol", 0.0, 1.0)
-        choice("reconstruction", RECONSTRUCTION_MODES)
-        integer("radius", 0)
-        integer("pixel_k", 1)
-        if not isinstance(self.normalize_selection, bool):
-            fail("normalize_selection", "a bool")
-        choice("fusion", FUSION_MODES)
-        number("sigma", 0.0, math.inf)
-        choice("bank_dtype", BANK_DTYPES)
-        integer("seed", None)
-
-    @property
-    def output_size(self) -> int:
-        """Side of the input images and of the anomaly maps: ``crop or image_size``."""
-        return self.crop if self.crop is not None else self.image_size
+            self._fail("k", f"at most lam={self.lam} (image mode picks k atoms among the lam sampled images)")
+        self._check_number("tol", 0.0, 1.0)
+        self._check_choice("reconstruction", RECONSTRUCTION_MODES)
+        self._check_int("radius", 0)
+        self._check_int("pixel_k", 1)
+        self._check_bool("normalize_selection")
+        self._check_choice("fusion", FUSION_MODES)
+        self._check_choice("bank_dtype", BANK_DTYPES)
+        self._check_int("seed", None)
 
     @property
     def feature_keys(self) -> tuple[str, ...]:
@@ -182,26 +161,6 @@ class Config:
         if self.sampling == "subspace" and level_key(self.sampling_level) not in keys:
             keys += (level_key(self.sampling_level),)
         return keys
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``levels`` as a list); ``Config.from_dict`` inverts it."""
-        out = dataclasses.asdict(self)
-        out["levels"] = list(self.levels)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Config:
-        """Build a validated ``Config``; unknown keys are an error, missing keys take defaults."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"Config.from_dict: expected a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Config.from_dict: unknown keys {unknown}; known keys are {sorted(known)}")
-        values = dict(data)
-        if isinstance(values.get("levels"), list):
-            values["levels"] = tuple(values["levels"])
-        return cls(**values)
 
 
 @jax.tree_util.register_dataclass
@@ -264,14 +223,15 @@ class Model(BackboneBinding):
         Returns:
           maps (B, S, S) float32 and scores (B,) float32 (the maximum of each map), as numpy arrays.
         """
-        batch_size = batching.batch_size_for(images, batch_size)
-        bound = self.bound_backbone(backbone)
-        if timings is None:
-            score_batch = functools.partial(_score_images_jit, self, bound.apply_fn, bound.params)
-        else:
-            score_batch = functools.partial(_score_images_staged, self, bound, timings=timings)
-        return batching.map_batches(
-            score_batch, images, self.config, batch_size, progress=progress, desc="score"
+        return scoring.score_in_batches(
+            SCORER,
+            self,
+            images,
+            batch_size=batch_size,
+            backbone=backbone,
+            timings=timings,
+            progress=progress,
+            desc="score",
         )
 
 
@@ -597,8 +557,8 @@ def image_pursuit(
     Returns:
       the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
 
-    Sampling exists to touch only the m candidate rows (DESIGN §2). When ``execution.gathers`` (on
-    CPU m ≤ N/2, the usual λ ≪ N) that is what happens: per test image the rows D[idx] (m, d) are
+    Sampling exists to touch only the m candidate rows (``docs/method.md``, "Computation"). When
+    ``execution.gathers`` (on CPU m ≤ N/2, the usual λ ≪ N) that is what happens: per test image the rows D[idx] (m, d) are
     gathered, α = D[idx] y (m,), Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the
     residual is rebuilt from the k chosen rows. W test images are processed at once (vmapped), W =
     ``memory_budget_bytes`` / (m·d·4) in [1, B], chunks one after another, so memory holds W (m, d)
@@ -705,57 +665,6 @@ def _pixel_level_map(
     return _map_in_chunks(image_chunk, chunk, images)
 
 
-def fuse_maps(
-    level_maps: Mapping[str, Array], out_size: tuple[int, int], config: Config
-) -> tuple[Array, Array]:
-    """Level maps (B, h_l, w_l) -> bilinear upsampling to ``out_size`` -> fusion -> Gaussian blur.
-
-    Returns maps (B, H, W) float32 and image scores (B,) = the maximum of each map.
-    """
-    batch = next(iter(level_maps.values())).shape[0]
-    height, width = out_size
-    upsampled = [
-        jax.image.resize(level_maps[level_key(level)].astype(jnp.float32), (batch, height, width), "bilinear")
-        for level in config.levels
-    ]
-    if config.fusion == "product":
-        fused = math.prod(upsampled[1:], start=upsampled[0])
-    else:
-        fused = sum(upsampled[1:], start=upsampled[0])
-        if config.fusion == "mean":
-            fused = fused / len(upsampled)
-    maps = gaussian_blur(fused, config.sigma)
-    return maps, jnp.max(maps, axis=(1, 2))
-
-
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian of radius ``int(4σ + 0.5)`` (scipy.ndimage's default truncation)."""
-    radius = int(4.0 * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    return (kernel / kernel.sum()).astype(np.float32)
-
-
-def gaussian_blur(maps: Array, sigma: float) -> Array:
-    """Separable Gaussian smoothing of (B, H, W) maps with reflect padding (scipy's "reflect",
-    i.e. the edge sample is repeated: d c b a | a b c d); ``sigma = 0`` returns the maps unchanged.
-    Equals ``scipy.ndimage.gaussian_filter(maps[b], sigma)``."""
-    if sigma == 0:
-        return maps
-    kernel = jnp.asarray(gaussian_kernel(sigma))
-    radius = kernel.shape[0] // 2
-    for axis in (1, 2):
-        pad = [(0, 0)] * 3
-        pad[axis] = (radius, radius)
-        padded = jnp.pad(maps, pad, mode="symmetric")
-        size = maps.shape[axis]
-        # A weighted sum of shifted slices: exact float32, and small next to the backbone at 2R+1 taps.
-        maps = sum(
-            kernel[t] * jax.lax.slice_in_dim(padded, t, t + size, axis=axis) for t in range(kernel.shape[0])
-        )
-    return maps
-
-
 def score_features(
     model: Model,
     features: Features,
@@ -776,11 +685,15 @@ def score_features(
     Returns:
       maps (B, H, W) float32 and scores (B,) float32.
     """
+    cfg = model.config
     if out_size is None:
-        out_size = (model.config.output_size, model.config.output_size)
+        out_size = (cfg.output_size, cfg.output_size)
+    for key in cfg.feature_keys:
+        chex.assert_rank(features[key], 2 if key == "pooled" else 4)
+    chex.assert_equal_shape_prefix([features[key] for key in cfg.feature_keys], 1)
     candidates = sample_candidates(model, features, execution=execution)
     level_maps = reconstruct_levels(model, features, candidates, execution=execution)
-    return fuse_maps(level_maps, out_size, model.config)
+    return maps_lib.maps_and_scores(level_maps, out_size, fusion=cfg.fusion, sigma=cfg.sigma)
 
 
 def score_images(
@@ -811,6 +724,8 @@ def score_images(
     Returns:
       maps (B, S, S) float32 and scores (B,) float32.
     """
+    chex.assert_rank(images, 4)
+    chex.assert_axis_dimension(images, 3, 3)
     features = apply_fn(params, images)
     return score_features(model, features, out_size=tuple(images.shape[1:3]), execution=execution)
 
@@ -819,25 +734,33 @@ _score_features_jit = jax.jit(score_features, static_argnames=("out_size", "exec
 _score_images_jit = jax.jit(score_images, static_argnums=(1,), static_argnames=("execution",))
 _sample_jit = jax.jit(sample_candidates, static_argnames=("execution",))
 _reconstruct_jit = jax.jit(reconstruct_levels, static_argnames=("execution",))
-_fuse_jit = jax.jit(fuse_maps, static_argnums=(1, 2))
 
 
-def _score_images_staged(
-    model: Model, bound: BoundBackbone, images: np.ndarray, *, timings: dict[str, float]
-):
-    """``score_images`` as four separately jitted stages, timing each (for the runners' breakdowns)."""
+# Staged scoring (``Model.score(timings=...)`` and the runner): each stage is one jitted call. The map
+# stage is static in (output size, fusion, sigma) only, so scoring another k or λ reuses its program.
+def _sampling_stage(model: Model, features: Features) -> tuple[Features, Candidates]:
+    return features, _sample_jit(model, features)
 
-    def timed(stage: str, fn: Callable, *args):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-        return out
 
-    keys = model.config.feature_keys
-    features = timed("backbone", batching.backbone_features, bound.apply_fn, keys, bound.params, images)
-    candidates = timed("sampling", _sample_jit, model, features)
-    level_maps = timed("reconstruction", _reconstruct_jit, model, features, candidates)
-    return timed("maps", _fuse_jit, level_maps, tuple(images.shape[1:3]), model.config)
+def _reconstruction_stage(model: Model, carry: tuple[Features, Candidates]) -> dict[str, Array]:
+    return _reconstruct_jit(model, *carry)
+
+
+def _maps_stage(model: Model, level_maps: dict[str, Array]) -> tuple[Array, Array]:
+    cfg = model.config
+    size = (cfg.output_size, cfg.output_size)
+    return maps_lib.maps_and_scores_jit(level_maps, size, fusion=cfg.fusion, sigma=cfg.sigma)
+
+
+SCORER = scoring.StagedScorer(
+    stages=(
+        ("sampling", _sampling_stage),
+        ("reconstruction", _reconstruction_stage),
+        ("maps", _maps_stage),
+    ),
+    feature_keys=lambda model: model.config.feature_keys,
+    score_images=_score_images_jit,
+)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Per-class numbers published in the paper (Hotta et al., arXiv 2309.13904), for side-by-side tables.
 
-Transcribed from the text copy in ``shared/paper/subspace-guided-feature-reconstruction.txt``:
+Transcribed from the paper's tables (our text copy of the paper; see docs/method.md, "Published numbers"):
 
 - Table I: MVTec AD pixel AUROC (%) per category (the first MVTec table in the text; its "Ours" mean,
   97.6, is the pixel-AUROC mean the paper quotes).

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,29 +25,6 @@ def isolated_env(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture
-def server(tmp_path):
-    """Serves files put in ``root`` at http://127.0.0.1:<port>/models/<name>; yields (root, base_url)."""
-    root = tmp_path / "served" / "models"
-    root.mkdir(parents=True)
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root.parent), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{httpd.server_address[1]}/models/"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 def synthetic_checkpoint(tmp_path: Path) -> tuple[bytes, str]:
     """A small torch.save state dict and its sha256."""
     path = tmp_path / "synthetic.pth"
@@ -58,8 +33,8 @@ def synthetic_checkpoint(tmp_path: Path) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def test_download_checks_hash_and_lands_in_hub_cache(isolated_env, server, monkeypatch):
-    root, url = server
+def test_download_checks_hash_and_lands_in_hub_cache(isolated_env, http_server, monkeypatch):
+    root, url = http_server
     monkeypatch.setenv("SUBSPACE_JAX_WEIGHTS_URL", url)
     data, digest = synthetic_checkpoint(isolated_env)
     name = f"synthetic-{digest[:8]}.pth"
@@ -73,8 +48,8 @@ def test_download_checks_hash_and_lands_in_hub_cache(isolated_env, server, monke
     assert resolve_weights(name, progress=False) == path
 
 
-def test_corrupted_download_raises_and_leaves_nothing(isolated_env, server, monkeypatch):
-    root, url = server
+def test_corrupted_download_raises_and_leaves_nothing(isolated_env, http_server, monkeypatch):
+    root, url = http_server
     monkeypatch.setenv("SUBSPACE_JAX_WEIGHTS_URL", url)
     data, digest = synthetic_checkpoint(isolated_env)
     name = f"synthetic-{digest[:8]}.pth"
@@ -85,9 +60,9 @@ def test_corrupted_download_raises_and_leaves_nothing(isolated_env, server, monk
     assert not cache.exists() or list(cache.iterdir()) == []
 
 
-def test_registry_names_download_from_torchvision_file_names(isolated_env, server, monkeypatch):
+def test_registry_names_download_from_torchvision_file_names(isolated_env, http_server, monkeypatch):
     """load_pretrained asks the server for torchvision's file name; a wrong file fails its hash check."""
-    root, url = server
+    root, url = http_server
     monkeypatch.setenv("SUBSPACE_JAX_WEIGHTS_URL", url)
     (root / "resnet18-f37072fd.pth").write_bytes(b"not the real resnet18 weights")
     with pytest.raises(WeightsHashError, match="f37072fd"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from pathlib import Path
@@ -123,3 +124,34 @@ def test_wrong_manual_dir_lists_what_is_there(tmp_path):
     builder = MvtecAd(config="bottle", data_dir=tmp_path / "tfds")
     with pytest.raises(FileNotFoundError, match=r"'bottle' not found.*categories there: cable"):
         _prepare(builder, tmp_path / "mvtec")
+
+
+@pytest.fixture
+def restore_tfds_module():
+    """Undo a reload after the test: the module's names and TFDS's registry as they were."""
+    import subspace_jax.data.tfds as module
+
+    names = dict(vars(module))
+    registry = dict(tfds.core.registered._DATASET_REGISTRY)
+    yield module
+    vars(module).clear()
+    vars(module).update(names)
+    tfds.core.registered._DATASET_REGISTRY.clear()
+    tfds.core.registered._DATASET_REGISTRY.update(registry)
+
+
+def test_reloading_the_module_registers_the_builders_again(restore_tfds_module):
+    """A reload used to fail with "Dataset with name mvtec_ad already registered"."""
+    module = restore_tfds_module
+    for _ in range(2):
+        module = importlib.reload(module)
+    for name, cls in (("mvtec_ad", module.MvtecAd), ("btad", module.Btad), ("mtd", module.Mtd)):
+        assert tfds.builder_cls(name) is cls  # the reloaded class, not a stale one
+    assert cls is not Mtd
+
+    # Only this module's own earlier registrations are replaced: another builder of the same name collides.
+    with pytest.raises(ValueError, match="already registered"):
+
+        class Mtd2(tfds.core.GeneratorBasedBuilder):
+            name = "mtd"
+            VERSION = tfds.core.Version("1.0.0")

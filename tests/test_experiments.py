@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import pytest
 
+from subspace_jax import backbones
 from subspace_jax import published as pub
 from subspace_jax.runner import cli, figures, results
 from subspace_jax.runner import features as feature_io
@@ -251,28 +252,6 @@ def test_extract_features_in_padded_batches_matches_one_pass():
         feature_io.extract_features(_PoolingBackbone(), images[..., 0])
 
 
-def test_feature_cache_round_trip_and_staleness(tmp_path):
-    cache = feature_io.FeatureCache(tmp_path)
-    entry = cache.entry("mvtec", "bottle", "train", "toy", "ab" * 32, 256, None)
-    assert entry == tmp_path / "mvtec/bottle/train/toy-abababababababab-size256-cropnone"
-    feats = {
-        "level1": np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3),
-        "pooled": np.ones((2, 3), np.float32),
-    }
-    paths = ["a.png", "b.png"]
-    assert cache.load(entry, paths) is None
-    cache.store(entry, feats, paths, seconds=1.5)
-    loaded, seconds = cache.load(entry, paths)
-    assert seconds == 1.5 and set(loaded) == {"level1", "pooled"}
-    np.testing.assert_array_equal(loaded["level1"], feats["level1"])
-    assert sorted(p.name for p in entry.iterdir()) == ["level1.npy", "meta.json", "pooled.npy"]
-    assert cache.load(entry, ["a.png", "c.png"]) is None  # another image list: stale, recomputed
-    # The same files named through another (absolute) path hit the same entry.
-    assert cache.load(entry, [str(Path("a.png").resolve()), str(Path("b.png").resolve())]) is not None
-    with pytest.raises(ValueError, match="expected 3 rows"):
-        cache.store(entry, feats, ["a", "b", "c"], seconds=1.0)
-
-
 # --- figures --------------------------------------------------------------------------------------------
 
 
@@ -291,6 +270,25 @@ def test_best_and_worst_are_ranked_by_per_image_pixel_auroc(tmp_path):
     written = figures.save_best_worst(tmp_path, images, masks, maps, names, 1)
     assert [p.name for p in written] == ["best_01_crack_000.png", "worst_01_crack_002.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_saving_a_figure_leaves_pyplots_backend_and_figures_alone(tmp_path):
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands in for a notebook's inline backend: anything but Agg
+    try:
+        open_figures = plt.get_fignums()
+        rng = np.random.default_rng(0)
+        mask = np.zeros((16, 16), bool)
+        mask[4:8, 4:8] = True
+        image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        path = figures.save_figure(tmp_path / "f.png", image, mask, rng.random((16, 16)), "t", 0.0, 1.0)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == open_figures
+    finally:
+        matplotlib.use(before)
 
 
 # --- the runner end to end ------------------------------------------------------------------------------
@@ -397,6 +395,34 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
         assert again[key] == pytest.approx(weave[key], abs=1e-6)
 
 
+def test_feature_cache_follows_the_image_bytes_not_their_names(tree, tmp_path):
+    metric_keys = ("pixel_auroc", "pro", "image_auroc", "pixel_ap", "f1_max")
+    base = ["--data-root", str(tree), "--categories", "weave", *TINY]
+    cached = [*base, "--feature-cache", str(tmp_path / "cache")]
+    assert core.main(SYNTHETIC, [*cached, "--out", str(tmp_path / "first")]) == 0
+    first = _read(tmp_path / "first")["categories"]["weave"]
+    assert first["features_cached"] == {"train": False, "test": False} and first["pixel_auroc"] > 0.8
+    assert core.load_backbone("efficientnet_lite0").features_version == backbones.features_version(
+        backbones.REGISTRY["efficientnet_lite0"]
+    )
+
+    # Every defective test image becomes a defect-free training image under its own name: the masks now
+    # mark defects that are not there, so the true metrics fall.
+    good = sorted((tree / "weave" / "train" / "good").iterdir())
+    defective = sorted(p for p in (tree / "weave" / "test").rglob("*.png") if p.parent.name != "good")
+    assert defective
+    for i, path in enumerate(defective):
+        path.write_bytes(good[i % len(good)].read_bytes())
+    assert core.main(SYNTHETIC, [*cached, "--out", str(tmp_path / "second")]) == 0
+    second = _read(tmp_path / "second")["categories"]["weave"]
+    assert second["features_cached"] == {"train": True, "test": False}  # the test images changed
+    assert second["pixel_auroc"] < first["pixel_auroc"] - 0.2
+    assert core.main(SYNTHETIC, [*base, "--out", str(tmp_path / "uncached")]) == 0
+    uncached = _read(tmp_path / "uncached")["categories"]["weave"]
+    for key in metric_keys:
+        assert second[key] == pytest.approx(uncached[key], abs=1e-6), key
+
+
 @pytest.mark.parametrize("method, own_field", [("patchcore", "coreset_ratio"), ("spade", "top_k_images")])
 def test_baseline_method_writes_the_same_schema(tree, tmp_path, method, own_field):
     out = tmp_path / method
@@ -421,7 +447,7 @@ def test_baseline_method_writes_the_same_schema(tree, tmp_path, method, own_fiel
     document = _read(out)
     assert document["config"]["method"] == method and own_field in document["config"]
     entry = document["categories"]["weave"]
-    assert set(results.REQUIRED_KEYS) <= set(entry) and "scoring" in entry["timings"]
+    assert set(results.REQUIRED_KEYS) <= set(entry) and {"matching", "maps"} <= set(entry["timings"])
     assert 0.5 < entry["pixel_auroc"] <= 1.0
 
 
@@ -459,6 +485,7 @@ def test_mtd_defaults_are_the_papers_mtd_setting_and_every_field_is_a_flag(capsy
 
 def test_staged_scoring_equals_the_models_fused_scorer():
     from subspace_jax import model as model_lib
+    from subspace_jax import scoring
 
     rng = np.random.default_rng(0)
 
@@ -475,7 +502,9 @@ def test_staged_scoring_equals_the_models_fused_scorer():
     fitted = model_lib.fit_features(feats(7), config)
     test = feats(3)
     timings: dict = {}
-    maps, scores = core.resolve_method("subspace").score(fitted, test, timings)
+    maps, scores = scoring.score_in_batches(
+        core.resolve_method("subspace").scorer, fitted, test, batch_size=2, timings=timings, progress=False
+    )
     ref_maps, ref_scores = fitted.score_features(test)
     np.testing.assert_allclose(np.asarray(maps), np.asarray(ref_maps), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(scores), np.asarray(ref_scores), rtol=1e-5, atol=1e-5)

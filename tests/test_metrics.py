@@ -331,3 +331,57 @@ def test_jax_arrays_are_accepted():
     assert metrics.pro(jnp.asarray(maps, jnp.float32), jnp.asarray(masks)) == pytest.approx(
         metrics.pro(maps.astype(np.float32), masks), abs=1e-12
     )
+
+
+# ---------------------------------------------------------------- evaluate: every metric at once
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_evaluate_equals_sklearn_and_each_metric(seed):
+    rng = np.random.default_rng(seed)
+    maps, masks = random_case(rng, n_levels=[3, 8, 50, 1000][seed], shape=(6, 9, 7))
+    masks[0] = False  # a defect-free image: its pixels count as negatives everywhere
+    scores = np.round(maps.max(axis=(1, 2)) + rng.random(6), 1)  # ties between images too
+    labels = masks.any(axis=(1, 2))
+    result = metrics.evaluate(maps, scores, masks, labels)
+    assert list(result) == ["pixel_auroc", "pro", "image_auroc", "pixel_ap", "f1_max"]
+    assert all(type(v) is float for v in result.values())
+    flat_masks, flat_maps = masks.ravel(), maps.ravel()
+    assert result["pixel_auroc"] == pytest.approx(roc_auc_score(flat_masks, flat_maps), abs=1e-12)
+    assert result["pixel_ap"] == pytest.approx(average_precision_score(flat_masks, flat_maps), abs=1e-12)
+    assert result["image_auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert result["pro"] == pytest.approx(brute_force_pro(maps, masks, 0.3), abs=1e-12)
+    # Sharing one sort must not change a single bit against the metrics computed one by one.
+    assert result == {
+        "pixel_auroc": metrics.pixel_auroc(maps, masks),
+        "pro": metrics.pro(maps, masks),
+        "image_auroc": metrics.image_auroc(scores, labels),
+        "pixel_ap": metrics.pixel_ap(maps, masks),
+        "f1_max": metrics.f1_max(maps, masks),
+    }
+
+
+def test_evaluate_gives_no_image_auroc_for_one_label_class():
+    maps, masks = random_case(np.random.default_rng(1))
+    result = metrics.evaluate(maps, maps.max(axis=(1, 2)), masks, [1, 1, 1])
+    assert result["image_auroc"] is None
+    assert result["pro"] == metrics.pro(maps, masks)
+
+
+def test_evaluate_validates_every_shape():
+    maps, masks = random_case(np.random.default_rng(2))  # (3, 7, 6)
+    scores, labels = maps.max(axis=(1, 2)), np.array([0, 1, 1])
+    with pytest.raises(ValueError, match=r"maps must have shape \(N, H, W\)"):
+        metrics.evaluate(maps[0], scores, masks, labels)
+    with pytest.raises(ValueError, match=r"scores must have shape \(N,\)"):
+        metrics.evaluate(maps, scores[:, None], masks, labels)
+    with pytest.raises(ValueError, match=r"scores must have one value per map: shape \(3,\)"):
+        metrics.evaluate(maps, scores[:2], masks, labels)
+    with pytest.raises(ValueError, match=r"masks must have shape \(N, H, W\) = \(3, 7, 6\)"):
+        metrics.evaluate(maps, scores, masks[:, :5], labels)
+    with pytest.raises(ValueError, match=r"labels must have shape \(N,\) = \(3,\)"):
+        metrics.evaluate(maps, scores, masks, labels[:2])
+    with pytest.raises(ValueError, match="masks has no defective pixels"):
+        metrics.evaluate(maps, scores, np.zeros_like(masks), labels)
+    with pytest.raises(ValueError, match="scores contains 1 NaN"):
+        metrics.evaluate(maps, np.array([0.1, np.nan, 0.2]), masks, labels)

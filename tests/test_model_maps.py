@@ -10,7 +10,7 @@ import pytest
 import scipy.ndimage as ndimage
 
 import subspace_jax as sj
-from subspace_jax import model as model_lib
+from subspace_jax import maps as maps_lib
 
 
 def test_config_defaults_and_roundtrip():
@@ -78,7 +78,7 @@ def test_feature_keys_add_the_sampling_level_only_for_subspace_sampling():
 @pytest.mark.parametrize("sigma", [0.5, 1.5, 4.0])
 def test_gaussian_blur_equals_scipy_gaussian_filter(sigma):
     maps = np.random.default_rng(0).normal(size=(2, 40, 37)).astype(np.float32)
-    ours = np.asarray(model_lib.gaussian_blur(jnp.asarray(maps), sigma))
+    ours = np.asarray(maps_lib.gaussian_blur(jnp.asarray(maps), sigma))
     reference = np.stack(
         [ndimage.gaussian_filter(m.astype(np.float64), sigma, mode="reflect", truncate=4.0) for m in maps]
     )
@@ -86,14 +86,14 @@ def test_gaussian_blur_equals_scipy_gaussian_filter(sigma):
 
 
 def test_gaussian_kernel_radius_is_four_sigma():
-    assert model_lib.gaussian_kernel(4.0).shape == (33,)
-    assert model_lib.gaussian_kernel(1.0).shape == (9,)
-    np.testing.assert_allclose(model_lib.gaussian_kernel(2.0).sum(), 1.0, rtol=1e-6)
+    assert maps_lib.gaussian_kernel(4.0).shape == (33,)
+    assert maps_lib.gaussian_kernel(1.0).shape == (9,)
+    np.testing.assert_allclose(maps_lib.gaussian_kernel(2.0).sum(), 1.0, rtol=1e-6)
 
 
 def test_sigma_zero_disables_blur():
     maps = jnp.asarray(np.random.default_rng(1).normal(size=(1, 8, 8)), jnp.float32)
-    np.testing.assert_array_equal(np.asarray(model_lib.gaussian_blur(maps, 0.0)), np.asarray(maps))
+    np.testing.assert_array_equal(np.asarray(maps_lib.gaussian_blur(maps, 0.0)), np.asarray(maps))
 
 
 @pytest.mark.parametrize("fusion", ["sum", "mean", "product"])
@@ -101,9 +101,8 @@ def test_fuse_maps_matches_scipy_upsampling_fusion_and_blur(fusion):
     rng = np.random.default_rng(2)
     level2 = rng.uniform(0.5, 2.0, size=(2, 8, 8)).astype(np.float32)
     level3 = rng.uniform(0.5, 2.0, size=(2, 4, 4)).astype(np.float32)
-    config = sj.Config(backbone="efficientnet_lite0", image_size=32, levels=(2, 3), fusion=fusion, sigma=1.5)
-    maps, scores = model_lib.fuse_maps(
-        {"level2": jnp.asarray(level2), "level3": jnp.asarray(level3)}, (32, 32), config
+    maps, scores = maps_lib.maps_and_scores(
+        {"level2": jnp.asarray(level2), "level3": jnp.asarray(level3)}, (32, 32), fusion=fusion, sigma=1.5
     )
 
     def upsample(m, factor):  # half-pixel bilinear with clamped edges = jax.image.resize "bilinear"

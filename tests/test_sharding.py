@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
 
     def feats(n, shapes):
-        return {k: np.abs(rng.standard_normal((n,) + shape)).astype(np.float32) for k, shape in shapes.items()}
+        return {k: np.abs(rng.standard_normal((n,) + s)).astype(np.float32) for k, s in shapes.items()}
 
     small = {"level2": (4, 4, 8), "level3": (2, 2, 16), "pooled": (32,)}
     train, test = feats(10, small), feats(8, small)  # N = 10: padded to 12 on 4 bank shards, 16 on 8

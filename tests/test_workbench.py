@@ -1,4 +1,4 @@
-"""runner.workbench (cached features for notebooks) and experiments/compare_mtd.py on a few real MTD images."""
+"""runner.workbench (splits, cached features) on a synthetic tree, and compare_mtd.py on MTD."""
 
 from __future__ import annotations
 
@@ -23,6 +23,72 @@ def test_evenly_spaced_keeps_both_ends_and_order():
     assert workbench.evenly_spaced(items, 50) == items
     with pytest.raises(ValueError, match="limit"):
         workbench.evenly_spaced(items, 0)
+
+
+class _MeanPoolBackbone:
+    """A stand-in backbone: level1 is an 8x8 mean pool, pooled its mean; no weights to load."""
+
+    name, weights_sha256, features_version = "toy", "ab" * 32, "test.1"
+
+    def pure(self):
+        import jax.numpy as jnp
+
+        def apply(params, images):
+            x = jnp.asarray(images, jnp.float32)
+            b, h, w, c = x.shape
+            level1 = x.reshape(b, h // 8, 8, w // 8, 8, c).mean(axis=(2, 4))
+            return {"level1": level1, "pooled": level1.mean(axis=(1, 2))}
+
+        return apply, None
+
+
+@pytest.fixture()
+def synthetic_category(tmp_path):
+    from subspace_jax.data import MVTecAD, synthetic
+
+    root = synthetic.write_mvtec_tree(tmp_path / "tree", ("weave",), n_train=3, n_test=4, image_size=32)
+    return MVTecAD(root, "weave")
+
+
+def test_loaded_splits_are_kept_per_workbench_and_freed_with_it(synthetic_category):
+    import gc
+    import weakref
+
+    bench = workbench.Workbench(
+        synthetic_category, "syn", None, cache_dir=None, image_size=32, progress=False
+    )
+    test = bench.split("test")
+    assert bench.split("test") is test  # loaded once
+    other = workbench.Workbench(
+        synthetic_category, "syn", None, cache_dir=None, image_size=32, progress=False
+    )
+    assert other.split("test") is not test  # per workbench, not per process
+    bench.forget("test")
+    reloaded = bench.split("test")
+    assert reloaded is not test
+    np.testing.assert_array_equal(reloaded.images, test.images)
+    refs = [weakref.ref(x) for x in (bench, test, test.images, reloaded.images)]
+    del bench, test, reloaded
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * 4
+
+
+def test_features_go_through_the_cache_without_keeping_the_images(synthetic_category, tmp_path):
+    cache = tmp_path / "cache"
+    bench = workbench.Workbench(
+        synthetic_category, "syn", _MeanPoolBackbone(), cache_dir=cache, image_size=32, progress=False
+    )
+    computed = bench.features("train")
+    assert computed["level1"].shape == (3, 4, 4, 3) and "train" not in bench._splits
+    again = workbench.Workbench(
+        synthetic_category, "syn", _MeanPoolBackbone(), cache_dir=cache, image_size=32, progress=False
+    )
+    cached = again.features("train")
+    assert not cached["level1"].flags.writeable  # memory-mapped from the cache, not computed again
+    np.testing.assert_array_equal(cached["level1"], computed["level1"])
+    assert again.backbone_seconds["train"] == bench.backbone_seconds["train"]
+    reference = again.split("train").images.astype(np.float32).reshape(3, 4, 8, 4, 8, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(cached["level1"], reference, rtol=1e-6)
 
 
 @pytest.mark.mtd

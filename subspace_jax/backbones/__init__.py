@@ -9,10 +9,11 @@ from __future__ import annotations
 from .backbone import Backbone, build_model, load, load_pretrained
 from .convert import WeightsMismatchError, load_state_dict
 from .pretrained import WeightsHashError, WeightsNotFoundError
-from .registry import REGISTRY, BackboneSpec, preprocess
+from .registry import FEATURES_VERSION, REGISTRY, BackboneSpec, features_version, preprocess
 from .torch_weights import TorchFileError, UnsafePickleError, load_torch_file
 
 __all__ = [
+    "FEATURES_VERSION",
     "REGISTRY",
     "Backbone",
     "BackboneSpec",
@@ -22,6 +23,7 @@ __all__ = [
     "WeightsMismatchError",
     "WeightsNotFoundError",
     "build_model",
+    "features_version",
     "load",
     "load_pretrained",
     "load_state_dict",

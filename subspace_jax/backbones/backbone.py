@@ -13,7 +13,7 @@ from flax import nnx
 
 from .convert import load_state_dict
 from .pretrained import resolve_weights, sha256_file
-from .registry import BackboneSpec, get_spec, preprocess
+from .registry import BackboneSpec, features_version, get_spec, preprocess
 from .torch_weights import load_torch_file
 
 __all__ = ["Backbone", "build_model", "load", "load_pretrained"]
@@ -83,6 +83,7 @@ class Backbone:
         self.spec = spec
         self.name = spec.name
         self.weights_sha256 = weights_sha256
+        self.features_version = features_version(spec)  # part of every feature-cache key
         self.level_channels = dict(spec.level_channels)
         if micro_batch == "auto":
             micro_batch = 4 if jax.default_backend() == "cpu" else None

@@ -11,12 +11,9 @@ import hashlib
 import os
 import re
 import urllib.error
-import urllib.request
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from .._io import atomic_file
+from .._download import download_file
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -75,33 +72,22 @@ def download_weights(
 ) -> Path:
     """Download ``url`` (default: base URL + ``file_name``) to ``destination`` atomically, checking the hash.
 
-    Raises :class:`WeightsHashError` on a hash mismatch and ``urllib.error.URLError``/``OSError`` on network
-    failure; in every failure case ``destination`` is left untouched.
+    Raises :class:`WeightsHashError` on a hash mismatch and :class:`~subspace_jax._download.DownloadError`
+    (an ``OSError``) on network failure; in every failure case ``destination`` is left untouched.
     """
     url = url or base_url() + file_name
     prefix = expected_hash_prefix(file_name)
-    digest = hashlib.sha256()
-    with atomic_file(destination) as tmp:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            total = response.headers.get("Content-Length")
-            with tqdm(
-                total=int(total) if total else None,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=f"downloading {file_name}",
-                disable=not progress,
-            ) as bar:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        if prefix is not None and not digest.hexdigest().startswith(prefix):
+
+    def check_hash(_: Path, digest: str) -> None:
+        if prefix is not None and not digest.startswith(prefix):
             raise WeightsHashError(
-                f"downloaded {url} has sha256 {digest.hexdigest()}, which does not start with {prefix} as its "
+                f"downloaded {url} has sha256 {digest}, which does not start with {prefix} as its "
                 "file name says: the download is corrupt or was tampered with; nothing was saved"
             )
-    return destination
+
+    return download_file(
+        url, destination, desc=f"downloading {file_name}", progress=progress, verify=check_hash
+    )
 
 
 def resolve_weights(
@@ -144,7 +130,9 @@ def resolve_weights(
     except WeightsHashError:
         raise
     except (urllib.error.URLError, OSError, TimeoutError) as error:
+        looked = ", ".join(map(str, candidates))
         raise WeightsNotFoundError(
-            f"weights file {file_name} not found locally (looked in: {', '.join(map(str, candidates))}) and the "
-            f"download from {url} failed ({error}). Offline? Download {url} on a connected machine and {where}."
+            f"weights file {file_name} not found locally (looked in: {looked}) and the download from {url} "
+            f"failed ({getattr(error, 'reason', error)}). Offline? Download {url} on a connected machine "
+            f"and {where}."
         ) from error

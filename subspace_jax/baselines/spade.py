@@ -16,12 +16,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from subspace_jax import batching
+from subspace_jax import batching, scoring
+from subspace_jax import maps as maps_lib
 from subspace_jax.baselines import common
 
 Array = jax.Array
@@ -46,7 +48,7 @@ class SpadeConfig(common.BaselineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.check_positive_int("top_k_images")
+        self._check_int("top_k_images", 1)
 
 
 def nearest_images(test_pooled: Array, train_pooled: Array, k: int) -> tuple[Array, Array]:
@@ -65,15 +67,15 @@ def nearest_images(test_pooled: Array, train_pooled: Array, k: int) -> tuple[Arr
     return dist, idx.astype(jnp.int32)
 
 
-def score_features(model: SpadeModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
-    """Pure scorer: fitted model (a pytree) and backbone features of B images -> maps, scores.
+def match(model: SpadeModel, features: Mapping[str, Array]) -> tuple[dict[str, Array], Array]:
+    """The matching stage: per level, each test pixel's distance to its nearest gallery feature.
 
     Args:
       model: a fitted `SpadeModel`; its config is static.
       features: {"pooled": (B, c), "level<l>": (B, h_l, w_l, c_l)} for the config's levels.
     Returns:
-      maps (B, S, S) float32 (S = config.output_size; per-level distance maps upsampled, averaged and
-      smoothed) and scores (B,) float32 (mean distance to the K nearest training images).
+      ({"level<l>": (B, h_l, w_l) distance maps}, scores (B,) float32: the mean distance to the K
+      nearest training images).
     """
     config = model.config
     train = model.train_features
@@ -98,7 +100,24 @@ def score_features(model: SpadeModel, features: Mapping[str, Array]) -> tuple[Ar
             return dist.reshape(height, width)
 
         level_maps[key] = lax.map(one_image, (knn_idx, jnp.asarray(features[key], jnp.float32)))
-    return common.fuse_level_maps(level_maps, config, fusion="mean"), jnp.mean(knn_dist, axis=1)
+    return level_maps, jnp.mean(knn_dist, axis=1)
+
+
+def score_features(model: SpadeModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
+    """Pure scorer: fitted model (a pytree) and backbone features of B images -> maps, scores.
+
+    Args:
+      model: a fitted `SpadeModel`; its config is static.
+      features: {"pooled": (B, c), "level<l>": (B, h_l, w_l, c_l)} for the config's levels.
+    Returns:
+      maps (B, S, S) float32 (S = config.output_size; per-level distance maps upsampled, averaged and
+      smoothed) and scores (B,) float32 (mean distance to the K nearest training images).
+    """
+    chex.assert_rank(features["pooled"], 2)
+    chex.assert_rank([features[common.level_key(level)] for level in model.config.levels], 4)
+    level_maps, scores = match(model, features)
+    size = (model.config.output_size, model.config.output_size)
+    return maps_lib.fuse_maps(level_maps, size, fusion="mean", sigma=model.config.sigma), scores
 
 
 def score_images(model: SpadeModel, apply_fn: Any, params: Any, images: Array) -> tuple[Array, Array]:
@@ -106,6 +125,7 @@ def score_images(model: SpadeModel, apply_fn: Any, params: Any, images: Array) -
 
     images: (B, S, S, 3) uint8 or float in [0, 255] -> maps (B, S, S) float32, scores (B,) float32.
     """
+    chex.assert_rank(images, 4)
     return score_features(model, apply_fn(params, images))
 
 
@@ -163,22 +183,23 @@ class SpadeModel(batching.BackboneBinding):
 
         `images`, `backbone` and `timings` as for `PatchCoreModel.score`.
         """
-        return common.score_in_batches(
+        return scoring.score_in_batches(
+            SCORER,
             self,
             images,
-            batch_size,
-            backbone,
-            progress,
-            timings,
-            _score_images_jit,
-            _score_features_jit,
-            _feature_keys(self.config),
-            "SPADE score",
+            batch_size=batch_size,
+            backbone=backbone,
+            timings=timings,
+            progress=progress,
+            desc="SPADE score",
         )
 
 
 def _feature_keys(config: SpadeConfig) -> list[str]:
     return ["pooled", *(common.level_key(l) for l in config.levels)]
+
+
+SCORER = common.staged_scorer(jax.jit(match), "mean", _feature_keys, _score_images_jit)
 
 
 def fit_features(

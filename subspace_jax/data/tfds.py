@@ -52,6 +52,25 @@ FILE_FORMAT = "array_record"
 LABEL_NAMES = ("good", "defective")
 
 
+def _forget_earlier_load() -> None:
+    """Drop the TFDS registrations an earlier load of this very module made.
+
+    TFDS registers each builder class when it is defined and refuses a name it already holds, so a reload
+    (``importlib.reload``, a notebook's autoreload) would fail with "Dataset with name mvtec_ad already
+    registered". Only entries whose class was defined by this module are dropped: a builder of the same
+    name from anywhere else still collides, as TFDS intends. TFDS offers no public way to unregister,
+    hence its private registries; on a TFDS without them this does nothing.
+    """
+    registered = tfds.core.registered
+    registry = getattr(registered, "_DATASET_REGISTRY", {})
+    for name in [name for name, cls in registry.items() if cls.__module__ == __name__]:
+        del registry[name]
+    getattr(registered, "_MODULE_TO_DATASETS", {}).pop(__name__, None)
+
+
+_forget_earlier_load()
+
+
 def _features() -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict(
         {

@@ -22,21 +22,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from subspace_jax.runner import cli, figures, results
+from subspace_jax.runner import cli, config_files, figures, results
 from subspace_jax.runner import features as feature_io
-
-METHOD_CHOICES: tuple[str, ...] = ("subspace", "patchcore", "spade")
-DEFAULT_BACKBONE = "wide_resnet50_2"
-_RUNNER_SETTINGS = {"backbone": DEFAULT_BACKBONE, "image_size": 256, "crop": None}
-
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What distinguishes one benchmark script from another; everything else is shared.
 
     ``open(root, category)`` returns a dataset with ``.samples(split)`` and ``.load(split, ...)``.
-    ``config_overrides[method]`` replaces that method's Config defaults for this dataset (the paper's
-    per-dataset settings).
+    ``configs[method]`` is the config file (``experiments/configs/*.py``) holding that method's
+    defaults for this dataset (the paper's per-dataset settings); a method without one starts from
+    its config class's defaults.
     """
 
     name: str
@@ -44,87 +40,35 @@ class DatasetSpec:
     env_var: str
     categories: tuple[str, ...]
     open: Callable[[Path, str], Any]
-    config_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    configs: Mapping[str, Path] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
-class MethodSpec:
-    """A model family: its frozen Config class, ``fit_features(features, config, *, backbone_name,
-    weights_sha256) -> model``, and ``score(model, features, timings) -> (maps, scores)``, which adds
-    seconds per stage to ``timings``."""
+def resolve_method(name: str) -> Any:
+    """The registry entry (``subspace_jax.methods.Method``) of ``--method name``."""
+    from subspace_jax import methods
 
-    name: str
-    config_cls: type
-    fit_features: Callable[..., Any]
-    score: Callable[[Any, Mapping[str, np.ndarray], dict], tuple[Any, Any]]
+    try:
+        return methods.get(name)
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from None
 
 
-def _timed(timings: dict, stage: str, fn: Callable, *args: Any) -> Any:
-    import jax
-
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-    return out
-
-
-@functools.cache
-def _subspace_stages() -> tuple[Callable, Callable, Callable]:
-    import jax
-
-    from subspace_jax import model
-
-    return (
-        jax.jit(model.sample_candidates),
-        jax.jit(model.reconstruct_levels),
-        jax.jit(model.fuse_maps, static_argnums=(1, 2)),
-    )
+def default_config(spec: DatasetSpec, method: Any) -> Any:
+    """The method's config for this dataset: its config file in ``spec.configs``, else the defaults."""
+    path = spec.configs.get(method.name)
+    if path is None:
+        return method.config_cls()
+    config = config_files.load(path)
+    if not isinstance(config, method.config_cls):
+        raise ValueError(f"{path}: expected a {method.config_cls.__name__} for --method {method.name}")
+    return config
 
 
-def _score_subspace(model: Any, features: Mapping[str, np.ndarray], timings: dict) -> tuple[Any, Any]:
-    """The model's three scoring stages (the ones ``Model.score(timings=...)`` reports after the backbone),
-    each jitted and timed on its own."""
-    sample, reconstruct, fuse = _subspace_stages()
-    feats = {key: features[key] for key in model.config.feature_keys}
-    size = model.config.output_size
-    candidates = _timed(timings, "sampling", sample, model, feats)
-    level_maps = _timed(timings, "reconstruction", reconstruct, model, feats, candidates)
-    return _timed(timings, "maps", fuse, level_maps, (size, size), model.config)
-
-
-def _score_whole(model: Any, features: Mapping[str, np.ndarray], timings: dict) -> tuple[Any, Any]:
-    """Baselines score in one call: their time is one stage, "scoring"."""
-    return _timed(timings, "scoring", model.score_features, features)
-
-
-def resolve_method(name: str) -> MethodSpec:
-    """The Config class, feature-level fit and staged scorer of ``--method name``."""
-    if name == "subspace":
-        from subspace_jax import model
-
-        return MethodSpec(name, model.Config, model.fit_features, _score_subspace)
-    from subspace_jax.baselines import METHODS
-
-    if name not in METHODS:
-        raise ValueError(f"--method: expected one of {', '.join(METHOD_CHOICES)}, got {name!r}")
-    config_cls, module = METHODS[name]
-    return MethodSpec(name, config_cls, module.fit_features, _score_whole)
-
-
-def default_config(spec: DatasetSpec, method: MethodSpec) -> Any:
-    """The method's Config with this dataset's overrides applied."""
-    names = {f.name for f in dataclasses.fields(method.config_cls)}
-    overrides = dict(spec.config_overrides.get(method.name, {}))
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise TypeError(f"{spec.name} overrides {unknown} are not fields of {method.config_cls.__name__}")
-    return dataclasses.replace(method.config_cls(), **overrides)
-
-
-def config_dict(method: MethodSpec, config: Any, settings: Mapping[str, Any], weights_sha256: str) -> dict:
+def config_dict(method: Any, config: Any, settings: Mapping[str, Any], weights_sha256: str) -> dict:
     """What identifies a run's results (stored in results.json and compared on --resume)."""
-    body = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
-    return results.jsonable({"method": method.name, **settings, **body, "weights_sha256": weights_sha256})
+    return results.jsonable(
+        {"method": method.name, **settings, **config.to_dict(), "weights_sha256": weights_sha256}
+    )
 
 
 # --- memory -------------------------------------------------------------------------------------------
@@ -197,44 +141,36 @@ def _features_for(
     the cache cannot supply the features.
     """
     cache = feature_io.FeatureCache(settings.feature_cache) if settings.feature_cache else None
-    paths = [str(s.image_path) for s in dataset_obj.samples(split_name)]
-    entry = None
-    if cache is not None:
-        entry = cache.entry(
-            settings.dataset,
-            category,
-            split_name,
-            backbone.name,
-            backbone.weights_sha256,
-            settings.image_size,
-            settings.crop,
-        )
-        hit = cache.load(entry, paths)
-        if hit is not None:
-            return hit[0], hit[1], True, 0.0
-    load_seconds = 0.0
-    if loaded is None:
-        start = time.perf_counter()
-        loaded = dataset_obj.load(
-            split_name, image_size=settings.image_size, crop=settings.crop, progress=settings.progress
-        )
-        load_seconds = time.perf_counter() - start
-    feats, seconds = feature_io.extract_features(
+    key = feature_io.FeatureKey.of(
         backbone,
-        loaded.images,
-        settings.batch_size,
-        settings.progress,
-        desc=f"{category} {split_name} backbone",
+        dataset=settings.dataset,
+        category=category,
+        split=split_name,
+        image_size=settings.image_size,
+        crop=settings.crop,
     )
-    if cache is not None and entry is not None:
-        cache.store(
-            entry,
-            feats,
-            paths,
-            seconds,
-            extra={"backbone": backbone.name, "weights_sha256": backbone.weights_sha256},
+    load_seconds = 0.0
+
+    def compute() -> tuple[dict[str, np.ndarray], float]:
+        nonlocal load_seconds
+        split = loaded
+        if split is None:
+            start = time.perf_counter()
+            split = dataset_obj.load(
+                split_name, image_size=settings.image_size, crop=settings.crop, progress=settings.progress
+            )
+            load_seconds = time.perf_counter() - start
+        return feature_io.extract_features(
+            backbone,
+            split.images,
+            settings.batch_size,
+            settings.progress,
+            desc=f"{category} {split_name} backbone",
         )
-    return feats, seconds, False, load_seconds
+
+    paths = [s.image_path for s in dataset_obj.samples(split_name)]
+    got = feature_io.cached_features(cache, key, paths, compute)
+    return got.features, got.seconds, got.hit, load_seconds
 
 
 def _wait_for_arrays(model: Any) -> None:
@@ -247,47 +183,17 @@ def _wait_for_arrays(model: Any) -> None:
             leaf.block_until_ready()
 
 
-def score_in_batches(
-    method: MethodSpec,
-    model: Any,
-    features: Mapping[str, np.ndarray],
-    batch_size: int,
-    progress: bool,
-    timings: dict,
-    desc: str = "scoring",
-) -> tuple[np.ndarray, np.ndarray]:
-    """``method.score`` over fixed-size batches of precomputed features (the last one padded, so the
-    scorer compiles once and memory stays bounded). Returns maps (N,S,S) float32, scores (N,) float64.
-    """
-    from tqdm.auto import tqdm
-
-    n = int(next(iter(features.values())).shape[0])
-    batch = min(batch_size, n)
-    maps, scores = [], []
-    for lo in tqdm(range(0, n, batch), desc=desc, unit="batch", disable=not progress, leave=False):
-        block = {}
-        for level, value in features.items():
-            part = np.asarray(value[lo : lo + batch])
-            if part.shape[0] < batch:
-                part = np.concatenate([part, np.repeat(part[-1:], batch - part.shape[0], axis=0)], axis=0)
-            block[level] = part
-        real = min(batch, n - lo)
-        batch_maps, batch_scores = method.score(model, block, timings)
-        maps.append(np.asarray(batch_maps, dtype=np.float32)[:real])
-        scores.append(np.asarray(batch_scores, dtype=np.float64)[:real])
-    return np.concatenate(maps), np.concatenate(scores)
-
-
 def run_category(
     spec: DatasetSpec,
-    method: MethodSpec,
+    method: Any,
     config: Any,
     backbone: Any,
     category: str,
     settings: RunSettings,
 ) -> dict[str, Any]:
-    """Fit and evaluate one category; returns its results entry (DESIGN §3 keys plus extras)."""
-    from subspace_jax import metrics
+    """Fit and evaluate one category; returns its results entry (the keys of ``results.REQUIRED_KEYS``,
+    described in ``docs/method.md``, "Evaluation protocol", plus extras)."""
+    from subspace_jax import metrics, scoring
 
     reset_peak_rss()
     dataset_obj = spec.open(settings.data_root, category)
@@ -320,8 +226,14 @@ def run_category(
     timings["backbone_test"] = test_backbone_s
 
     start = time.perf_counter()
-    maps, scores = score_in_batches(
-        method, model, test_feats, settings.batch_size, settings.progress, timings, desc=f"{category} scoring"
+    maps, scores = scoring.score_in_batches(
+        method.scorer,
+        model,
+        test_feats,
+        batch_size=settings.batch_size,
+        timings=timings,
+        progress=settings.progress,
+        desc=f"{category} scoring",
     )
     timings["score_total"] = time.perf_counter() - start  # the stages plus batching and host copies
     del test_feats
@@ -334,19 +246,15 @@ def run_category(
             f"{masks.shape}; the maps must have the masks' size"
         )
     start = time.perf_counter()
-    has_both_labels = len(np.unique(labels)) == 2
+    measured = metrics.evaluate(maps, scores, masks, labels)
+    timings["metrics"] = time.perf_counter() - start
     entry: dict[str, Any] = {
-        "pixel_auroc": metrics.pixel_auroc(maps, masks),
-        "pro": metrics.pro(maps, masks),
-        "image_auroc": metrics.image_auroc(scores, labels) if has_both_labels else None,
-        "pixel_ap": metrics.pixel_ap(maps, masks),
+        **measured,
         "n_train": n_train,
         "n_test": int(maps.shape[0]),
         "fit_seconds": train_backbone_s + timings["fit"],
         "score_seconds_per_image": (test_backbone_s + timings["score_total"]) / maps.shape[0],
-        "f1_max": metrics.f1_max(maps, masks),
     }
-    timings["metrics"] = time.perf_counter() - start
 
     if settings.save_maps > 0:
         start = time.perf_counter()
@@ -371,17 +279,39 @@ def run_category(
 # --- the command line -----------------------------------------------------------------------------------
 
 
-def _method_from_argv(argv: Sequence[str]) -> str:
+def _method_names() -> tuple[str, ...]:
+    from subspace_jax import methods
+
+    return methods.NAMES
+
+
+def method_and_defaults(spec: DatasetSpec, argv: Sequence[str]) -> tuple[Any, Any]:
+    """The method and its starting config from ``--config FILE`` and ``--method`` in ``argv``: the
+    file's config (its class names the method), else the dataset's config for ``--method``."""
+    from subspace_jax import methods
+
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--method", default="subspace", choices=METHOD_CHOICES)
+    pre.add_argument("--method", default=None, choices=_method_names())
+    pre.add_argument("--config", type=Path, default=None)
     known, _ = pre.parse_known_args(argv)
-    return known.method
+    if known.config is None:
+        method = resolve_method(known.method or "subspace")
+        return method, default_config(spec, method)
+    config = config_files.load(known.config)
+    method = methods.for_config(config)
+    if known.method is not None and known.method != method.name:
+        raise ValueError(
+            f"--method {known.method}: --config {known.config} holds a {method.name} config "
+            f"({type(config).__name__}); drop one of them"
+        )
+    return method, config
 
 
 def build_parser(
-    spec: DatasetSpec, method: MethodSpec, defaults: Any
+    spec: DatasetSpec, method: Any, defaults: Any
 ) -> tuple[argparse.ArgumentParser, list[str]]:
-    """The full parser for ``spec`` and ``method``: runner flags, then one flag per Config field."""
+    """The full parser for ``spec`` and ``method``: runner flags, then one flag per Config field
+    (``defaults`` feeds their help texts)."""
     parser = argparse.ArgumentParser(
         prog=f"experiments/{spec.name}.py",
         description=(
@@ -407,20 +337,18 @@ def build_parser(
     run.add_argument(
         "--method",
         default="subspace",
-        choices=METHOD_CHOICES,
+        choices=_method_names(),
         help="model family: the paper's subspace-guided reconstruction (default) or a baseline; "
         "the flags below are that family's Config fields",
     )
-    config_fields = {f.name for f in dataclasses.fields(method.config_cls)}
-    for name, default in _RUNNER_SETTINGS.items():
-        if name not in config_fields:  # a Config that carries these owns their flags
-            run.add_argument(
-                cli.flag_name(name),
-                dest=name,
-                default=default,
-                type=str if name == "backbone" else int,
-                help=f"(default: {default})",
-            )
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="start from the config get_config() in FILE returns (e.g. experiments/configs/mtd_paper.py; "
+        "its class sets --method); the Config flags below override its fields",
+    )
     run.add_argument(
         "--weights",
         type=Path,
@@ -461,10 +389,6 @@ def build_parser(
     return parser, names
 
 
-def _settings_value(config: Any, namespace: argparse.Namespace, name: str) -> Any:
-    return getattr(config, name) if hasattr(config, name) else getattr(namespace, name)
-
-
 @functools.lru_cache(maxsize=4)
 def load_backbone(name: str, weights: Path | None = None) -> Any:
     """``backbones.load(name, weights)``, kept for the next run in the same process (notebooks, tests)."""
@@ -484,8 +408,10 @@ def missing_weights_message(backbone_name: str, error: Exception) -> str:
 def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
     """Run the benchmark ``spec`` with command-line arguments ``argv``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    method = resolve_method(_method_from_argv(argv))
-    defaults = default_config(spec, method)
+    try:
+        method, defaults = method_and_defaults(spec, argv)
+    except ValueError as exc:
+        argparse.ArgumentParser(prog=f"experiments/{spec.name}.py").error(str(exc))
     parser, names = build_parser(spec, method, defaults)
     ns = parser.parse_args(argv)
     try:
@@ -510,9 +436,7 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
         parser.error(f"--batch-size: expected a positive integer, got {ns.batch_size}")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir: Path = ns.out or Path("results") / spec.name / stamp
-    backbone_name = _settings_value(config, ns, "backbone")
-    image_size = _settings_value(config, ns, "image_size")
-    crop = _settings_value(config, ns, "crop")
+    backbone_name, image_size, crop = config.backbone, config.image_size, config.crop
 
     # Before any work: a backbone without weights stops here, with what to do about it.
     try:

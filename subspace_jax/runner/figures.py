@@ -48,12 +48,14 @@ def save_figure(
     vmax: float,
 ) -> Path:
     """One 3-panel PNG: image (H,W,3) uint8 | mask (H,W) bool | heat map (H,W) over the image."""
-    import matplotlib
+    # A Figure on its own Agg canvas, never pyplot: switching pyplot's backend would break a notebook's
+    # inline figures, and pyplot would keep every figure it made until closed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    fig = Figure(figsize=(9, 3.3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     axes[0].imshow(image)
     axes[0].set_title("image")
     axes[1].imshow(mask, cmap="gray", vmin=0, vmax=1)
@@ -69,7 +71,6 @@ def save_figure(
     fig.tight_layout()
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -1,9 +1,10 @@
-"""The results file (``results.json``, schema in DESIGN §3) and its Markdown/console tables.
+"""The results file (``results.json``; its keys are described in ``docs/method.md``, "Evaluation
+protocol") and its Markdown/console tables.
 
 Required per-category keys are exactly those of the schema; the runner adds ``f1_max``, ``timings``
 (seconds: ``load_train``, ``load_test``, ``backbone_train``, ``fit``, ``backbone_test``, the scoring
-stages — ``sampling``, ``reconstruction``, ``maps`` for the subspace model, ``scoring`` for the
-baselines — ``score_total``, ``metrics``, ``figures``), ``peak_memory`` (MiB), ``features_cached`` and
+stages — ``sampling``, ``reconstruction``, ``maps`` for the subspace model, ``matching``, ``maps`` for
+the baselines — ``score_total``, ``metrics``, ``figures``), ``peak_memory`` (MiB), ``features_cached`` and
 ``figures`` beside them. ``fit_seconds`` = backbone on the training images + fit;
 ``score_seconds_per_image`` = (backbone on the test images + scoring) / n_test. Metrics are fractions;
 an image AUROC that cannot be computed (one class only) is null.

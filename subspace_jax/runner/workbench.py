@@ -11,14 +11,13 @@ tests), and its backbone features through the runner's on-disk ``FeatureCache``,
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from subspace_jax.data import Split, load_samples
-from subspace_jax.runner.features import FeatureCache, extract_features
+from subspace_jax.runner.features import FeatureCache, FeatureKey, cached_features, extract_features
 
 
 def evenly_spaced(items: list, limit: int | None) -> list:
@@ -71,14 +70,27 @@ class Workbench:
         self.batch_size = batch_size
         self.progress = progress
         self.backbone_seconds: dict[str, float] = {}
+        self._splits: dict[str, Split] = {}
 
     def samples(self, split: str) -> list:
         """The split's samples, limited as configured."""
         return evenly_spaced(self.dataset.samples(split), self.limits.get(split))
 
-    @functools.cache
     def split(self, split: str) -> Split:
-        """The split's images, masks and labels at the workbench's size (loaded once)."""
+        """The split's images, masks and labels at the workbench's size, loaded once and kept by this
+        workbench (``forget`` drops them; they go with the workbench)."""
+        if split not in self._splits:
+            self._splits[split] = self._load(split)
+        return self._splits[split]
+
+    def forget(self, split: str | None = None) -> None:
+        """Drop the loaded images of ``split`` (all splits when None); ``split`` reloads them."""
+        if split is None:
+            self._splits.clear()
+        else:
+            self._splits.pop(split, None)
+
+    def _load(self, split: str) -> Split:
         return load_samples(
             self.samples(split), self.image_size, self.crop, self.progress, desc=f"{self.name} {split}"
         )
@@ -86,51 +98,37 @@ class Workbench:
     def features(self, split: str) -> dict[str, np.ndarray]:
         """Backbone features of the split: level key -> (N, h, w, c) float32 ("pooled": (N, c)).
 
-        Read from the cache when it holds exactly this split's image list, otherwise computed (the
-        images are loaded) and stored. ``backbone_seconds[split]`` records the backbone's wall time
-        when the features were computed (from the cache's record on a hit).
+        Read from the cache when it holds this split's images (by content) for this backbone, otherwise
+        computed and stored; computing uses the split's images if ``split`` has loaded them, else loads
+        them without keeping them. ``backbone_seconds[split]`` records the backbone's wall time when the
+        features were computed (from the cache's record on a hit).
         """
         samples = self.samples(split)
-        paths = [str(s.image_path) for s in samples]
-        entry = None
-        if self.cache is not None:
-            # Subsets get their own entry so a quick run never overwrites the full split's features.
-            limit = self.limits.get(split)
-            category = (
-                self.name
-                if limit is None or limit >= len(self.dataset.samples(split))
-                else f"{self.name}-{limit}"
-            )
-            entry = self.cache.entry(
-                self.name,
-                category,
-                split,
-                self.backbone.name,
-                self.backbone.weights_sha256,
-                self.image_size,
-                self.crop,
-            )
-            hit = self.cache.load(entry, paths)
-            if hit is not None:
-                self.backbone_seconds[split] = hit[1]
-                return hit[0]
-        features, seconds = extract_features(
+        # Subsets get their own entry so a quick run never overwrites the full split's features.
+        limit = self.limits.get(split)
+        full = limit is None or limit >= len(self.dataset.samples(split))
+        key = FeatureKey.of(
             self.backbone,
-            self.split(split).images,
-            self.batch_size,
-            self.progress,
-            desc=f"{self.name} {split} backbone",
+            dataset=self.name,
+            category=self.name if full else f"{self.name}-{limit}",
+            split=split,
+            image_size=self.image_size,
+            crop=self.crop,
         )
-        self.backbone_seconds[split] = seconds
-        if entry is not None:
-            self.cache.store(
-                entry,
-                features,
-                paths,
-                seconds,
-                extra={"backbone": self.backbone.name, "weights_sha256": self.backbone.weights_sha256},
+
+        def compute() -> tuple[dict[str, np.ndarray], float]:
+            loaded = self._splits[split] if split in self._splits else self._load(split)
+            return extract_features(
+                self.backbone,
+                loaded.images,
+                self.batch_size,
+                self.progress,
+                desc=f"{self.name} {split} backbone",
             )
-        return features
+
+        got = cached_features(self.cache, key, [s.image_path for s in samples], compute)
+        self.backbone_seconds[split] = got.seconds
+        return got.features
 
 
 def bank_bytes(model: Any) -> int:
@@ -157,7 +155,7 @@ def evaluate(
 
     import jax
 
-    from subspace_jax import metrics
+    from subspace_jax import metrics, scoring
     from subspace_jax.runner import core
 
     method = core.resolve_method(method_name)
@@ -168,25 +166,27 @@ def evaluate(
     )
     jax.block_until_ready(model)
     bank_seconds = time.perf_counter() - start
+    test = bench.split("test")  # before its features, which then reuse these images if computed
     test_features = bench.features("test")
     warm = {key: value[:batch_size] for key, value in test_features.items()}
-    core.score_in_batches(method, model, warm, batch_size, False, {})
+    scoring.score_in_batches(method.scorer, model, warm, batch_size=batch_size, timings={}, progress=False)
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    maps, scores = core.score_in_batches(
-        method, model, test_features, batch_size, progress, stages, desc=method_name
+    maps, scores = scoring.score_in_batches(
+        method.scorer,
+        model,
+        test_features,
+        batch_size=batch_size,
+        timings=stages,
+        progress=progress,
+        desc=method_name,
     )
     score_seconds = time.perf_counter() - start
-    test = bench.split("test")
     n_test = int(maps.shape[0])
-    has_both_labels = len(np.unique(test.labels)) == 2
     row = {
         "method": method_name,
         "config": config.to_dict(),
-        "pixel_auroc": metrics.pixel_auroc(maps, test.masks),
-        "pro": metrics.pro(maps, test.masks),
-        "image_auroc": metrics.image_auroc(scores, test.labels) if has_both_labels else None,
-        "pixel_ap": metrics.pixel_ap(maps, test.masks),
+        **metrics.evaluate(maps, scores, test.masks, test.labels),
         "backbone_train_seconds": bench.backbone_seconds["train"],
         "bank_seconds": bank_seconds,
         "fit_seconds": bench.backbone_seconds["train"] + bank_seconds,
@@ -202,8 +202,8 @@ def evaluate(
 
 
 def default_config(method_name: str, dataset: str = "mtd", **overrides: Any) -> Any:
-    """``method_name``'s Config with the runner's per-dataset overrides (MTD: levels 2-4, pooled
-    sampling for the subspace model), then ``overrides``."""
+    """``method_name``'s config for ``dataset`` as the runner starts from it (MTD's subspace default
+    is ``experiments/configs/mtd_paper.py``: levels 2-4, pooled sampling), then ``overrides``."""
     import dataclasses
 
     from subspace_jax.runner import core, datasets
