@@ -1,7 +1,7 @@
 """Subspace-guided feature reconstruction: ``Config``, ``fit``, ``Model`` and the pure scorer.
 
-Method (``docs/method.md``, "The method"): every nominal training image is one atom per reconstruction level; the bank
-``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is rebuilt from at most ``k`` rows by
+Method (``docs/method.md``, "The method"): every nominal training image is one atom per
+reconstruction level; the bank ``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is rebuilt from at most ``k`` rows by
 orthogonal matching pursuit (Batch-OMP on the precomputed Gram matrix); what cannot be rebuilt is
 the anomaly. Subspace-guided sampling first runs OMP with ``lam`` atoms at a high level (level 4 or
 the pooled vector) and restricts the low-level reconstruction to the chosen images.
@@ -193,9 +193,11 @@ class Model(BackboneBinding):
         """N, the number of training images (atoms per level)."""
         return next(iter(self.grams.values())).shape[0]
 
-    def score_features(self, features: Features) -> tuple[Array, Array]:
+    def score_features(
+        self, features: Features, *, execution: Execution | None = None
+    ) -> tuple[Array, Array]:
         """Score precomputed backbone features (see ``score_features``); jitted."""
-        return _score_features_jit(self, _select_features(features, self.config))
+        return _score_features_jit(self, _select_features(features, self.config), execution=execution)
 
     def score(
         self,
@@ -205,6 +207,8 @@ class Model(BackboneBinding):
         backbone: Any = None,
         timings: dict[str, float] | None = None,
         progress: bool = True,
+        mesh: Any = None,
+        memory_budget_bytes: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps and image scores of ``images``.
 
@@ -219,10 +223,21 @@ class Model(BackboneBinding):
             wall-clock seconds are added to ``timings["backbone" | "sampling" | "reconstruction" |
             "maps"]`` (the first call includes compilation); otherwise one fused function runs.
           progress: show a progress bar over batches.
+          mesh: a ``jax.sharding.Mesh`` (``subspace_jax.sharding.make_mesh(data, bank)``): images are
+            split over its "data" axis and the bank rows over its "bank" axis (the model is placed
+            with ``sharding.shard_model`` unless it is already); ``batch_size`` is rounded up to a
+            multiple of the data axis. With several processes (``jax.distributed``) each passes
+            its own share of the images and gets its own rows back.
+          memory_budget_bytes: transient bytes one vectorised reconstruction step may hold (the
+            number of test images / pixels processed at once); None: the backend's default
+            (``subspace_jax.execution``). Results do not depend on it.
 
         Returns:
           maps (B, S, S) float32 and scores (B,) float32 (the maximum of each map), as numpy arrays.
         """
+        execution = None
+        if memory_budget_bytes is not None:
+            execution = execution_lib.default_execution(memory_budget_bytes)
         return scoring.score_in_batches(
             SCORER,
             self,
@@ -232,6 +247,8 @@ class Model(BackboneBinding):
             timings=timings,
             progress=progress,
             desc="score",
+            mesh=mesh,
+            execution=execution,
         )
 
 
@@ -558,14 +575,14 @@ def image_pursuit(
       the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
 
     Sampling exists to touch only the m candidate rows (``docs/method.md``, "Computation"). When
-    ``execution.gathers`` (on CPU m ≤ N/2, the usual λ ≪ N) that is what happens: per test image the rows D[idx] (m, d) are
-    gathered, α = D[idx] y (m,), Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the
-    residual is rebuilt from the k chosen rows. W test images are processed at once (vmapped), W =
-    ``memory_budget_bytes`` / (m·d·4) in [1, B], chunks one after another, so memory holds W (m, d)
-    float32 blocks. Otherwise the correlations are one batched product α = y Dᵀ against the whole
-    bank, with the non-candidates masked out: gathering is memory-bound and per image, the
-    whole-bank product compute-bound and shared by the batch; on CPU the two cost the same near
-    m = N/2 (``benchmarks/bench_gather.md``).
+    ``execution.gathers`` (on CPU m ≤ N/2, the usual λ ≪ N) that is what happens: per test image
+    the rows D[idx] (m, d) are gathered, α = D[idx] y (m,), Batch-OMP runs on the Gram submatrix
+    G[idx][:, idx] (m, m) and the residual is rebuilt from the k chosen rows. W test images are
+    processed at once (vmapped), W = ``memory_budget_bytes`` / (m·d·4) in [1, B], chunks one after
+    another, so memory holds W (m, d) float32 blocks. Otherwise the correlations are one batched
+    product α = y Dᵀ against the whole bank, with the non-candidates masked out: gathering is
+    memory-bound and per image, the whole-bank product compute-bound and shared by the batch; on
+    CPU the two cost the same near m = N/2 (``benchmarks/bench_gather.md``).
     """
     execution = execution_lib.resolve(execution)
     axis = execution.bank_axis
@@ -738,15 +755,17 @@ _reconstruct_jit = jax.jit(reconstruct_levels, static_argnames=("execution",))
 
 # Staged scoring (``Model.score(timings=...)`` and the runner): each stage is one jitted call. The map
 # stage is static in (output size, fusion, sigma) only, so scoring another k or λ reuses its program.
-def _sampling_stage(model: Model, features: Features) -> tuple[Features, Candidates]:
-    return features, _sample_jit(model, features)
+def _sampling_stage(model: Model, features: Features, execution: Execution | None = None):
+    return features, _sample_jit(model, features, execution=execution)
 
 
-def _reconstruction_stage(model: Model, carry: tuple[Features, Candidates]) -> dict[str, Array]:
-    return _reconstruct_jit(model, *carry)
+def _reconstruction_stage(
+    model: Model, carry: tuple[Features, Candidates], execution: Execution | None = None
+) -> dict[str, Array]:
+    return _reconstruct_jit(model, *carry, execution=execution)
 
 
-def _maps_stage(model: Model, level_maps: dict[str, Array]) -> tuple[Array, Array]:
+def _maps_stage(model: Model, level_maps: dict[str, Array], execution: Any = None) -> tuple[Array, Array]:
     cfg = model.config
     size = (cfg.output_size, cfg.output_size)
     return maps_lib.maps_and_scores_jit(level_maps, size, fusion=cfg.fusion, sigma=cfg.sigma)

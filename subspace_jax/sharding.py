@@ -233,3 +233,69 @@ def initialize_distributed(
     jax.distributed.initialize(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
     )
+
+
+_score_features_jit = jax.jit(score_features, static_argnums=(2, 3), static_argnames=("execution",))
+
+
+def on_mesh(model: model_lib.Model, mesh: Mesh) -> bool:
+    """Whether ``model`` was placed on ``mesh`` by ``shard_model``."""
+    leaf = next(iter(model.grams.values()))
+    placed = getattr(leaf, "sharding", None)
+    return isinstance(placed, NamedSharding) and placed.mesh == mesh
+
+
+def placed(model: Any, mesh: Mesh) -> model_lib.Model:
+    """``model`` on ``mesh`` (``shard_model`` unless it is there already); only the subspace model
+    shards (the baselines' nearest-neighbour search would need a cross-shard top-k of its own)."""
+    if not isinstance(model, model_lib.Model):
+        raise ValueError(
+            f"mesh: sharded scoring is implemented for the subspace Model, not {type(model).__name__}; "
+            "score baselines without a mesh"
+        )
+    return model if on_mesh(model, mesh) else shard_model(model, mesh)
+
+
+def local_batch_size(batch_size: int, mesh: Mesh) -> int:
+    """This process's rows of a global batch: ``batch_size`` rounded up to a multiple of the data
+    axis, divided by the process count."""
+    data, processes = mesh.shape[DATA], jax.process_count()
+    if data % processes:
+        raise ValueError(
+            f"mesh: the data axis ({data}) must be a multiple of the process count ({processes}), "
+            "so that every process feeds whole rows of each batch"
+        )
+    return -(-batch_size // data) * data // processes
+
+
+def local_rows(array: Array) -> np.ndarray:
+    """This process's rows of an array sharded over ``"data"`` (all rows on one process), as numpy:
+    the rows it fed through ``global_batch``, in order."""
+    if jax.process_count() == 1:
+        return np.asarray(array)
+    blocks: dict[int, Any] = {}
+    for shard in array.addressable_shards:
+        blocks.setdefault(shard.index[0].start or 0, shard.data)  # devices of one data row agree
+    return np.concatenate([np.asarray(blocks[start]) for start in sorted(blocks)])
+
+
+def score_block(
+    model: model_lib.Model,
+    block: Mapping[str, np.ndarray] | np.ndarray,
+    mesh: Mesh,
+    *,
+    bound: Any = None,
+    execution: execution_lib.Execution | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score this process's share of one global batch: features (a dict) or images (with ``bound``,
+    a ``batching.BoundBackbone`` whose params are replicated on ``mesh``). Returns this process's
+    maps and scores as numpy. Every process must call it the same number of times."""
+    if isinstance(block, Mapping):
+        feats = {key: global_batch(value, mesh) for key, value in block.items()}
+        maps, scores = _score_features_jit(model, feats, mesh, None, execution=execution)
+    else:
+        images = global_batch(block, mesh)
+        maps, scores = _score_images_jit(
+            model, bound.apply_fn, bound.params, images, mesh, execution=execution
+        )
+    return local_rows(maps), local_rows(scores)
