@@ -1,8 +1,8 @@
 """Subspace-guided feature reconstruction: ``Config``, ``fit``, ``Model`` and the pure scorer.
 
 Method (``docs/method.md``, "The method"): every nominal training image is one atom per
-reconstruction level; the bank ``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is rebuilt from at most ``k`` rows by
-orthogonal matching pursuit (Batch-OMP on the precomputed Gram matrix); what cannot be rebuilt is
+reconstruction level; the bank ``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is
+rebuilt from at most ``k`` rows by orthogonal matching pursuit (Batch-OMP on the precomputed Gram matrix); what cannot be rebuilt is
 the anomaly. Subspace-guided sampling first runs OMP with ``lam`` atoms at a high level (level 4 or
 the pooled vector) and restricts the low-level reconstruction to the chosen images.
 
