@@ -185,3 +185,43 @@ def test_make_mesh_and_parse_mesh_errors():
         sharding.parse_mesh("4x2")
     mesh = sharding.make_mesh(1)
     assert mesh.axis_names == ("data", "bank") and np.asarray(mesh.devices).shape == (1, 1)
+
+
+def test_two_process_mvtec_run_writes_the_same_metrics(tmp_path):
+    """experiments/mvtec.py as one process, and as two jax.distributed processes (gloo, 2 fake devices
+    each, one 4-device data mesh), on a tiny MVTec-layout tree: the same results.json metrics."""
+    import socket
+
+    from tests.data_trees import write_mvtec_category
+
+    write_mvtec_category(tmp_path / "tree", "bottle")
+    args = [sys.executable, str(ROOT / "experiments/mvtec.py"), "--data-root", str(tmp_path / "tree")]
+    args += ["--categories", "bottle", "--backbone", "efficientnet_lite0", "--image-size", "64"]
+    args += ["--lam", "2", "--k", "1", "--batch-size", "4", "--sigma", "1", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    multi = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    dist = ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--mesh", "4,1"]
+    workers = [
+        subprocess.Popen(
+            args + ["--out", str(tmp_path / "two")] + dist + ["--process-id", str(i)],
+            env=multi,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    one = subprocess.run(args + ["--out", str(tmp_path / "one")], env=env, capture_output=True, text=True)
+    logs = [w.communicate(timeout=900)[0] for w in workers]
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert [w.returncode for w in workers] == [0, 0], [log[-3000:] for log in logs]
+    a = json.loads((tmp_path / "one/results.json").read_text())["categories"]["bottle"]
+    b = json.loads((tmp_path / "two/results.json").read_text())["categories"]["bottle"]
+    for key in ("pixel_auroc", "pro", "image_auroc", "pixel_ap", "n_train", "n_test"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    assert a["n_test"] == 5  # 5 test images split 3 + 3 (one repeated) over the two processes
+    # Process 1 wrote nothing: only process 0's results exist (one folder, written once).
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["results.json", "results.md"]
