@@ -26,9 +26,11 @@ import jax
 
 __all__ = ["Execution", "default_execution", "image_width", "pixel_widths"]
 
-# Measured on the 2-core development VM (benchmarks/cpu_throughput.md): wider vmaps over gathered
-# rows did not beat one image at a time there, so the CPU budget admits about one MTD-sized block.
-CPU_BUDGET_BYTES = 16 << 20
+# Measured on the 2-core development VM (benchmarks/cpu_throughput.md): on MTD's level 2 (N = 761,
+# λ = 50, d = 40960, an 8.2 MB block per image) one or two images at once ran alike and four (33 MB)
+# took 4x as long per image, the gathered rows no longer fitting in cache; so the CPU budget admits
+# about one such block.
+CPU_BUDGET_BYTES = 8 << 20
 # Share of the free accelerator memory the reconstruction's transient blocks may take: the backbone's
 # activations and the bank live in the rest.
 ACCELERATOR_FRACTION = 0.25
