@@ -9,6 +9,9 @@ maps with the rows it holds, the small (B, m) correlations are summed over ``"ba
 runs on the replicated Gram matrix, and each device adds its chosen rows' share of the reconstruction,
 summed over ``"bank"`` again. So no device ever holds the whole bank, and no collective gathers it
 (``tests/test_sharding.py`` checks the compiled program's per-device argument bytes and collectives).
+Pixel mode is the exception in part: each device of a data row assembles its test images' candidate
+maps (λ rows per image, summed over ``"bank"``), so with ``sampling="none"`` (λ = N) that is the
+whole bank, one image at a time; shard the bank with subspace or random sampling.
 
     mesh = sj.sharding.make_mesh(data=2, bank=4)
     sharded = sj.sharding.shard_model(model, mesh)
