@@ -14,7 +14,9 @@ implementation once per batch size, in alternation, so load on a shared machine 
     git -C /work/main worktree add --detach /work/w-before-shard 09c7182
     python benchmarks/cpu_throughput.py --before /work/w-before-shard --batch-sizes 8 32 --rounds 5
 
-Images/s are medians over rounds (each round: one timed call after the warm-up compilation).
+Images/s are medians over rounds of wall-clock time (each round: one timed call after the warm-up
+compilation); CPU ms/image are medians of the process's CPU time (all threads), which a shared
+machine's load disturbs far less than wall-clock time.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def main() -> None:
             jax.block_until_ready(e2e(model, params, images))
 
     times: dict[tuple[str, int, str], list[float]] = {}
+    cpu_times: dict[tuple[str, int, str], list[float]] = {}
     for round_index in range(args.rounds):
         for batch, (feats, images) in inputs.items():
             for name, (model, scorer, e2e) in impls.items():
@@ -88,14 +91,18 @@ def main() -> None:
                     ("scorer", lambda: scorer(model, feats)),
                     ("e2e", lambda: e2e(model, params, images)),
                 ):
-                    start = time.perf_counter()
+                    start, cpu = time.perf_counter(), time.process_time()
                     jax.block_until_ready(call())
                     times.setdefault((name, batch, kind), []).append(time.perf_counter() - start)
+                    cpu_times.setdefault((name, batch, kind), []).append(time.process_time() - cpu)
         print(f"round {round_index + 1} done", file=sys.stderr, flush=True)
 
     rows = []
-    print("| batch | code | scorer images/s | end to end images/s |")
-    print("| --- | --- | --- | --- |")
+    print(
+        "| batch | code | scorer images/s | end to end images/s | scorer CPU ms/image "
+        "| end to end CPU ms/image |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
     for batch in args.batch_sizes:
         for name in impls:
             row = {"batch": batch, "code": name}
