@@ -93,7 +93,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             except BaseException:
                 os.replace(backup, path)
                 raise
-            shutil.rmtree(backup, ignore_errors=True)
+            # The replaced entry may have been a file: rmtree would leave it behind as a hidden .old.
+            if backup.is_dir() and not backup.is_symlink():
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                backup.unlink(missing_ok=True)
         else:
             os.replace(tmp, path)
     except BaseException:

@@ -41,17 +41,69 @@ class InputConfig(Protocol):
     def output_size(self) -> int: ...
 
 
-def check_batch(batch: Any, config: InputConfig, what: str) -> np.ndarray:
-    """``batch`` as a (B, S, S, 3) uint8 or float numpy array, S = ``config.output_size``; else ValueError."""
+def first_nonfinite(values: Any) -> int | None:
+    """Index along the first axis of the first entry holding NaN or inf; None when every entry is finite,
+    for integer data, and for traced values (inside jit or eval_shape nothing can be checked)."""
+    if isinstance(values, jax.core.Tracer):
+        return None
+    if isinstance(values, jax.Array):
+        if not jax.numpy.issubdtype(values.dtype, jax.numpy.inexact) or values.ndim == 0 or not values.size:
+            return None
+        ok = np.asarray(jax.numpy.isfinite(values).reshape(values.shape[0], -1).all(axis=1))
+    else:
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.inexact) or values.ndim == 0 or not values.size:
+            return None
+        ok = np.isfinite(values.reshape(values.shape[0], -1)).all(axis=1)
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if bad.size else None
+
+
+def check_finite_features(features: Any, what: str = "features") -> None:
+    """Raise ValueError naming the key and image index of the first NaN or inf in a feature dict."""
+    for key, values in features.items():
+        index = first_nonfinite(values)
+        if index is not None:
+            raise ValueError(
+                f"{what}[{key!r}]: image {index} holds NaN or inf values; non-finite features would turn "
+                "its map into NaN and its score into -inf (ranked least anomalous)"
+            )
+
+
+def check_batch(batch: Any, config: InputConfig, what: str, first_index: int = 0) -> np.ndarray:
+    """``batch`` as a (B, S, S, 3) numpy array, S = ``config.output_size``; else ValueError.
+
+    The input contract of every public entry point: uint8 images (the normal path), or float images
+    on the same [0, 255] scale. Float batches are refused when they hold NaN or inf (naming the image,
+    counted from ``first_index``), values outside [0, 255], or only values <= 1 (images scaled to
+    [0, 1] would silently score as almost black: multiply them by 255 or convert them to uint8).
+    """
     batch = np.asarray(batch)
     size = config.output_size
     if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
         raise ValueError(
-            f"{what}: expected images of shape (B, {size}, {size}, 3) (config image_size/crop), got {batch.shape}; "
-            "load datasets with subspace_jax.data at this size or pass image paths"
+            f"{what}: expected images of shape (B, {size}, {size}, 3) (config image_size/crop), got "
+            f"{batch.shape}; load datasets with subspace_jax.data at this size or pass image paths"
         )
-    if batch.dtype != np.uint8 and not np.issubdtype(batch.dtype, np.floating):
+    if batch.dtype == np.uint8:
+        return batch
+    if not np.issubdtype(batch.dtype, np.floating):
         raise ValueError(f"{what}: expected uint8 (or float in [0, 255]) images, got dtype {batch.dtype}")
+    bad = first_nonfinite(batch)
+    if bad is not None:
+        raise ValueError(f"{what}: image {first_index + bad} holds NaN or inf values")
+    if batch.size:
+        low, high = float(batch.min()), float(batch.max())
+        if low < 0.0 or high > 255.0:
+            raise ValueError(
+                f"{what}: float images must hold values in [0, 255] (the uint8 scale), got values in "
+                f"[{low:g}, {high:g}]; pass raw pixels, not normalised ones (the backbone normalises)"
+            )
+        if high <= 1.0:
+            raise ValueError(
+                f"{what}: float images must be on the [0, 255] scale, but every value is <= 1 (max "
+                f"{high:g}), which looks like [0, 1] images; multiply them by 255 or convert them to uint8"
+            )
     return batch
 
 
@@ -83,8 +135,10 @@ def iter_batches(images: ImageSource, config: InputConfig, batch_size: int) -> I
         raise ValueError(
             f"images: expected an array, an iterable of batches or a list of paths, got {type(images).__name__}"
         )
+    seen = 0
     for index, batch in enumerate(images):
-        batch = check_batch(batch, config, f"images (batch {index})")
+        batch = check_batch(batch, config, f"images (batch {index})", first_index=seen)
+        seen += batch.shape[0]
         for start in range(0, batch.shape[0], batch_size):
             yield batch[start : start + batch_size]
 

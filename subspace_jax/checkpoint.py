@@ -1,57 +1,148 @@
-"""Save and load fitted models: orbax arrays plus a JSON metadata file, validated on load.
+"""Save and load fitted models (subspace, PatchCore, SPADE): orbax arrays, JSON metadata and an
+integrity marker, validated on load.
 
 Layout of a checkpoint directory::
 
-    <path>/metadata.json   format version, package version, config, backbone name and weights
-                           sha256, image size, shape/dtype/sha256 of every array, and size and
-                           sha256 of every file under arrays/
-    <path>/arrays/         orbax StandardCheckpointer tree {"banks", "grams", "sampling_bank",
-                           "sampling_gram"}
+    <path>/metadata.json    format version, package version, method, config, backbone name and
+                            weights sha256, the model's other static fields, image size, shape/dtype/
+                            sha256 of every array, and size and sha256 of every file under arrays/
+    <path>/arrays/          orbax StandardCheckpointer tree: the model's array fields by name, e.g.
+                            {"banks": {"level2": ...}, "grams": {...}, "sampling_bank", "sampling_gram"}
+    <path>/subspace_jax_checkpoint.json
+                            the format marker, written last: the sha256 of metadata.json's canonical
+                            JSON. Metadata covers the array and file hashes, so this one digest covers
+                            the config, the metadata and the arrays: an edited sigma or fusion is
+                            refused on load (it guards against careless edits and corruption; anyone
+                            who can write the folder can also reseal it, so it is no signature).
 
-Saving writes into a temporary sibling directory and renames it into place, so an interrupted save
-never leaves a half-written checkpoint where a good one was. Loading checks everything (metadata,
-config, file sizes and hashes, array shapes, dtypes and content hashes, and optionally the
-backbone) before it returns a model, and raises ``CheckpointError`` (a ``ValueError``) naming the
-path and the problem otherwise.
+Models restore by tree structure: a model is a pytree whose array leaves are stored by their field
+path, and load rebuilds the abstract model (the class, its static config and backbone identity,
+``jax.ShapeDtypeStruct`` leaves), restores orbax into it and checks the result leaf by leaf. For the
+subspace model and SPADE the abstract tree is also compared with ``jax.eval_shape`` of the method's
+``fit_features`` on features of the stored shapes, so stored arrays must be exactly what the config
+would fit.
+
+Saving never destroys what is not a checkpoint: ``path`` must be absent or a directory this module
+wrote (marker present, nothing else inside). The new checkpoint is written in full into a hidden
+sibling ``.<name>.<pid>-<random>.tmp`` (marker last) and swapped in by two renames (old checkpoint
+to ``.<name>.<pid>-<random>.old``, new one into place). A process killed between them leaves a
+complete copy beside ``path``: ``load`` reads it, and the next ``save`` renames it back before
+replacing it. Siblings left by dead processes (their pid no longer runs) are removed by the next
+``save``. Loading checks everything before it returns a model and raises ``CheckpointError`` (a
+``ValueError``) naming the path and the problem otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
+import secrets
+import shutil
+import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from subspace_jax import __version__
-from subspace_jax._io import atomic_directory, atomic_write_text
+from subspace_jax import model as model_lib
+from subspace_jax._io import atomic_write_text
 from subspace_jax.batching import check_backbone
-from subspace_jax.model import Config, Model, level_key
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
 ARRAYS_DIR = "arrays"
+MARKER_FILE = "subspace_jax_checkpoint.json"
+MARKER_FORMAT = "subspace-jax checkpoint"
+_ENTRIES = frozenset({METADATA_FILE, ARRAYS_DIR, MARKER_FILE})
+_ARRAY_DTYPES = ("float32", "bfloat16")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing a part, corrupted, of an unknown format, or built with another backbone."""
+    """A checkpoint is missing a part, corrupted, of an unknown format, or built with another backbone;
+    or a save would overwrite something that is not a checkpoint."""
 
 
-def _flat_arrays(model: Model) -> dict[str, jax.Array]:
-    """ "banks/level2" -> array, ... for every array leaf of the model."""
-    flat = {f"banks/{key}": value for key, value in model.banks.items()}
-    flat |= {f"grams/{key}": value for key, value in model.grams.items()}
-    if model.sampling_bank is not None:
-        flat["sampling_bank"] = model.sampling_bank
-        flat["sampling_gram"] = model.sampling_gram
+# ---------------------------------------------------------------------------------------------
+# Methods and trees
+
+
+class _Method(NamedTuple):
+    model_cls: type
+    config_cls: type
+    fit_features: Callable[..., Any]
+    # Stored array specs (name -> shape) and config -> the features fit_features takes, as
+    # ShapeDtypeStructs; None where the fit inputs cannot be recovered from the model (PatchCore
+    # keeps a coreset of patches, not the feature maps).
+    fit_inputs: Callable[[dict[str, list[int]], Any], dict[str, jax.ShapeDtypeStruct]] | None
+
+
+def _spec_shape(shapes: dict[str, list[int]], name: str) -> tuple[int, ...]:
+    if name not in shapes:
+        raise KeyError(name)
+    return tuple(shapes[name])
+
+
+def _subspace_inputs(shapes: dict[str, list[int]], config: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    keys = [model_lib.level_key(level) for level in config.levels]
+    inputs = {key: _spec_shape(shapes, f"banks/{key}") for key in keys}
+    if config.sampling == "subspace":
+        sampling_key = model_lib.level_key(config.sampling_level)
+        if sampling_key not in inputs:
+            inputs[sampling_key] = _spec_shape(shapes, "sampling_bank")
+    return {key: jax.ShapeDtypeStruct(shape, jnp.float32) for key, shape in inputs.items()}
+
+
+def _spade_inputs(shapes: dict[str, list[int]], config: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    keys = ["pooled", *(model_lib.level_key(level) for level in config.levels)]
+    return {
+        key: jax.ShapeDtypeStruct(_spec_shape(shapes, f"train_features/{key}"), jnp.float32) for key in keys
+    }
+
+
+@functools.cache
+def _methods() -> dict[str, _Method]:
+    """The method registry's families, with how to recover each one's fit inputs."""
+    from subspace_jax import methods
+
+    fit_inputs = {"subspace": _subspace_inputs, "spade": _spade_inputs}
+    return {
+        name: _Method(method.model_cls, method.config_cls, method.fit_features, fit_inputs.get(name))
+        for name, method in methods.METHODS.items()
+    }
+
+
+def _static_fields(cls: type) -> list[str]:
+    """Static (pytree metadata) fields of a model class other than config and the backbone identity."""
+    skip = {"config", "backbone_name", "weights_sha256", "thresholds"}  # thresholds: their own entry
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("static") and f.name not in skip]
+
+
+def _array_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("static")]
+
+
+def _flat_arrays(model: Any) -> dict[str, Any]:
+    """ "banks/level2" -> array, ... for every array leaf of the model (None fields have none)."""
+    flat: dict[str, Any] = {}
+    for name in _array_fields(type(model)):
+        value = getattr(model, name)
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            flat |= {f"{name}/{key}": leaf for key, leaf in value.items()}
+        else:
+            flat[name] = value
     return flat
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, value in flat.items():
         node = tree
@@ -62,8 +153,42 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+def _build(method: _Method, flat: Mapping[str, Any], config: Any, metadata: Mapping[str, Any]) -> Any:
+    """The model of class ``method.model_cls`` with array fields from ``flat`` (arrays or
+    ShapeDtypeStructs) and static fields from the metadata."""
+    nested = _nest(flat)
+    fields = {name: nested.get(name) for name in _array_fields(method.model_cls)}
+    return method.model_cls(
+        **fields,
+        config=config,
+        backbone_name=metadata["backbone"]["name"],
+        weights_sha256=metadata["backbone"]["weights_sha256"],
+        **metadata["static"],
+        **({"thresholds": metadata["thresholds"]} if "thresholds" in metadata else {}),
+    )
+
+
+def _method_name(model: Any) -> str:
+    for name, method in _methods().items():
+        if type(model) is method.model_cls:
+            return name
+    known = ", ".join(m.model_cls.__name__ for m in _methods().values())
+    raise ValueError(f"model: expected a fitted model ({known}), got {type(model).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashes
+
+
 def _array_sha256(array: Any) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.asarray(array)).tobytes()).hexdigest()
+
+
+def _metadata_sha256(metadata: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``metadata`` (sorted keys, no whitespace): reformatting the
+    file keeps it, changing any value does not."""
+    canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def _file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
@@ -95,67 +220,279 @@ def _check_files(arrays_path: Path, manifest: Any) -> None:
             raise CheckpointError(f"{arrays_path / name}: missing, the checkpoint is incomplete or corrupted")
         if not isinstance(expected, dict) or actual != expected:
             raise CheckpointError(
-                f"{arrays_path / name}: {actual['size']} bytes with sha256 {actual['sha256'][:16]}…, expected "
-                f"{expected}; the file is truncated or altered, the checkpoint is corrupted"
+                f"{arrays_path / name}: {actual['size']} bytes with sha256 {actual['sha256'][:16]}…, "
+                f"expected {expected}; the file is truncated or altered, the checkpoint is corrupted"
             )
 
 
-def save(model: Model, path: str | os.PathLike) -> Path:
-    """Save ``model`` to the directory ``path`` (replaced atomically if it exists); returns the path."""
+def _seal(folder: Path, metadata: Mapping[str, Any]) -> None:
+    """Write the format marker holding the integrity digest of ``metadata`` (the last file written)."""
+    marker = {
+        "format": MARKER_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "metadata_sha256": _metadata_sha256(metadata),
+    }
+    atomic_write_text(folder / MARKER_FILE, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: corrupted {what}, not valid JSON ({error})") from error
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read the {what} ({error})") from error
+
+
+def _read_marker(folder: Path) -> dict[str, Any]:
+    marker_path = folder / MARKER_FILE
+    if not marker_path.is_file():
+        raise CheckpointError(
+            f"{folder}: incomplete or not a subspace-jax checkpoint ({MARKER_FILE} is missing; a save "
+            "writes it last)"
+        )
+    marker = _read_json(marker_path, "format marker")
+    if (
+        not isinstance(marker, dict)
+        or marker.get("format") != MARKER_FORMAT
+        or not isinstance(marker.get("metadata_sha256"), str)
+    ):
+        raise CheckpointError(f"{marker_path}: not a subspace-jax checkpoint marker")
+    return marker
+
+
+# ---------------------------------------------------------------------------------------------
+# Where checkpoints live: recognising, recovering and cleaning up
+
+_ACTIVE: set[Path] = set()  # this process's in-flight siblings (never stale while we run)
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _is_checkpoint_dir(folder: Path) -> bool:
+    """``folder`` is a complete checkpoint this module wrote: only our entries, metadata and a valid
+    marker. Nothing else may be overwritten or deleted by ``save``."""
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+        entries = {entry.name for entry in folder.iterdir()}
+        if not entries <= _ENTRIES or METADATA_FILE not in entries:
+            return False
+        _read_marker(folder)
+    except (OSError, CheckpointError):
+        return False
+    return True
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}"
+
+
+def _sibling_pid(path: Path, entry: Path) -> int | None:
+    """The pid in ``.<name>.<pid>-<hex>.tmp|old``, or None if ``entry`` is not such a sibling."""
+    prefix = f".{path.name}."
+    name = entry.name
+    if not name.startswith(prefix) or not name.endswith((".tmp", ".old")):
+        return None
+    pid, _, token = name[len(prefix) : -4].partition("-")
+    if not pid.isdigit() or len(token) != 8:
+        return None
+    return int(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own in-flight siblings are in _ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _siblings(path: Path, *, stale_only: bool) -> list[Path]:
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return []
+    with _ACTIVE_LOCK:
+        active = set(_ACTIVE)
+    found = []
+    for entry in entries:
+        pid = _sibling_pid(path, entry)
+        if pid is None or entry in active or (stale_only and _pid_alive(pid)):
+            continue
+        found.append(entry)
+    return found
+
+
+def _newest_complete(candidates: list[Path]) -> Path | None:
+    complete = [p for p in candidates if _is_checkpoint_dir(p)]
+    return max(complete, key=lambda p: (p / MARKER_FILE).stat().st_mtime_ns, default=None)
+
+
+def _remove(folder: Path) -> None:
+    # The marker goes first, so a removal cut short never leaves something that looks complete.
+    if folder.is_dir() and not folder.is_symlink():
+        (folder / MARKER_FILE).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        folder.unlink(missing_ok=True)
+
+
+def _recover_and_clean(path: Path) -> None:
+    """Before a save: put back the complete copy a killed swap left (when ``path`` is gone), then
+    remove every sibling left by dead processes."""
+    stale = _siblings(path, stale_only=True)
+    if not os.path.lexists(path):
+        survivor = _newest_complete(stale)
+        if survivor is not None:
+            os.replace(survivor, path)
+            stale.remove(survivor)
+    for entry in stale:
+        _remove(entry)
+
+
+def _locate(path: Path) -> Path:
+    """``path``, or when it is gone the newest complete copy a killed save left beside it."""
+    if os.path.lexists(path):
+        return path
+    survivor = _newest_complete(_siblings(path, stale_only=False))
+    if survivor is None:
+        raise FileNotFoundError(f"{path}: no checkpoint directory here")
+    return survivor
+
+
+def _check_overwritable(path: Path) -> None:
+    if os.path.lexists(path) and not _is_checkpoint_dir(path):
+        what = "a file" if path.is_file() else "a folder that is not a subspace-jax checkpoint"
+        if path.is_dir() and not path.is_symlink() and not (path / MARKER_FILE).exists():
+            what += f" (no {MARKER_FILE})"
+        raise CheckpointError(
+            f"{path}: is {what}; save only replaces an existing checkpoint, so nothing was written or "
+            "removed. Choose a new path or remove it yourself."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Save
+
+
+def save(model: Any, path: str | os.PathLike) -> Path:
+    """Save a fitted model to the directory ``path`` and return the absolute path.
+
+    Args:
+      model: a ``subspace_jax.Model``, ``PatchCoreModel`` or ``SpadeModel``.
+      path: a new directory, or an existing checkpoint to replace (atomically). Anything else there
+        (a file, a folder of other things) is refused with ``CheckpointError`` and left untouched.
+    """
     import orbax.checkpoint as ocp
 
-    if not isinstance(model, Model):
-        raise ValueError(f"model: expected a subspace_jax.Model, got {type(model).__name__}")
-    path = Path(path).absolute()
+    method = _method_name(model)
+    path = Path(os.path.abspath(path))
     flat = _flat_arrays(model)
     metadata = {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
+        "method": method,
         "config": model.config.to_dict(),
         "backbone": {"name": model.backbone_name, "weights_sha256": model.weights_sha256},
+        "static": {name: getattr(model, name) for name in _static_fields(type(model))},
         "image_size": model.config.image_size,
         "output_size": model.config.output_size,
-        "n_train": model.n_train,
+        "n_train": int(model.n_train),
         "arrays": {
             name: {"shape": list(value.shape), "dtype": str(value.dtype), "sha256": _array_sha256(value)}
             for name, value in flat.items()
         },
     }
-    with atomic_directory(path) as tmp:
+    if getattr(model, "thresholds", None) is not None:  # optional: only calibrated models have them
+        metadata["thresholds"] = model.thresholds.to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _recover_and_clean(path)
+    _check_overwritable(path)
+    tmp = _sibling(path, "tmp")
+    old = _sibling(path, "old")
+    with _ACTIVE_LOCK:
+        _ACTIVE.update((tmp, old))
+    try:
+        tmp.mkdir()
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(tmp / ARRAYS_DIR, _nest(flat))
             checkpointer.wait_until_finished()
         metadata["files"] = _file_manifest(tmp / ARRAYS_DIR)
         atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+        _seal(tmp, metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdir honours the umask already; keep it explicit
+        if os.path.lexists(path):
+            _check_overwritable(path)  # it may have changed while we wrote
+            os.replace(path, old)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.exists():
+            _remove(tmp)
+        raise
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.difference_update((tmp, old))
     return path
 
 
+# ---------------------------------------------------------------------------------------------
+# Load
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The validated metadata of the checkpoint at ``path`` (no arrays are read)."""
-    path = Path(path)
+    """The validated metadata of the checkpoint at ``path`` (no arrays are read).
+
+    ``metadata["config"]`` is the config object; ``metadata["path"]`` the folder actually read (a
+    complete copy beside ``path`` when a killed save left ``path`` missing).
+    """
+    path = _locate(Path(os.path.abspath(path)))
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no checkpoint directory here")
     meta_path = path / METADATA_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{path}: not a subspace-jax checkpoint ({METADATA_FILE} is missing)")
-    try:
-        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{meta_path}: corrupted metadata, not valid JSON ({error})") from error
+    metadata = _read_json(meta_path, "metadata")
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{meta_path}: corrupted metadata, expected a JSON object")
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
+        hint = ""
+        if version == 1:
+            hint = " (written before checkpoints carried an integrity marker; save it again)"
         raise CheckpointError(
-            f"{meta_path}: unknown checkpoint format version {version!r}; this subspace-jax "
+            f"{meta_path}: unknown checkpoint format version {version!r}{hint}; this subspace-jax "
             f"{__version__} reads format version {FORMAT_VERSION}"
         )
-    required = ("config", "backbone", "image_size", "n_train", "arrays", "files")
+    marker = _read_marker(path)
+    if marker["metadata_sha256"] != _metadata_sha256(metadata):
+        raise CheckpointError(
+            f"{meta_path}: does not match the integrity digest in {MARKER_FILE}; the metadata (config, "
+            "backbone or array records) was edited or corrupted after saving, refusing to load it"
+        )
+    required = ("method", "config", "backbone", "static", "image_size", "n_train", "arrays", "files")
     missing = [key for key in required if key not in metadata]
     if missing:
         raise CheckpointError(f"{meta_path}: corrupted metadata, missing {missing}")
+    method = _methods().get(metadata["method"]) if isinstance(metadata["method"], str) else None
+    if method is None:
+        raise CheckpointError(
+            f"{meta_path}: unknown method {metadata['method']!r}; known: {sorted(_methods())}"
+        )
     try:
-        config = Config.from_dict(metadata["config"])
+        config = method.config_cls.from_dict(metadata["config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{meta_path}: invalid config ({error})") from error
     backbone = metadata["backbone"]
@@ -169,73 +506,134 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         )
     if metadata["image_size"] != config.image_size:
         raise CheckpointError(
-            f"{meta_path}: image_size {metadata['image_size']!r} disagrees with the config's {config.image_size}"
+            f"{meta_path}: image_size {metadata['image_size']!r} disagrees with the config's "
+            f"{config.image_size}"
         )
-    _check_array_specs(meta_path, metadata["arrays"], config, metadata["n_train"])
+    static = metadata["static"]
+    expected_static = _static_fields(method.model_cls)
+    if (
+        not isinstance(static, dict)
+        or sorted(static) != sorted(expected_static)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in static.values())
+    ):
+        raise CheckpointError(
+            f"{meta_path}: corrupted metadata, 'static' is {static!r}; {metadata['method']} models "
+            f"need {expected_static} as ints >= 1"
+        )
+    if "thresholds" in metadata:
+        from subspace_jax.calibration import Thresholds
+
+        if not any(f.name == "thresholds" for f in dataclasses.fields(method.model_cls)):
+            raise CheckpointError(f"{meta_path}: {metadata['method']} models carry no thresholds")
+        try:
+            metadata["thresholds"] = Thresholds.from_dict(metadata["thresholds"])
+        except ValueError as error:
+            raise CheckpointError(f"{meta_path}: invalid thresholds ({error})") from error
+    _check_array_specs(meta_path, method, metadata, config)
     metadata["config"] = config
+    metadata["path"] = path
     return metadata
 
 
-def _check_array_specs(meta_path: Path, specs: Any, config: Config, n_train: Any) -> None:
-    expected = {f"{group}/{level_key(level)}" for group in ("banks", "grams") for level in config.levels}
-    if config.sampling == "subspace":
-        expected |= {"sampling_bank", "sampling_gram"}
-    if not isinstance(specs, dict) or set(specs) != expected:
-        found = sorted(specs) if isinstance(specs, dict) else specs
-        raise CheckpointError(
-            f"{meta_path}: corrupted metadata, arrays {found} where the config needs {sorted(expected)}"
-        )
-    if not isinstance(n_train, int) or n_train < 1:
-        raise CheckpointError(f"{meta_path}: corrupted metadata, n_train {n_train!r}")
+def _check_array_specs(meta_path: Path, method: _Method, metadata: dict[str, Any], config: Any) -> None:
+    """The stored arrays are the leaves of a model of this method and config: each spec well formed,
+    the abstract model buildable, and (where the fit inputs are recoverable) equal to
+    ``jax.eval_shape`` of ``fit_features``."""
+    specs = metadata["arrays"]
+    if not isinstance(specs, dict) or not specs:
+        raise CheckpointError(f"{meta_path}: corrupted metadata, 'arrays' must map array names to specs")
     for name, spec in specs.items():
         ok = (
             isinstance(spec, dict)
             and isinstance(spec.get("shape"), list)
-            and all(isinstance(s, int) and s >= 0 for s in spec["shape"])
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in spec["shape"])
             and isinstance(spec.get("sha256"), str)
-            and spec.get("dtype") in ("float32", "bfloat16")
+            and spec.get("dtype") in _ARRAY_DTYPES
         )
         if not ok:
             raise CheckpointError(f"{meta_path}: corrupted metadata for array {name!r}: {spec!r}")
-        shape = spec["shape"]
-        if name.startswith("grams/") or name == "sampling_gram":
-            good = shape == [n_train, n_train] and spec["dtype"] == "float32"
-        elif name.startswith("banks/"):
-            good = len(shape) == 4 and shape[0] == n_train and spec["dtype"] == config.bank_dtype
-        else:
-            good = len(shape) == 2 and shape[0] == n_train and spec["dtype"] == config.bank_dtype
-        if not good:
-            raise CheckpointError(
-                f"{meta_path}: corrupted metadata, array {name!r} {spec['dtype']}{shape} does not fit the config"
+    fields = set(_array_fields(method.model_cls))
+    strays = sorted(name for name in specs if name.split("/")[0] not in fields or name.count("/") > 1)
+    if strays:
+        raise CheckpointError(
+            f"{meta_path}: corrupted metadata, arrays {strays} are no fields of {method.model_cls.__name__}"
+        )
+    abstract = {
+        name: jax.ShapeDtypeStruct(tuple(spec["shape"]), jnp.dtype(spec["dtype"]))
+        for name, spec in specs.items()
+    }
+    template = _build(method, abstract, config, metadata)
+    if method.fit_inputs is not None:
+        shapes = {name: spec["shape"] for name, spec in specs.items()}
+        try:
+            inputs = method.fit_inputs(shapes, config)
+            fitted = jax.eval_shape(
+                functools.partial(
+                    method.fit_features,
+                    config=config,
+                    backbone_name=metadata["backbone"]["name"],
+                    weights_sha256=metadata["backbone"]["weights_sha256"],
+                ),
+                inputs,
             )
+        except KeyError as error:
+            fitted = None
+            reason = f"array {error.args[0]!r} is missing"
+        except (ValueError, TypeError) as error:
+            fitted = None
+            reason = str(error)
+        if fitted is None:
+            raise CheckpointError(
+                f"{meta_path}: corrupted metadata, arrays {sorted(specs)} do not fit the config ({reason})"
+            )
+        expected = {name: (list(leaf.shape), str(leaf.dtype)) for name, leaf in _flat_arrays(fitted).items()}
+        if set(expected) != set(specs):
+            raise CheckpointError(
+                f"{meta_path}: corrupted metadata, arrays {sorted(specs)} where the config needs "
+                f"{sorted(expected)}"
+            )
+        for name, (shape, dtype) in expected.items():
+            spec = specs[name]
+            if spec["shape"] != shape or spec["dtype"] != dtype:
+                raise CheckpointError(
+                    f"{meta_path}: corrupted metadata, array {name!r} {spec['dtype']}{spec['shape']} "
+                    f"does not fit the config (fitting gives {dtype}{shape})"
+                )
+    if metadata["n_train"] != template.n_train:
+        raise CheckpointError(
+            f"{meta_path}: corrupted metadata, n_train {metadata['n_train']!r} but the arrays hold "
+            f"{template.n_train} training images"
+        )
 
 
-def load(path: str | os.PathLike, backbone: Any = None) -> Model:
+def load(path: str | os.PathLike, backbone: Any = None) -> Any:
     """Load a model saved by ``save``; nothing is returned unless every check passes.
 
     Args:
       path: the checkpoint directory.
       backbone: optionally the backbone to score with; it must have the stored name and weights
-        sha256 (else CheckpointError) and is bound to the model for ``Model.score``. Without it,
-        ``Model.score`` loads the backbone by name and makes the same check.
+        sha256 (else CheckpointError) and is bound to the model for ``score``. Without it,
+        ``score`` loads the backbone by name and makes the same check.
+
+    Returns:
+      the model (``Model``, ``PatchCoreModel`` or ``SpadeModel``, as saved).
     """
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
     metadata = read_metadata(path)
-    config: Config = metadata["config"]
+    path = metadata["path"]
+    method = _methods()[metadata["method"]]
+    config = metadata["config"]
     arrays_path = path / ARRAYS_DIR
     if not arrays_path.is_dir():
         raise CheckpointError(f"{path}: the arrays directory {ARRAYS_DIR}/ is missing")
     _check_files(arrays_path, metadata["files"])
     specs = metadata["arrays"]
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = _nest(
-        {
-            name: jax.ShapeDtypeStruct(tuple(spec["shape"]), jnp.dtype(spec["dtype"]), sharding=sharding)
-            for name, spec in specs.items()
-        }
-    )
+    abstract = {
+        name: jax.ShapeDtypeStruct(tuple(spec["shape"]), jnp.dtype(spec["dtype"]), sharding=sharding)
+        for name, spec in specs.items()
+    }
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             # Compare the stored shapes first: a mismatching restore fails inside orbax's async reads.
@@ -246,10 +644,10 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Model:
                     node = node[part]
                 if list(node.shape) != spec["shape"] or str(jnp.dtype(node.dtype)) != spec["dtype"]:
                     raise CheckpointError(
-                        f"{arrays_path}: stored array {name!r} is {jnp.dtype(node.dtype)}{list(node.shape)} but "
-                        f"{METADATA_FILE} says {spec['dtype']}{spec['shape']}, the checkpoint is corrupted"
+                        f"{arrays_path}: stored array {name!r} is {jnp.dtype(node.dtype)}{list(node.shape)} "
+                        f"but {METADATA_FILE} says {spec['dtype']}{spec['shape']}, the checkpoint is damaged"
                     )
-            restored = checkpointer.restore(arrays_path, abstract)
+            restored = checkpointer.restore(arrays_path, _nest(abstract))
     except CheckpointError:
         raise
     except Exception as error:  # orbax and tensorstore raise many types for unreadable files
@@ -263,23 +661,16 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Model:
             node = node[part]
         if list(node.shape) != spec["shape"] or str(node.dtype) != spec["dtype"]:
             raise CheckpointError(
-                f"{arrays_path}: array {name!r} is {node.dtype}{list(node.shape)}, expected {spec['dtype']}{spec['shape']}"
+                f"{arrays_path}: array {name!r} is {node.dtype}{list(node.shape)}, "
+                f"expected {spec['dtype']}{spec['shape']}"
             )
         if _array_sha256(node) != spec["sha256"]:
             raise CheckpointError(
-                f"{arrays_path}: array {name!r} does not match its recorded sha256, the checkpoint is corrupted"
+                f"{arrays_path}: array {name!r} does not match its recorded sha256, "
+                "the checkpoint is corrupted"
             )
         flat[name] = node
-    levels = [level_key(level) for level in config.levels]
-    model = Model(
-        banks={key: flat[f"banks/{key}"] for key in levels},
-        grams={key: flat[f"grams/{key}"] for key in levels},
-        sampling_bank=flat.get("sampling_bank"),
-        sampling_gram=flat.get("sampling_gram"),
-        config=config,
-        backbone_name=metadata["backbone"]["name"],
-        weights_sha256=metadata["backbone"]["weights_sha256"],
-    )
+    model = _build(method, flat, config, metadata)
     if backbone is not None:
         try:
             check_backbone(model, backbone)

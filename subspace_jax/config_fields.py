@@ -19,6 +19,8 @@ from subspace_jax.backbones.registry import REGISTRY as _BACKBONE_REGISTRY
 
 BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 LEVELS = (1, 2, 3, 4)
+MAX_INT = 2**31 - 1  # int fields become int32 shapes, indices and loop bounds under jit
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what jax.random.key accepts
 
 
 def _is_int(value: Any) -> bool:
@@ -78,17 +80,28 @@ class BaseConfig:
         if getattr(self, name) not in options:
             self._fail(name, f"one of {options}")
 
-    def _check_int(self, name: str, minimum: int | None) -> None:
+    def _check_int(self, name: str, minimum: int) -> None:
+        """An int in [minimum, MAX_INT] (sizes, counts and loop bounds become int32 under jit);
+        stored as a Python int."""
         value = getattr(self, name)
-        if not _is_int(value) or (minimum is not None and value < minimum):
-            self._fail(name, "an int" if minimum is None else f"an int >= {minimum}")
+        if not _is_int(value) or not minimum <= value <= MAX_INT:
+            self._fail(name, f"an int in [{minimum}, {MAX_INT}]")
+        object.__setattr__(self, name, int(value))
+
+    def _check_seed(self, name: str) -> None:
+        """An int ``jax.random.key`` accepts (the int64 range); stored as a Python int."""
+        value = getattr(self, name)
+        if not _is_int(value) or not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+            self._fail(name, f"an int in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (jax.random.key takes an int64)")
+        object.__setattr__(self, name, int(value))
 
     def _check_number(self, name: str, low: float, high: float, *, high_inclusive: bool = False) -> None:
-        """A real number in [low, high) (or [low, high]); stored as a float."""
+        """A real number (Python or numpy) in [low, high) (or [low, high]); stored as a float. NaN
+        fails the comparisons, so it is refused too."""
         value = getattr(self, name)
         ok = (
             not isinstance(value, bool)
-            and isinstance(value, (int, float))
+            and isinstance(value, (int, float, np.integer, np.floating))
             and (low <= value <= high if high_inclusive else low <= value < high)
         )
         if not ok:

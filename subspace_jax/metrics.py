@@ -35,6 +35,14 @@ def _as_scores(values, name: str, ndim: int, shape_text: str) -> np.ndarray:
     n_nan = int(np.count_nonzero(np.isnan(array)))
     if n_nan:
         raise ValueError(f"{name} contains {n_nan} NaN values; scores must be comparable numbers")
+    n_inf = int(np.count_nonzero(np.isinf(array)))
+    if n_inf:
+        # A model fed non-finite input scores -inf, which would rank the image as the least anomalous.
+        first = np.unravel_index(int(np.flatnonzero(np.isinf(array))[0]), array.shape)
+        raise ValueError(
+            f"{name} contains {n_inf} infinite values (first at index {tuple(int(i) for i in first)}); "
+            "scores must be finite, was a model given NaN or inf input?"
+        )
     return array
 
 
@@ -218,8 +226,10 @@ def pro(maps, masks, fpr_limit: float = 0.3) -> float:
 
     maps: float (N, H, W) anomaly scores; masks: bool (N, H, W), True on defective pixels.
     """
-    if not 0.0 < fpr_limit <= 1.0:
-        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}")
+    real = isinstance(fpr_limit, (int, float, np.integer, np.floating)) and not isinstance(fpr_limit, bool)
+    if not real or not 0.0 < fpr_limit <= 1.0:  # NaN fails the comparison too
+        raise ValueError(f"fpr_limit must be a number in (0, 1], got {fpr_limit!r}")
+    fpr_limit = float(fpr_limit)
     maps, masks = _check_maps_and_masks(maps, masks)
     return _pro_area(*_pro_curve(maps, masks), fpr_limit)
 

@@ -1,10 +1,11 @@
 """Subspace-guided feature reconstruction: ``Config``, ``fit``, ``Model`` and the pure scorer.
 
-Method (``docs/method.md``, "The method"): every nominal training image is one atom per
+Method (``docs/method.md``, "Image atoms and the bank"): every nominal training image is one atom per
 reconstruction level; the bank ``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is
-rebuilt from at most ``k`` rows by orthogonal matching pursuit (Batch-OMP on the precomputed Gram matrix); what cannot be rebuilt is
-the anomaly. Subspace-guided sampling first runs OMP with ``lam`` atoms at a high level (level 4 or
-the pooled vector) and restricts the low-level reconstruction to the chosen images.
+rebuilt from at most ``k`` rows by orthogonal matching pursuit (Batch-OMP on the precomputed Gram
+matrix); what cannot be rebuilt is the anomaly. Subspace-guided sampling first runs OMP with ``lam``
+atoms at a high level (level 4 or the pooled vector) and restricts the low-level reconstruction to
+the chosen images.
 
 Layers, outermost first:
 
@@ -120,7 +121,6 @@ class Config(BaseConfig):
 
     method: ClassVar[str] = "subspace"
 
-    levels: tuple[int, ...] = (2, 3)
     sampling_level: int | str = 4
     sampling: str = "subspace"
     lam: int = 50
@@ -152,7 +152,7 @@ class Config(BaseConfig):
         self._check_bool("normalize_selection")
         self._check_choice("fusion", FUSION_MODES)
         self._check_choice("bank_dtype", BANK_DTYPES)
-        self._check_int("seed", None)
+        self._check_seed("seed")
 
     @property
     def feature_keys(self) -> tuple[str, ...]:
@@ -178,6 +178,8 @@ class Model(BackboneBinding):
       config: the ``Config`` (static).
       backbone_name: the backbone that produced the features (static).
       weights_sha256: hex sha256 of that backbone's weights, None when unknown (static).
+      thresholds: ``calibration.Thresholds`` for ``predict``, None until calibrated (static; the
+        scorer never sees it, so calibrating does not recompile scoring).
     """
 
     banks: dict[str, Array]
@@ -187,6 +189,7 @@ class Model(BackboneBinding):
     config: Config = dataclasses.field(metadata=dict(static=True))
     backbone_name: str = dataclasses.field(metadata=dict(static=True))
     weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
+    thresholds: Any = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def n_train(self) -> int:
@@ -196,8 +199,39 @@ class Model(BackboneBinding):
     def score_features(
         self, features: Features, *, execution: Execution | None = None
     ) -> tuple[Array, Array]:
-        """Score precomputed backbone features (see ``score_features``); jitted."""
-        return _score_features_jit(self, _select_features(features, self.config), execution=execution)
+        """Score precomputed backbone features (see ``score_features``); jitted. Features holding NaN
+        or inf are refused (ValueError naming the key and image)."""
+        selected = _select_features(features, self.config)
+        check_feature_shapes(self, selected)
+        batching.check_finite_features(selected)
+        return _score_features_jit(self._scorer(), selected, execution=execution)
+
+    def _scorer(self) -> Model:
+        # Thresholds are static metadata: strip them so that calibrated and uncalibrated models share
+        # one compiled scorer.
+        return self if self.thresholds is None else self._replace_thresholds(None)
+
+    def _replace_thresholds(self, thresholds: Any) -> Model:
+        model = dataclasses.replace(self, thresholds=thresholds)
+        if getattr(self, "_backbone", None) is not None:  # keep the binding (no field, not copied)
+            object.__setattr__(model, "_backbone", self._backbone)
+        return model
+
+    def with_thresholds(self, thresholds: Any) -> Model:
+        """A copy of this model carrying ``thresholds`` (from ``sj.calibrate``) for ``predict``."""
+        from subspace_jax.calibration import Thresholds
+
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise ValueError(f"thresholds: expected subspace_jax.Thresholds, got {type(thresholds).__name__}")
+        return self._replace_thresholds(thresholds)
+
+    def predict(self, images: ImageSource, batch_size: int = 8, *, progress: bool = True, **kwargs):
+        """Maps, scores, normalised scores (0.5 = threshold), decisions and masks of ``images``
+        under the model's thresholds: see ``subspace_jax.calibration.predict`` and ``Prediction``.
+        The thresholds bound false alarms on nominal images; they do not control recall."""
+        from subspace_jax.calibration import predict
+
+        return predict(self, images, batch_size, progress=progress, **kwargs)
 
     def score(
         self,
@@ -240,7 +274,7 @@ class Model(BackboneBinding):
             execution = execution_lib.default_execution(memory_budget_bytes)
         return scoring.score_in_batches(
             SCORER,
-            self,
+            self._scorer(),
             images,
             batch_size=batch_size,
             backbone=backbone,
@@ -277,6 +311,7 @@ def fit_features(
         raise ValueError(f"config: expected a subspace_jax.Config, got {type(config).__name__}")
     backbone_name = config.backbone if backbone_name is None else backbone_name
     feats = _select_features(features, config)
+    batching.check_finite_features(feats)
     n = {key: value.shape[0] for key, value in feats.items()}
     if len(set(n.values())) != 1 or min(n.values()) < 1:
         raise ValueError(f"features: every level needs the same number N >= 1 of images, got {n}")
@@ -312,6 +347,10 @@ def fit(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    validation_fraction: float = 0.0,
+    validation: ImageSource = None,
+    false_alarm_rate: float = 0.01,
+    seed: int = 0,
 ) -> Model:
     """Extract features of the nominal ``images`` and build the ``Model`` (no training).
 
@@ -323,7 +362,23 @@ def fit(
       backbone: a loaded backbone whose ``name`` is ``config.backbone``; loaded by name if None.
       batch_size: images per backbone call.
       progress: show a progress bar.
+      validation_fraction: when > 0, this fraction of ``images`` (an array or a list of paths), drawn
+        with ``seed``, is held out of the bank and calibrates thresholds (``sj.calibrate``) at
+        ``false_alarm_rate``. They bound false alarms, not recall.
+      validation: held-out defect-free images to calibrate on instead (excludes validation_fraction).
     """
+    if validation is not None or validation_fraction:
+        from subspace_jax import calibration
+
+        if validation is not None and validation_fraction:
+            raise ValueError("validation, validation_fraction: give one of them, not both")
+        if validation is None:
+            images, validation = calibration.split_images(images, validation_fraction, seed)
+        model = fit(images, config, backbone, batch_size=batch_size, progress=progress)
+        thresholds = calibration.calibrate(
+            model, validation, false_alarm_rate=false_alarm_rate, batch_size=batch_size, progress=progress
+        )
+        return model.with_thresholds(thresholds)
     if backbone is None:
         from subspace_jax import backbones
 
@@ -410,6 +465,7 @@ def sample_candidates(model: Model, features: Features, *, execution: Execution 
     ``"none"``, or ``lam >= N``: all N images (m = N). ``execution`` only matters inside
     ``subspace_jax.sharding`` (its ``bank_axis``); results never depend on it.
     """
+    check_feature_shapes(model, features)
     cfg = model.config
     n = model.n_train
     batch = next(iter(features.values())).shape[0]
@@ -476,6 +532,36 @@ def _bank_reconstruct(support: Array, coef: Array, atoms: Array, n: int, axis: s
     dense = dense.at[rows, jnp.where(used, support, 0)].add(jnp.where(used, coef, 0.0))
     mine = jax.lax.dynamic_slice_in_dim(dense, jax.lax.axis_index(axis) * n_local, n_local, axis=1)
     return jax.lax.psum(mine @ atoms.astype(jnp.float32), axis)
+
+
+def check_feature_shapes(model: Model, features: Features) -> None:
+    """ValueError naming the key unless test ``features`` fit the model's banks: one batch size B,
+    each reconstruction level (B, h_l, w_l, c_l) like its bank, the sampling level holding d_s values
+    per image like the sampling bank. Shapes are static, so this also runs under ``jit``."""
+    cfg = model.config
+    missing = [key for key in cfg.feature_keys if key not in features]
+    if missing:
+        raise ValueError(f"features: missing {missing}; this config needs {list(cfg.feature_keys)}")
+    shapes = {key: tuple(np.shape(features[key])) for key in cfg.feature_keys}
+    batch = {key: (shape[0] if shape else None) for key, shape in shapes.items()}
+    if len(set(batch.values())) != 1 or None in batch.values():
+        raise ValueError(f"features: every key needs the same batch size B, got {batch}")
+    for level in cfg.levels:
+        key = level_key(level)
+        expected = tuple(model.banks[key].shape[1:])
+        if shapes[key][1:] != expected:
+            raise ValueError(
+                f"features[{key!r}]: expected (B, {', '.join(map(str, expected))}) like the bank, got "
+                f"{shapes[key]}; were the images resized to the model's image_size/crop?"
+            )
+    if cfg.sampling == "subspace" and model.sampling_bank is not None:
+        key = level_key(cfg.sampling_level)
+        d = model.sampling_bank.shape[1]
+        if int(np.prod(shapes[key][1:])) != d or len(shapes[key]) < 2:
+            raise ValueError(
+                f"features[{key!r}]: expected {d} values per image like the sampling bank, got shape "
+                f"{shapes[key]}"
+            )
 
 
 def _omp_on_bank(

@@ -12,9 +12,9 @@ Transcribed from the paper's tables (our text copy of the paper; see docs/method
 
 All were obtained with WideResNet-50 at the paper's settings; comparing them with another backbone is a
 reference, not a like-for-like comparison. The "Avg." column is kept as printed in :data:`PRINTED_MEANS`.
-Every printed mean equals the mean of its row to within rounding (0.15; AE and DFR are whole percents) except STFPM's: Table I prints
-92.1 where its 15 values average 97.1, and Table II prints 92.1 where they average 92.4 (the paper's
-own inconsistencies, kept as printed).
+Every printed mean equals the mean of its row to within rounding (0.15; AE and DFR are whole percents)
+except STFPM's: Table I prints 92.1 where its 15 values average 97.1, and Table II prints 92.1 where
+they average 92.4 (the paper's own inconsistencies, kept as printed).
 """
 
 from __future__ import annotations

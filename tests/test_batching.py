@@ -49,7 +49,11 @@ def test_batch_size_for_checks_and_shrinks_to_the_number_of_images():
 def test_map_batches_rejects_wrong_sizes_and_empty_input():
     with pytest.raises(ValueError, match=r"images \(batch 1\): expected images of shape \(B, 8, 8, 3\)"):
         batching.map_batches(
-            lambda b: b, [np.zeros((1, 8, 8, 3)), np.zeros((1, 9, 8, 3))], _Input(), 1, progress=False
+            lambda b: b,
+            [np.zeros((1, 8, 8, 3), np.uint8), np.zeros((1, 9, 8, 3), np.uint8)],
+            _Input(),
+            1,
+            progress=False,
         )
     with pytest.raises(ValueError, match="expected at least one image"):
         batching.map_batches(lambda b: b, iter([]), _Input(), 1, progress=False)

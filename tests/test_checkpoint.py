@@ -85,11 +85,15 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         checkpoint.load(tmp_path / "empty")
 
 
-def edit_metadata(path: Path, edit) -> None:
+def edit_metadata(path: Path, edit, reseal: bool = True) -> None:
+    """Edit metadata.json; ``reseal`` recomputes the integrity marker, so the checks behind it are
+    reached (as if a bug, not an edit, had written inconsistent metadata)."""
     meta_path = path / checkpoint.METADATA_FILE
     metadata = json.loads(meta_path.read_text())
     edit(metadata)
     meta_path.write_text(json.dumps(metadata))
+    if reseal:
+        checkpoint._seal(path, metadata)
 
 
 @pytest.mark.parametrize(
@@ -106,6 +110,10 @@ def edit_metadata(path: Path, edit) -> None:
         (lambda m: m["arrays"]["grams/level3"].update(sha256="0" * 64), "grams/level3.*sha256"),
         (lambda m: m["arrays"].pop("sampling_gram"), "arrays.*config needs"),
         (lambda m: m.pop("backbone"), "missing \\['backbone'\\]"),
+        (lambda m: m.update(n_train=7), "n_train 7 but the arrays hold 6"),
+        (lambda m: m.update(method="padim"), "unknown method 'padim'"),
+        (lambda m: m["config"].update(bank_dtype="bfloat16"), "banks/level2.*does not fit the config"),
+        (lambda m: m["arrays"].update(extra=m["arrays"]["grams/level2"]), "no fields of Model"),
     ],
 )
 def test_tampered_metadata_is_a_clear_error(tmp_path, edit, message):

@@ -320,7 +320,7 @@ def test_image_auroc_errors():
 def test_fpr_limit_out_of_range_is_an_error():
     maps, masks = random_case(np.random.default_rng(0))
     for bad in (0.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match="fpr_limit must be in"):
+        with pytest.raises(ValueError, match="fpr_limit must be a number in"):
             metrics.pro(maps, masks, bad)
 
 

@@ -41,7 +41,8 @@ class WeightsHashError(ValueError):
 
 
 def hub_checkpoint_dir() -> Path:
-    """``$TORCH_HOME/hub/checkpoints``, else ``~/.cache/torch/hub/checkpoints`` (torch.hub's own rule, incl. XDG)."""
+    """``$TORCH_HOME/hub/checkpoints``, else ``~/.cache/torch/hub/checkpoints`` (torch.hub's own rule,
+    incl. XDG)."""
     torch_home = os.environ.get("TORCH_HOME")
     if torch_home is None:
         torch_home = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")

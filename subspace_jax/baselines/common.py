@@ -86,6 +86,7 @@ def check_features(
         raise ValueError(f"{name}: all entries must have the same batch size, got {sizes}")
     if next(iter(sizes.values())) == 0:
         raise ValueError(f"{name}: expected at least one image, got an empty batch")
+    batching.check_finite_features(out, name)
     return out
 
 

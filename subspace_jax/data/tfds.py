@@ -175,7 +175,10 @@ class Btad(_AnomalyBuilder):
     ]
     DESCRIPTION = "BTAD: three industrial products with defect masks (beanTech Anomaly Detection)."
     HOMEPAGE = "https://github.com/pankajmishra000/VT-ADL"
-    CITATION = "Mishra et al., VT-ADL: A Vision Transformer Network for Image Anomaly Detection and Localization, ISIE 2021."
+    CITATION = (
+        "Mishra et al., VT-ADL: A Vision Transformer Network for Image Anomaly Detection and "
+        "Localization, ISIE 2021."
+    )
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Download BTech_Dataset_transformed.zip (linked from https://github.com/pankajmishra000/VT-ADL),
     extract it, and pass the folder holding 01/, 02/, 03/ as manual_dir. Each product must have
@@ -187,7 +190,8 @@ class Btad(_AnomalyBuilder):
 
 
 class Mtd(_AnomalyBuilder):
-    """Magnetic Tile Defect, canonical split (761 train; 191 defect-free + 392 defective test); manual_dir holds MT_*/."""
+    """Magnetic Tile Defect, canonical split (761 train; 191 defect-free + 392 defective test);
+    manual_dir holds MT_*/."""
 
     DESCRIPTION = "Magnetic Tile Defect dataset (Huang et al. 2020), DifferNet's canonical train/test split."
     HOMEPAGE = "https://github.com/abin24/Magnetic-tile-defect-datasets."
@@ -196,8 +200,9 @@ class Mtd(_AnomalyBuilder):
     )
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     Clone https://github.com/abin24/Magnetic-tile-defect-datasets. (the repository name ends with
-    a full stop) and pass the folder holding MT_Free/, MT_Blowhole/, MT_Break/, MT_Crack/, MT_Fray/ and MT_Uneven/ (each with Imgs/
-    holding <stem>.jpg images and <stem>.png masks) as manual_dir.
+    a full stop), or run `python -m subspace_jax.data.mtd download`, and pass the folder holding
+    MT_Free/, MT_Blowhole/, MT_Break/, MT_Crack/, MT_Fray/ and MT_Uneven/ (each with Imgs/ holding
+    <stem>.jpg images and <stem>.png masks) as manual_dir.
     """
 
     def _dataset(self, manual_dir: Path) -> Dataset:

@@ -42,6 +42,9 @@ class DatasetSpec:
     categories: tuple[str, ...]
     open: Callable[[Path, str], Any]
     configs: Mapping[str, Path] = dataclasses.field(default_factory=dict)
+    # Where to look when neither --data-root nor env_var is given (MTD: subspace_jax.data.mtd.find_root,
+    # which knows ../shared/data/mtd and the download cache); raises FileNotFoundError saying where it looked.
+    find_root: Callable[[], Path] | None = None
 
 
 def resolve_method(name: str) -> Any:
@@ -196,7 +199,7 @@ def run_category(
     settings: RunSettings,
 ) -> dict[str, Any]:
     """Fit and evaluate one category; returns its results entry (the keys of ``results.REQUIRED_KEYS``,
-    described in ``docs/method.md``, "Evaluation protocol", plus extras)."""
+    described in ``docs/method.md``, "Results file", plus extras)."""
     from subspace_jax import metrics, scoring
 
     reset_peak_rss()
@@ -380,7 +383,8 @@ def build_parser(spec: DatasetSpec, method: Any, defaults: Any) -> tuple[argpars
         "--data-root",
         type=Path,
         default=None,
-        help=f"dataset folder (default: the environment variable {spec.env_var})",
+        help=f"dataset folder (default: the environment variable {spec.env_var}"
+        + (", else the places subspace_jax.data.mtd.find_root looks)" if spec.find_root else ")"),
     )
     if len(spec.categories) > 1:
         run.add_argument(
@@ -466,6 +470,7 @@ def build_parser(spec: DatasetSpec, method: Any, defaults: Any) -> tuple[argpars
         help="transient memory of one vectorised reconstruction step (default: by backend; results "
         "do not depend on it)",
     )
+    run.add_argument("--debug", action="store_true", help="let errors through with their Python traceback")
     names = cli.add_config_flags(parser, method.config_cls, defaults, f"{method.name} configuration")
     return parser, names
 
@@ -478,17 +483,57 @@ def load_backbone(name: str, weights: Path | None = None) -> Any:
     return backbones.load(name, weights=weights)
 
 
-def missing_weights_message(backbone_name: str, error: Exception) -> str:
+def missing_weights_message(backbone_name: str, error: Exception, weights: Path | None = None) -> str:
+    """One line: what went wrong loading the backbone, and what to do about it."""
+    from subspace_jax.backbones import TorchFileError, WeightsMismatchError
+
+    if weights is not None and isinstance(error, (TorchFileError, WeightsMismatchError)):
+        return (
+            f"error: --weights {weights}: {_one_line(error)}; pass a torch.save state dict of {backbone_name}"
+        )
     return (
-        f"error: cannot load the {backbone_name} backbone: {error}\n"
-        "Put its ImageNet weights where the message above says (or pass --weights FILE), or run offline "
-        "with the packaged weights: --backbone efficientnet_lite0"
+        f"error: cannot load the {backbone_name} backbone: {_one_line(error)}. Put its ImageNet weights "
+        "where this message says (or pass --weights FILE), or run offline with the packaged weights: "
+        "--backbone efficientnet_lite0"
     )
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark ``spec`` with command-line arguments ``argv``; returns the exit status."""
+    """Run the benchmark ``spec`` with command-line arguments ``argv``; returns the exit status.
+
+    Every mistake ends in a one-line ``error:`` message on stderr and a non-zero status (2 for what the
+    user passed, 1 for a run that failed); ``--debug`` lets the exception and its traceback through.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return _main(spec, argv, debug)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("error: interrupted; finished categories are kept, continue with --resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, no traceback
+        if debug:
+            raise
+        print(f"error: {_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _check_out_dir(out: Path) -> str | None:
+    """Why ``out`` cannot be the output folder (an existing file, or below one), else None."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            return None if folder.is_dir() else f"{folder} is a file, not a folder"
+    return None
+
+
+def _main(spec: DatasetSpec, argv: list[str], debug: bool) -> int:
     try:
         method, defaults = method_and_defaults(spec, argv)
     except ValueError as exc:
@@ -501,6 +546,11 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
 
     data_root = ns.data_root or (Path(os.environ[spec.env_var]) if os.environ.get(spec.env_var) else None)
+    if data_root is None and spec.find_root is not None:
+        try:
+            data_root = spec.find_root()
+        except FileNotFoundError as exc:
+            parser.error(f"--data-root: not given, and {exc}")
     if data_root is None:
         parser.error(f"--data-root: not given and {spec.env_var} is not set; pass the {spec.title} folder")
     if not data_root.is_dir():
@@ -535,13 +585,18 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
             parser.error(str(exc))
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir: Path = ns.out or Path("results") / spec.name / stamp
+    problem = _check_out_dir(out_dir)
+    if problem:
+        parser.error(f"--out: {problem}; pass a new folder or the folder of an earlier run")
     backbone_name, image_size, crop = config.backbone, config.image_size, config.crop
 
     # Before any work: a backbone without weights stops here, with what to do about it.
     try:
         backbone = load_backbone(backbone_name, ns.weights)
     except (OSError, ValueError, RuntimeError) as exc:
-        print(missing_weights_message(backbone_name, exc), file=sys.stderr)
+        if debug:
+            raise
+        print(missing_weights_message(backbone_name, exc, ns.weights), file=sys.stderr)
         return 2
 
     run_config = config_dict(
@@ -552,7 +607,9 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
     )
     results_path = out_dir / "results.json"
     try:
-        if results_path.exists():
+        # Other processes of a distributed run never write; process 0 may have started this run's
+        # results.json already, so only --resume makes them read one.
+        if results_path.exists() and (writer or ns.resume):
             if not ns.resume:
                 raise results.ResultsError(
                     f"{results_path}: already holds results; pass --resume to continue that run, "
@@ -564,7 +621,9 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
         else:
             document = results.new_document(spec.name, run_config, _run_info(argv, spec))
     except results.ResultsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"error: {_one_line(exc).removeprefix('ResultsError: ')}", file=sys.stderr)
         return 2
 
     settings = RunSettings(
@@ -596,11 +655,13 @@ def main(spec: DatasetSpec, argv: Sequence[str] | None = None) -> int:
     ):
         try:
             entry = run_category(spec, method, config, backbone, category, settings)
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - reported in one line; --debug shows the traceback
+            if debug:
+                raise
             print(
-                f"error: {spec.title} category {category!r} failed: {type(exc).__name__}: {exc}\n"
-                f"Finished categories are kept in {results_path}; fix the cause and rerun with "
-                f"--resume --out {out_dir}",
+                f"error: {spec.title} category {category!r} failed: {_one_line(exc)}; finished "
+                f"categories are kept in {results_path}, fix the cause and rerun with --resume --out "
+                f"{out_dir}",
                 file=sys.stderr,
             )
             return 1

@@ -1,5 +1,5 @@
-"""The results file (``results.json``; its keys are described in ``docs/method.md``, "Evaluation
-protocol") and its Markdown/console tables.
+"""The results file (``results.json``; its keys are described in ``docs/method.md``, "Results
+file") and its Markdown/console tables.
 
 Required per-category keys are exactly those of the schema; the runner adds ``f1_max``, ``timings``
 (seconds: ``load_train``, ``load_test``, ``backbone_train``, ``fit``, ``backbone_test``, the scoring
@@ -79,15 +79,36 @@ def new_document(dataset: str, config: Mapping[str, Any], run: Mapping[str, Any]
 
 
 def read(path: Path) -> dict[str, Any]:
-    """Read and check a results file written by :func:`write`."""
+    """Read and check a results file written by :func:`write`; ResultsError naming the file and the
+    problem for anything else (a folder, unreadable bytes, not UTF-8 or JSON, the wrong structure)."""
+    hint = "move it away or choose another --out"
+    if path.is_dir():
+        raise ResultsError(f"{path}: is a folder, not a results file; {hint}")
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot be read ({exc.strerror or exc}); {hint}") from exc
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); {hint}") from exc
     except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path}: not valid JSON ({exc}); move it away or choose another --out") from exc
+        raise ResultsError(f"{path}: not valid JSON ({exc}); {hint}") from exc
+    if not isinstance(document, dict):
+        raise ResultsError(f"{path}: expected a JSON object, got {type(document).__name__}; {hint}")
     for key in ("dataset", "config", "categories"):
         if key not in document:
             raise ResultsError(f"{path}: expected a results file with a {key!r} entry; it has none")
+    expected_types = {"dataset": str, "config": dict, "categories": dict, "run": dict}
+    for key, kind in expected_types.items():
+        if key in document and not isinstance(document[key], kind):
+            raise ResultsError(
+                f"{path}: {key!r} must be a JSON {'string' if kind is str else 'object'}, got "
+                f"{type(document[key]).__name__}; {hint}"
+            )
+    if not isinstance(document.get("run", {}).get("resumed", []), list):
+        raise ResultsError(f"{path}: 'run.resumed' must be a JSON list; {hint}")
     for name, entry in document["categories"].items():
+        if not isinstance(entry, dict):
+            raise ResultsError(f"{path}: category {name!r} must be a JSON object, got {type(entry).__name__}")
         missing = [k for k in REQUIRED_KEYS if k not in entry]
         if missing:
             raise ResultsError(f"{path}: category {name!r} lacks {', '.join(missing)}")
@@ -98,7 +119,8 @@ def check_resumable(document: Mapping[str, Any], dataset: str, config: Mapping[s
     """Refuse to resume a run of another dataset or configuration, naming the differing settings."""
     if document["dataset"] != dataset:
         raise ResultsError(
-            f"{path}: holds results for dataset {document['dataset']!r}, not {dataset!r}; choose another --out"
+            f"{path}: holds results for dataset {document['dataset']!r}, not {dataset!r}; "
+            "choose another --out"
         )
     stored, requested = document["config"], jsonable(config)
     if stored != requested:

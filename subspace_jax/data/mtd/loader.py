@@ -66,7 +66,8 @@ class MTD(Dataset):
         )
 
     def samples(self, split: str) -> list[Sample]:
-        """Train: the listed MT_Free images in list order. Test: the other MT_Free images, then each defect class, by name."""
+        """Train: the listed MT_Free images in list order. Test: the other MT_Free images, then each
+        defect class, by name."""
         check_split(split)
         free_dir = self.root / FREE_CLASS / "Imgs"
         train_names = mtd_train_filenames()
@@ -74,7 +75,8 @@ class MTD(Dataset):
             missing = [name for name in train_names if not (free_dir / name).is_file()]
             if missing:
                 raise FileNotFoundError(
-                    f"{len(missing)} MTD training image(s) of the canonical split are missing from {free_dir}, "
+                    f"{len(missing)} MTD training image(s) of the canonical split are missing from "
+                    f"{free_dir}, "
                     f"e.g. {', '.join(missing[:5])}"
                 )
             if not train_names:
