@@ -109,13 +109,18 @@ def main() -> None:
             for kind in ("scorer", "e2e"):
                 row[f"{kind}_images_per_s"] = batch / statistics.median(times[(name, batch, kind)])
                 row[f"{kind}_seconds"] = times[(name, batch, kind)]
+                cpu = cpu_times[(name, batch, kind)]
+                row[f"{kind}_cpu_ms_per_image"] = 1e3 * statistics.median(cpu) / batch
+                row[f"{kind}_cpu_seconds"] = cpu
             rows.append(row)
-            print(f"| {batch} | {name} | {row['scorer_images_per_s']:.1f} | {row['e2e_images_per_s']:.1f} |")
+            print(
+                f"| {batch} | {name} | {row['scorer_images_per_s']:.1f} | {row['e2e_images_per_s']:.1f} | "
+                f"{row['scorer_cpu_ms_per_image']:.2f} | {row['e2e_cpu_ms_per_image']:.2f} |"
+            )
         b, a = rows[-2], rows[-1]
-        print(
-            f"| {batch} | after / before | {a['scorer_images_per_s'] / b['scorer_images_per_s']:.2f} | "
-            f"{a['e2e_images_per_s'] / b['e2e_images_per_s']:.2f} |"
-        )
+        ratios = [a[k] / b[k] for k in ("scorer_images_per_s", "e2e_images_per_s")]
+        ratios += [b[k] / a[k] for k in ("scorer_cpu_ms_per_image", "e2e_cpu_ms_per_image")]
+        print(f"| {batch} | after / before (speed) | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
