@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_jax import batching, scoring
+from subspace_jax import batching, compress, scoring
 from subspace_jax import execution as execution_lib
 from subspace_jax import maps as maps_lib
 from subspace_jax import omp as omp_lib
@@ -45,6 +45,7 @@ from subspace_jax.execution import Execution
 from subspace_jax.maps import FUSION_MODES
 
 SAMPLING_MODES = ("subspace", "random", "none")
+PROJECTIONS = ("none", "pca", "random")
 RECONSTRUCTION_MODES = ("image", "pixel")
 BANK_DTYPES = ("float32", "bfloat16")
 
@@ -109,7 +110,19 @@ class Config(BaseConfig):
       bank_dtype: storage dtype of the banks, ``"float32"`` or ``"bfloat16"``: bfloat16 halves the
         stored bank (and checkpoints); Gram matrices and all arithmetic stay float32, so scoring
         upcasts the bank inside the jitted function (a transient float32 copy on CPU).
-      seed: seed of ``"random"`` sampling.
+      seed: seed of ``"random"`` sampling (and of ``"random"`` projections).
+      aggregate: odd window size a; each reconstruction level's features (bank and test) are
+        replaced by their mean over the a × a neighbourhood before reconstruction (PatchCore's local
+        patch aggregation; 1 = off). Sampling features are not aggregated.
+      projection: per-level channel projection of the reconstruction levels before reconstruction:
+        ``"none"``, ``"pca"`` (top principal directions of the nominal training pixels, fitted at
+        ``fit``) or ``"random"`` (seeded Gaussian); shrinks the banks to c′ channels.
+      projection_channels: c′ per reconstruction level, in ``levels`` order (0 keeps that level's
+        channels); required with a projection, empty without one.
+      coreset: keep only this many training images, chosen by greedy k-center on the sampling-level
+        features (``subspace_jax.compress.kcenter``); 0 keeps all N.
+      score_fraction: image score = mean of the highest ``score_fraction`` of the map's pixels; 0 =
+        the map's maximum (the paper).
 
     ``k = 5`` and ``lam = 50`` come from the k × λ grid of ``experiments/mtd_grid.py`` on MTD
     (efficientnet_lite0, 256 px, levels 2-4, pooled sampling; k ∈ {1, 3, 5, 10}, λ ∈ {10, 20, 30,
@@ -133,6 +146,11 @@ class Config(BaseConfig):
     fusion: str = "sum"
     bank_dtype: str = "float32"
     seed: int = 0
+    aggregate: int = 1
+    projection: str = "none"
+    projection_channels: tuple[int, ...] = ()
+    coreset: int = 0
+    score_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -153,6 +171,36 @@ class Config(BaseConfig):
         self._check_choice("fusion", FUSION_MODES)
         self._check_choice("bank_dtype", BANK_DTYPES)
         self._check_seed("seed")
+        self._check_int("aggregate", 1)
+        if self.aggregate % 2 == 0:
+            self._fail("aggregate", "an odd int >= 1")
+        self._check_choice("projection", PROJECTIONS)
+        channels = self.projection_channels
+        if isinstance(channels, list):
+            channels = tuple(channels)
+            object.__setattr__(self, "projection_channels", channels)
+        if not isinstance(channels, tuple) or not all(_is_int(c) and c >= 0 for c in channels):
+            self._fail("projection_channels", "a tuple of ints >= 0")
+        if self.projection == "none" and channels:
+            self._fail("projection_channels", "() when projection is 'none'")
+        if self.projection != "none" and len(channels) != len(self.levels):
+            self._fail("projection_channels", f"one int per level of levels={self.levels}")
+        self._check_int("coreset", 0)
+        if (
+            self.coreset
+            and self.sampling == "subspace"
+            and self.reconstruction == "image"
+            and self.k > self.coreset
+        ):
+            self._fail("coreset", f"0 or at least k={self.k}")
+        self._check_number("score_fraction", 0.0, 1.0)
+
+    @property
+    def projected_channels(self) -> dict[str, int]:
+        """Level key -> c′ for the levels this config projects (none without a projection)."""
+        if self.projection == "none":
+            return {}
+        return {level_key(lv): c for lv, c in zip(self.levels, self.projection_channels) if c > 0}
 
     @property
     def feature_keys(self) -> tuple[str, ...]:
@@ -175,6 +223,9 @@ class Model(BackboneBinding):
       sampling_bank: (N, d_s) sampling-level features in ``bank_dtype``; None unless
         ``config.sampling == "subspace"``.
       sampling_gram: (N, N) float32 Gram matrix of the sampling-level features, or None.
+      projections: level key -> (c_l, c′_l) float32 channel projection (``config.projection``), applied
+        to that level's features (after aggregation) before reconstruction; empty (None when loaded
+        from a checkpoint) without one.
       config: the ``Config`` (static).
       backbone_name: the backbone that produced the features (static).
       weights_sha256: hex sha256 of that backbone's weights, None when unknown (static).
@@ -186,6 +237,7 @@ class Model(BackboneBinding):
     grams: dict[str, Array]
     sampling_bank: Array | None
     sampling_gram: Array | None
+    projections: dict[str, Array] | None
     config: Config = dataclasses.field(metadata=dict(static=True))
     backbone_name: str = dataclasses.field(metadata=dict(static=True))
     weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
@@ -316,12 +368,34 @@ def fit_features(
     if len(set(n.values())) != 1 or min(n.values()) < 1:
         raise ValueError(f"features: every level needs the same number N >= 1 of images, got {n}")
     dtype = jnp.dtype(config.bank_dtype)
-    banks, grams = {}, {}
+    if config.coreset:
+        sampling = feats[level_key(config.sampling_level)]
+        if config.coreset > sampling.shape[0]:
+            raise ValueError(
+                f"config.coreset={config.coreset} exceeds the {sampling.shape[0]} training images"
+            )
+        keep = np.sort(compress.kcenter(np.asarray(sampling, np.float32), config.coreset))
+        feats = {key: np.asarray(value)[keep] for key, value in feats.items()}
+    banks, grams, projections = {}, {}, {}
     for level in config.levels:
         key = level_key(level)
         value = feats[key]
         if value.ndim != 4:
             raise ValueError(f"features[{key!r}]: expected (N, h, w, c), got shape {value.shape}")
+        value = _aggregate_in_chunks(value, config.aggregate)
+        channels = config.projected_channels.get(key)
+        if channels is not None:
+            if channels > value.shape[-1]:
+                raise ValueError(
+                    f"config.projection_channels: {channels} for {key} exceeds its {value.shape[-1]} channels"
+                )
+            if config.projection == "pca":
+                projections[key] = jnp.asarray(compress.pca_projection(value, channels))
+            else:
+                projections[key] = jnp.asarray(
+                    compress.random_projection(value.shape[-1], channels, seed=config.seed + level)
+                )
+            value = _project(value, projections[key])
         banks[key] = jnp.asarray(value, dtype)
         grams[key] = _gram(value)
     sampling_bank = sampling_gram = None
@@ -330,7 +404,27 @@ def fit_features(
         flat = value.reshape(value.shape[0], -1)
         sampling_bank = jnp.asarray(flat, dtype)
         sampling_gram = _gram(flat)
-    return Model(banks, grams, sampling_bank, sampling_gram, config, backbone_name, weights_sha256)
+    return Model(
+        banks, grams, sampling_bank, sampling_gram, projections, config, backbone_name, weights_sha256
+    )
+
+
+def _aggregate_in_chunks(features: Any, size: int) -> Any:
+    """``compress.aggregate`` of (N, h, w, c) training features, 64 images at a time (bounded memory)."""
+    if size == 1:
+        return features
+    return np.concatenate(
+        [
+            np.asarray(compress.aggregate(jnp.asarray(features[i : i + 64]), size))
+            for i in range(0, len(features), 64)
+        ]
+    )
+
+
+@jax.jit
+def _project(features: Array, projection: Array) -> Array:
+    """(..., c) @ (c, c′) at full float32 precision."""
+    return jnp.matmul(jnp.asarray(features, jnp.float32), projection, precision=jax.lax.Precision.HIGHEST)
 
 
 @jax.jit
@@ -549,6 +643,8 @@ def check_feature_shapes(model: Model, features: Features) -> None:
     for level in cfg.levels:
         key = level_key(level)
         expected = tuple(model.banks[key].shape[1:])
+        if key in (model.projections or {}):  # the bank holds c′ projected channels, the features c
+            expected = expected[:-1] + (model.projections[key].shape[0],)
         if shapes[key][1:] != expected:
             raise ValueError(
                 f"features[{key!r}]: expected (B, {', '.join(map(str, expected))}) like the bank, got "
@@ -614,7 +710,7 @@ def reconstruct_levels(
     out = {}
     for level in cfg.levels:
         key = level_key(level)
-        bank, target = model.banks[key], features[key]
+        bank, target = model.banks[key], prepare_level(model, key, features[key])
         if target.shape[1:] != bank.shape[1:]:
             raise ValueError(
                 f"features[{key!r}]: expected (B, {', '.join(map(str, bank.shape[1:]))}) like the bank, "
@@ -625,6 +721,15 @@ def reconstruct_levels(
         else:
             out[key] = _pixel_level_map(bank, target, candidates, cfg, execution)
     return out
+
+
+def prepare_level(model: Model, key: str, features: Array) -> Array:
+    """(B, h, w, c) test features of a reconstruction level -> what its bank holds: aggregated
+    (``config.aggregate``), then projected to c′ channels when the model has a projection for it."""
+    features = compress.aggregate(features, model.config.aggregate)
+    if key in (model.projections or {}):
+        features = jnp.matmul(jnp.asarray(features, jnp.float32), model.projections[key])
+    return features
 
 
 def _image_level_map(
@@ -796,7 +901,18 @@ def score_features(
     chex.assert_equal_shape_prefix([features[key] for key in cfg.feature_keys], 1)
     candidates = sample_candidates(model, features, execution=execution)
     level_maps = reconstruct_levels(model, features, candidates, execution=execution)
-    return maps_lib.maps_and_scores(level_maps, out_size, fusion=cfg.fusion, sigma=cfg.sigma)
+    maps = maps_lib.fuse_maps(level_maps, out_size, fusion=cfg.fusion, sigma=cfg.sigma)
+    return maps, image_scores(maps, cfg.score_fraction)
+
+
+def image_scores(maps: Array, fraction: float) -> Array:
+    """(B, H, W) maps -> (B,) scores: the maximum (``fraction = 0``) or the mean of the highest
+    ``max(1, round(fraction·H·W))`` pixels of each map."""
+    if fraction == 0:
+        return maps_lib.image_scores(maps)
+    flat = maps.reshape(maps.shape[0], -1)
+    count = max(1, int(round(fraction * flat.shape[1])))
+    return jnp.mean(jax.lax.top_k(flat, count)[0], axis=-1)
 
 
 def score_images(
@@ -837,6 +953,7 @@ _score_features_jit = jax.jit(score_features, static_argnames=("out_size", "exec
 _score_images_jit = jax.jit(score_images, static_argnums=(1,), static_argnames=("execution",))
 _sample_jit = jax.jit(sample_candidates, static_argnames=("execution",))
 _reconstruct_jit = jax.jit(reconstruct_levels, static_argnames=("execution",))
+_image_scores_jit = jax.jit(image_scores, static_argnums=(1,))
 
 
 # Staged scoring (``Model.score(timings=...)`` and the runner): each stage is one jitted call. The map
@@ -854,7 +971,10 @@ def _reconstruction_stage(
 def _maps_stage(model: Model, level_maps: dict[str, Array], execution: Any = None) -> tuple[Array, Array]:
     cfg = model.config
     size = (cfg.output_size, cfg.output_size)
-    return maps_lib.maps_and_scores_jit(level_maps, size, fusion=cfg.fusion, sigma=cfg.sigma)
+    if cfg.score_fraction == 0:
+        return maps_lib.maps_and_scores_jit(level_maps, size, fusion=cfg.fusion, sigma=cfg.sigma)
+    maps = maps_lib.fuse_maps_jit(level_maps, size, fusion=cfg.fusion, sigma=cfg.sigma)
+    return maps, _image_scores_jit(maps, cfg.score_fraction)
 
 
 SCORER = scoring.StagedScorer(

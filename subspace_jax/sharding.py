@@ -111,8 +111,18 @@ def shard_model(model: model_lib.Model, mesh: Mesh) -> model_lib.Model:
     grams = {key: _put(value, replicated) for key, value in model.grams.items()}
     sampling_bank = None if model.sampling_bank is None else _put(model.sampling_bank, by_rows, rows)
     sampling_gram = None if model.sampling_gram is None else _put(model.sampling_gram, replicated)
+    projections = (
+        None
+        if model.projections is None
+        else {key: _put(value, replicated) for key, value in model.projections.items()}
+    )
     out = dataclasses.replace(
-        model, banks=banks, grams=grams, sampling_bank=sampling_bank, sampling_gram=sampling_gram
+        model,
+        banks=banks,
+        grams=grams,
+        sampling_bank=sampling_bank,
+        sampling_gram=sampling_gram,
+        projections=projections,
     )
     bound = getattr(model, "_backbone", None)
     if bound is not None:  # keep the checked backbone binding of the original
@@ -128,6 +138,7 @@ def _model_specs(model: model_lib.Model) -> model_lib.Model:
         grams={key: P() for key in model.grams},
         sampling_bank=None if model.sampling_bank is None else P(BANK),
         sampling_gram=None if model.sampling_gram is None else P(),
+        projections=None if model.projections is None else {key: P() for key in model.projections},
     )
 
 

@@ -24,6 +24,8 @@ import numpy as np
 
 from subspace_jax.runner import cli, config_files, figures, results
 from subspace_jax.runner import features as feature_io
+from subspace_jax.runner.workbench import bank_bytes
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +285,7 @@ def run_category(
         "n_train": n_train,
         "n_test": int(maps.shape[0]),
         "fit_seconds": train_backbone_s + timings["fit"],
+        "bank_bytes": bank_bytes(model),
         "score_seconds_per_image": (test_backbone_s + timings["score_total"]) / maps.shape[0],
     }
 

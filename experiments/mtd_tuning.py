@@ -1,0 +1,554 @@
+"""Issue 14: tune the subspace model on one half of MTD's test set, report on the other.
+
+    python experiments/mtd_tuning.py features --data-root PATH [--cache DIR]
+    python experiments/mtd_tuning.py options --data-root PATH [--cache DIR] [--half A] [--out FILE]
+
+``features`` runs efficientnet_lite0 once over MTD's training and test images (256 px) with both input
+normalisations (the TF builder's (x - 127) / 128, and ImageNet mean/std) and stores the levels as .npy
+files. ``options`` scores every option of the issue on half A (``stratified_halves`` of the test set, seed
+0, stratified by defect type) from those features and writes one JSON line per option: the four metrics
+and the bytes of every array the fitted model holds. Statistics for residual standardisation come from
+held-out nominal *training* images (a bank fit on the other training images scores them), never from
+test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+
+KEYS = ("level2", "level3", "level4", "pooled")
+NORMS = ("tf", "imagenet")
+SEED = 0
+
+
+def _backbone(norm: str):
+    from subspace_jax import backbones
+    from subspace_jax.backbones.backbone import Backbone, build_model
+    from subspace_jax.backbones.registry import _IMAGENET_MEAN, _IMAGENET_STD, get_spec
+
+    if norm == "tf":
+        return backbones.load("efficientnet_lite0")
+    spec = dataclasses.replace(get_spec("efficientnet_lite0"), mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
+    model, tag = build_model("efficientnet_lite0", None)
+    return Backbone(spec, model, tag)
+
+
+def compute_features(data_root: Path, cache: Path) -> None:
+    from subspace_jax.data import MTD, load_samples
+    from subspace_jax.runner.features import extract_features
+
+    dataset = MTD(data_root)
+    for split in ("train", "test"):
+        images = None
+        for norm in NORMS:
+            folder = cache / norm / split
+            if (folder / "pooled.npy").is_file():
+                continue
+            if images is None:
+                loaded = load_samples(dataset.samples(split), 256, None, False)
+                images = loaded.images
+                (cache / "meta").mkdir(parents=True, exist_ok=True)
+                np.save(cache / "meta" / f"{split}_masks.npy", loaded.masks)
+                np.save(cache / "meta" / f"{split}_labels.npy", loaded.labels)
+                (cache / "meta" / f"{split}_types.json").write_text(json.dumps(list(loaded.defect_types)))
+            features, seconds = extract_features(_backbone(norm), images, 16, False)
+            folder.mkdir(parents=True, exist_ok=True)
+            for key in KEYS:
+                np.save(folder / f"{key}.npy", features[key])
+            print(f"{norm} {split}: {seconds:.1f} s", flush=True)
+
+
+def load_features(cache: Path, norm: str, split: str) -> dict[str, np.ndarray]:
+    return {key: np.load(cache / norm / split / f"{key}.npy", mmap_mode="r") for key in KEYS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bank variants: feature transforms applied to training and test features alike
+
+
+def aggregate(features: np.ndarray, size: int) -> np.ndarray:
+    """(N, h, w, c) -> the mean over each size x size neighbourhood (edges: the part inside the map)."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def one(x):
+        window, strides = (1, size, size, 1), (1, 1, 1, 1)
+        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "SAME")
+        count = jax.lax.reduce_window(
+            jnp.ones_like(x[:1, ..., :1]), 0.0, jax.lax.add, window, strides, "SAME"
+        )
+        return total / count
+
+    return np.concatenate(
+        [np.asarray(one(jnp.asarray(features[i : i + 64]))) for i in range(0, len(features), 64)]
+    )
+
+
+def pca_projection(features: np.ndarray, channels: int) -> np.ndarray:
+    """(N, h, w, c) nominal features -> (c, channels) top principal directions of the pixel vectors."""
+    flat = np.asarray(features, np.float64).reshape(-1, features.shape[-1])
+    mean = flat.mean(axis=0)
+    cov = flat.T @ flat / len(flat) - np.outer(mean, mean)
+    values, vectors = np.linalg.eigh(cov)
+    return vectors[:, np.argsort(values)[::-1][:channels]].astype(np.float32)
+
+
+def random_projection(c: int, channels: int, seed: int) -> np.ndarray:
+    """(c, channels) Gaussian matrix with variance 1 / channels (norms preserved in expectation)."""
+    return (np.random.default_rng(seed).standard_normal((c, channels)) / np.sqrt(channels)).astype(np.float32)
+
+
+def kcenter(points: np.ndarray, m: int) -> np.ndarray:
+    """Greedy k-center: m row indices of ``points`` (N, d), starting from row 0."""
+    points = np.asarray(points, np.float64)
+    chosen = [0]
+    dist = np.linalg.norm(points - points[0], axis=1)
+    for _ in range(m - 1):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
+    return np.asarray(chosen)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One bank: input normalisation, feature transforms, levels and pursuit sizes."""
+
+    norm: str = "tf"
+    levels: tuple[int, ...] = (2, 3, 4)
+    k: int = 5
+    lam: int = 50
+    aggregate: int = 1
+    projection: str = "none"  # "none" | "pca" | "random"
+    channels: tuple[tuple[int, int], ...] = ()  # (level, c') pairs; levels not listed keep all channels
+    coreset: int = 0  # 0: all images; else k-center on pooled features to this many images
+    bank_dtype: str = "float32"
+    reconstruction: str = "image"
+
+    def name(self) -> str:
+        parts = [self.norm, "L" + "".join(map(str, self.levels)), f"k{self.k}", f"lam{self.lam}"]
+        if self.aggregate > 1:
+            parts.append(f"agg{self.aggregate}")
+        if self.projection != "none":
+            parts.append(self.projection + "-" + ",".join(f"{lv}:{c}" for lv, c in self.channels))
+        if self.coreset:
+            parts.append(f"coreset{self.coreset}")
+        if self.bank_dtype != "float32":
+            parts.append(self.bank_dtype)
+        if self.reconstruction != "image":
+            parts.append(self.reconstruction)
+        return " ".join(parts)
+
+
+def transform(variant: Variant, train: dict, others: list[dict]) -> tuple[dict, list[dict], int]:
+    """Apply the variant's aggregation and projection; returns (train, others, projection bytes)."""
+    keys = [f"level{lv}" for lv in variant.levels]
+    train = {k: np.asarray(v) for k, v in train.items() if k in keys or k == "pooled"}
+    others = [{k: np.asarray(v) for k, v in o.items() if k in keys or k == "pooled"} for o in others]
+    extra = 0
+    if variant.aggregate > 1:
+        for key in keys:
+            train[key] = aggregate(train[key], variant.aggregate)
+            for o in others:
+                o[key] = aggregate(o[key], variant.aggregate)
+    for level, channels in variant.channels:
+        key = f"level{level}"
+        if variant.projection == "pca":
+            proj = pca_projection(train[key], channels)
+        else:
+            proj = random_projection(train[key].shape[-1], channels, seed=level)
+        extra += proj.nbytes
+        train[key] = train[key] @ proj
+        for o in others:
+            o[key] = o[key] @ proj
+    return train, others, extra
+
+
+def model_config(variant: Variant):
+    from subspace_jax import Config
+
+    return Config(
+        backbone="efficientnet_lite0",
+        levels=variant.levels,
+        sampling_level="pooled",
+        k=variant.k,
+        lam=variant.lam,
+        bank_dtype=variant.bank_dtype,
+        reconstruction=variant.reconstruction,
+    )
+
+
+def score_levels(model, features: dict, batch: int = 16) -> tuple[dict, np.ndarray]:
+    """Per level residual maps (B, h, w) and the pooled residual norm (B,) of k atoms among the candidates."""
+    import jax
+    import jax.numpy as jnp
+
+    from subspace_jax import model as model_lib
+
+    @jax.jit
+    def run(model, feats):
+        with jax.default_matmul_precision("highest"):
+            candidates = model_lib.sample_candidates(model, feats)
+            maps = model_lib.reconstruct_levels(model, feats, candidates)
+            target = feats["pooled"].astype(jnp.float32)
+            _, res = model_lib.image_pursuit(
+                model.sampling_bank, model.sampling_gram, target, candidates, model.config
+            )
+            return maps, jnp.linalg.norm(res, axis=-1)
+
+    n = len(features["pooled"])
+    out_maps, out_pooled = {}, []
+    for start in range(0, n, batch):
+        chunk = {k: np.asarray(v[start : start + batch]) for k, v in features.items()}
+        pad = batch - len(chunk["pooled"])
+        if pad:
+            chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in chunk.items()}
+        maps, pooled = run(model, chunk)
+        for key, value in maps.items():
+            out_maps.setdefault(key, []).append(np.asarray(value)[: batch - pad])
+        out_pooled.append(np.asarray(pooled)[: batch - pad])
+    return {k: np.concatenate(v) for k, v in out_maps.items()}, np.concatenate(out_pooled)
+
+
+HOLDOUT_EVERY = 10  # every 10th training image scores the statistics of nominal residuals
+
+
+def level_results(variant: Variant, cache: Path, test_index: np.ndarray) -> dict:
+    """Fit the variant on all training images and score the chosen test images; fit it again without
+    the held-out training images and score those (nominal statistics). Returns maps, pooled residuals
+    and bank bytes."""
+    from subspace_jax.model import fit_features
+    from subspace_jax.runner.workbench import bank_bytes
+
+    train = load_features(cache, variant.norm, "train")
+    test = {k: np.asarray(v[test_index]) for k, v in load_features(cache, variant.norm, "test").items()}
+    n = len(train["pooled"])
+    holdout = np.arange(0, n, HOLDOUT_EVERY)
+    rest = np.setdiff1d(np.arange(n), holdout)
+    train, (test,), proj_bytes = transform(variant, train, [test])
+    config = model_config(variant)
+    start = time.perf_counter()
+    keep = kcenter(train["pooled"], variant.coreset) if variant.coreset else np.arange(n)
+    model = fit_features({k: v[np.sort(keep)] for k, v in train.items()}, config)
+    test_maps, test_pooled = score_levels(model, test)
+    seconds = time.perf_counter() - start
+    rest_keep = kcenter(train["pooled"][rest], variant.coreset) if variant.coreset else np.arange(len(rest))
+    held_model = fit_features({k: v[rest[np.sort(rest_keep)]] for k, v in train.items()}, config)
+    held_maps, held_pooled = score_levels(held_model, {k: v[holdout] for k, v in train.items()})
+
+    def norms(feats, index=slice(None)):
+        return {f"level{lv}": np.linalg.norm(feats[f"level{lv}"][index], axis=-1) for lv in variant.levels}
+
+    return {
+        "test_norms": norms(test),
+        "held_norms": norms(train, holdout),
+        "test_maps": test_maps,
+        "test_pooled": test_pooled,
+        "held_maps": held_maps,
+        "held_pooled": held_pooled,
+        "bank_bytes": bank_bytes(model) + proj_bytes,
+        "seconds": seconds,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Map and score post-processing (fusion of the level maps, image scores)
+
+
+def standardise(maps: dict, held: dict, mode: str) -> dict:
+    """Level maps -> (map - mean) / std with nominal statistics per level ("level") or per pixel ("pixel")."""
+    if mode == "none":
+        return maps
+    out = {}
+    for key, value in maps.items():
+        ref = held[key]
+        if mode == "level":
+            mean, std = ref.mean(), ref.std()
+        else:
+            mean, std = ref.mean(axis=0), ref.std(axis=0) + 1e-6 * ref.std()
+        out[key] = (value - mean) / std
+    return out
+
+
+def fuse(maps: dict, sigma: float = 4.0, size: int = 256) -> np.ndarray:
+    """Sum of the bilinearly upsampled level maps, Gaussian-smoothed: (B, size, size)."""
+    import jax
+    import jax.numpy as jnp
+
+    from subspace_jax.maps import gaussian_blur
+
+    @jax.jit
+    def one(parts):
+        b = parts[0].shape[0]
+        up = [jax.image.resize(p.astype(jnp.float32), (b, size, size), "bilinear") for p in parts]
+        return gaussian_blur(sum(up[1:], start=up[0]), sigma)
+
+    keys = sorted(maps)
+    n = len(maps[keys[0]])
+    return np.concatenate(
+        [np.asarray(one([jnp.asarray(maps[k][i : i + 32]) for k in keys])) for i in range(0, n, 32)]
+    )
+
+
+def topk_mean(maps: np.ndarray, fraction: float) -> np.ndarray:
+    flat = maps.reshape(len(maps), -1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    return np.mean(np.partition(flat, -k, axis=1)[:, -k:], axis=1)
+
+
+def metrics_row(maps: np.ndarray, scores: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> dict:
+    from subspace_jax import metrics
+
+    return {
+        "pixel_auroc": metrics.pixel_auroc(maps, masks),
+        "pro": metrics.pro(maps, masks),
+        "image_auroc": metrics.image_auroc(scores, labels),
+        "pixel_ap": metrics.pixel_ap(maps, masks),
+    }
+
+
+def half_indices(cache: Path, half: str) -> np.ndarray:
+    from subspace_jax.data.split import stratified_halves
+
+    types = json.loads((cache / "meta" / "test_types.json").read_text())
+    a, b = stratified_halves(types, seed=SEED)
+    return {"A": a, "B": b, "full": np.arange(len(types))}[half]
+
+
+FUSIONS = ("none", "level", "pixel")
+SCORES = ("max", "top0.1%", "top1%", "pooled", "max+pooled")
+
+
+def image_scores(
+    kind: str, maps: np.ndarray, pooled: np.ndarray, held_maps: np.ndarray, held_pooled
+) -> np.ndarray:
+    """Image scores of one kind; "max+pooled" adds both after z-scoring with the held-out nominal images."""
+    if kind == "max":
+        return maps.max(axis=(1, 2))
+    if kind.startswith("top"):
+        return topk_mean(maps, float(kind[3:-1]) / 100)
+    if kind == "pooled":
+        return pooled
+    held_max = held_maps.max(axis=(1, 2))
+    return (maps.max(axis=(1, 2)) - held_max.mean()) / held_max.std() + (
+        pooled - held_pooled.mean()
+    ) / held_pooled.std()
+
+
+def evaluate_variant(variant: Variant, cache: Path, half: str, fusions=FUSIONS, scores=SCORES) -> list[dict]:
+    """Rows (one per fusion x image score) of one bank variant on one half of the test set."""
+    index = half_indices(cache, half)
+    masks = np.load(cache / "meta" / "test_masks.npy", mmap_mode="r")[index]
+    labels = np.load(cache / "meta" / "test_labels.npy")[index]
+    res = level_results(variant, cache, index)
+    rows = []
+    for fusion in fusions:
+        # "none:s8": fusion "none" smoothed with sigma 8 instead of the paper's 4.
+        mode, _, sigma = fusion.partition(":s")
+        sigma = float(sigma) if sigma else 4.0
+        if mode == "rel":  # residual relative to the feature norm at that pixel
+            test_levels = {k: v / (res["test_norms"][k] + 1e-6) for k, v in res["test_maps"].items()}
+            held_levels = {k: v / (res["held_norms"][k] + 1e-6) for k, v in res["held_maps"].items()}
+            maps, held = fuse(test_levels, sigma), fuse(held_levels, sigma)
+        else:
+            maps = fuse(standardise(res["test_maps"], res["held_maps"], mode), sigma)
+            held = fuse(standardise(res["held_maps"], res["held_maps"], mode), sigma)
+        pixel = metrics_row(maps, maps.max(axis=(1, 2)), masks, labels)
+        for kind in scores:
+            s = image_scores(kind, maps, res["test_pooled"], held, res["held_pooled"])
+            from subspace_jax import metrics
+
+            row = dict(pixel, image_auroc=metrics.image_auroc(s, labels))
+            rows.append(
+                {
+                    "variant": variant.name(),
+                    "fusion": fusion,
+                    "score": kind,
+                    "half": half,
+                    **{k: round(100 * v, 2) for k, v in row.items()},
+                    "bank_bytes": res["bank_bytes"],
+                    "fit_score_seconds": round(res["seconds"], 1),
+                }
+            )
+    return rows
+
+
+def parse_variant(text: str) -> Variant:
+    """ "norm=imagenet,levels=23,k=10,channels=2:16;3:32,projection=pca" -> Variant."""
+    values = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key == "levels":
+            values[key] = tuple(int(c) for c in value)
+        elif key == "channels":
+            values[key] = tuple(tuple(int(x) for x in pair.split(":")) for pair in value.split(";"))
+        elif key in ("k", "lam", "aggregate", "coreset"):
+            values[key] = int(value)
+        else:
+            values[key] = value
+    return Variant(**values)
+
+
+def run_baseline(name: str, cache: Path, out: Path) -> None:
+    """PatchCore (1% coreset) or SPADE (levels 2+3, K=50) on the cached features of the whole test set;
+    saves maps, scores and bank bytes to ``out/<name>_{maps,scores}.npy`` and ``<name>.json``."""
+    from subspace_jax import scoring
+    from subspace_jax.runner import core
+    from subspace_jax.runner.workbench import bank_bytes, default_config
+
+    overrides = {"patchcore": {"coreset_ratio": 0.01}, "spade": {"levels": (2, 3)}}[name]
+    method = core.resolve_method(name)
+    config = default_config(name, "mtd", backbone="efficientnet_lite0", **overrides)
+    train = {k: np.asarray(v) for k, v in load_features(cache, "tf", "train").items()}
+    test = load_features(cache, "tf", "test")
+    start = time.perf_counter()
+    model = method.fit_features(train, config, backbone_name="efficientnet_lite0", weights_sha256=None)
+    fit_seconds = time.perf_counter() - start
+    maps, scores = scoring.score_in_batches(method.scorer, model, test, batch_size=16, progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{name}_maps.npy", maps.astype(np.float32))
+    np.save(out / f"{name}_scores.npy", scores)
+    info = {"config": config.to_dict(), "bank_bytes": bank_bytes(model), "fit_seconds": fit_seconds}
+    (out / f"{name}.json").write_text(json.dumps(info, default=str))
+    print(name, info, flush=True)
+
+
+def report(maps: np.ndarray, scores: np.ndarray, cache: Path) -> dict:
+    """Metrics (%) of full-test-set maps on the full set, half A, half B, and per defect type of each
+    (that type's images with the defect-free images of the same set)."""
+    masks = np.load(cache / "meta" / "test_masks.npy", mmap_mode="r")
+    labels = np.load(cache / "meta" / "test_labels.npy")
+    types = np.asarray(json.loads((cache / "meta" / "test_types.json").read_text()))
+    out = {}
+    for half in ("full", "A", "B"):
+        index = half_indices(cache, half)
+        groups = {"all": index}
+        for t in sorted(set(types) - {"good"}):
+            groups[t] = index[(types[index] == t) | (types[index] == "good")]
+        for group, idx in groups.items():
+            row = metrics_row(maps[idx], scores[idx], np.asarray(masks[idx]), labels[idx])
+            out[f"{half}/{group}"] = {k: round(100 * v, 2) for k, v in row.items()}
+    # Pooled pixel AUROC ranks every defect pixel against every defect-free pixel of the set. Per defect
+    # type: its share of the defect pixels, and the AUROC of its defect pixels against all defect-free
+    # pixels of the full set (the pooled AUROC is the share-weighted mean of these).
+    from subspace_jax import metrics
+
+    full = np.asarray(masks)
+    normal = np.asarray(maps)[~full]
+    total = full.sum()
+    for t in sorted(set(types) - {"good"}):
+        idx = np.flatnonzero(types == t)
+        positive = np.asarray(maps[idx])[full[idx]]
+        scores_t = np.concatenate([normal, positive])
+        labels_t = np.concatenate([np.zeros(normal.size, bool), np.ones(positive.size, bool)])
+        out[f"full/pooled/{t}"] = {
+            "defect_pixel_share": round(100 * positive.size / total, 2),
+            "pixel_auroc_vs_all_normal": round(100 * metrics.image_auroc(scores_t, labels_t), 2),
+        }
+    return out
+
+
+def markdown_table(paths: list[Path]) -> str:
+    """The option rows of the JSONL files as one markdown row per (bank variant, fusion): the pixel metrics,
+    image AUROC for each image score, and the bank in MB (metrics in %)."""
+    scores = ("max", "top0.1%", "top1%", "pooled", "max+pooled")
+    header = (
+        "| bank variant | fusion | pixel AUROC | PRO | pixel AP | image AUROC: "
+        + " / ".join(scores)
+        + " | bank MB |"
+    )
+    groups: dict[tuple[str, str], dict] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            group = groups.setdefault((r["variant"], r["fusion"]), {"row": r, "image": {}})
+            group["image"].setdefault(r["score"], r["image_auroc"])
+    lines = [header, "|---|---|---:|---:|---:|---|---:|"]
+    for (variant, fusion), group in groups.items():
+        r = group["row"]
+        image = " / ".join(f"{group['image'][k]:.2f}" if k in group["image"] else "-" for k in scores)
+        lines.append(
+            f"| {variant} | {fusion} | {r['pixel_auroc']:.2f} | {r['pro']:.2f} | {r['pixel_ap']:.2f} "
+            f"| {image} | {r['bank_bytes'] / 1e6:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def run_config(config_file: Path, cache: Path, out: Path, name: str) -> None:
+    """Fit the subspace config of ``config_file`` on the cached training features, score the whole test
+    set with the library's staged scorer, save maps and scores as ``out/<name>_{maps,scores}.npy``."""
+    from subspace_jax import scoring
+    from subspace_jax.model import SCORER, fit_features
+    from subspace_jax.runner import config_files
+    from subspace_jax.runner.workbench import bank_bytes
+
+    config = config_files.load(config_file, backbone="efficientnet_lite0")
+    train = load_features(cache, "tf", "train")
+    test = load_features(cache, "tf", "test")
+    model = fit_features(train, config)
+    maps, scores = scoring.score_in_batches(SCORER, model, test, batch_size=16, progress=False)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / f"{name}_maps.npy", maps)
+    np.save(out / f"{name}_scores.npy", scores)
+    info = {"config": config.to_dict(), "bank_bytes": bank_bytes(model)}
+    (out / f"{name}.json").write_text(json.dumps(info))
+    print(name, info, flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=("features", "options", "baseline", "report", "table", "config"))
+    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, default=Path("/work/cache/research"))
+    parser.add_argument(
+        "--method", default="patchcore", help="baseline: patchcore | spade; report: maps name"
+    )
+    parser.add_argument("--config", type=Path, help="config command: a subspace config file")
+    parser.add_argument("--maps-dir", type=Path, default=Path("/work/cache/research/maps"))
+    parser.add_argument("--half", choices=("A", "B", "full"), default="A")
+    parser.add_argument("--variant", action="append", default=[], help="e.g. norm=imagenet,aggregate=3")
+    parser.add_argument("--fusions", nargs="+", default=list(FUSIONS))
+    parser.add_argument("--scores", nargs="+", default=list(SCORES))
+    parser.add_argument("--out", type=Path, default=Path("/work/cache/research/options.jsonl"))
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    if args.command == "features":
+        compute_features(args.data_root, args.cache)
+    elif args.command == "table":
+        print(markdown_table(sorted(args.cache.glob("optionsA*.jsonl"))))
+    elif args.command == "config":
+        run_config(args.config, args.cache, args.maps_dir, args.method)
+    elif args.command == "baseline":
+        run_baseline(args.method, args.cache, args.maps_dir)
+    elif args.command == "report":
+        maps = np.load(args.maps_dir / f"{args.method}_maps.npy", mmap_mode="r")
+        scores = np.load(args.maps_dir / f"{args.method}_scores.npy")
+        result = report(np.asarray(maps), scores, args.cache)
+        (args.maps_dir / f"{args.method}_report.json").write_text(json.dumps(result, indent=1))
+        for key, row in result.items():
+            print(key, row)
+    else:
+        for text in args.variant or [""]:
+            rows = evaluate_variant(parse_variant(text), args.cache, args.half, args.fusions, args.scores)
+            with args.out.open("a") as f:
+                for row in rows:
+                    f.write(json.dumps(row) + "\n")
+                    print(json.dumps(row), flush=True)
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
