@@ -6,14 +6,15 @@
    scorer (``scoring.score_in_batches`` with stage timings, as ``runner.core.run_category`` calls
    it). Only the scores are kept. The resident set size (VmRSS) and its peak (VmHWM) are read from
    ``/proc/self/status`` after the first chunk (compilation done) and after the last: they must not
-   grow with the number of batches (``--max-growth-mib``).
+   grow with the number of batches (``--max-growth-mib``). ``--gc-collect`` runs Python's cycle
+   collector after each chunk, to tell garbage awaiting collection from memory that is held.
 2. **Kill and resume.** A synthetic MVTec-layout tree of ``--categories`` categories is run once
    uninterrupted (the reference), then again in a child process killed with SIGKILL at ``--kills``
-   random points (once a random number of categories is finished, after a random further delay of up
-   to one category's share of the reference time), each time restarted with ``--resume``, and finally
-   run to completion. After every kill ``results.json`` must parse; every category entry,
-   once written, must stay byte-identical (canonical JSON) through the later restarts; the final file
-   must hold every category, with metrics equal to the reference run's.
+   random points (uniform over start-up and the next category, or over the category after that, as
+   timed in the reference run), each time restarted with ``--resume``, and finally run to completion.
+   After every kill ``results.json`` must parse; every category entry, once written, must stay
+   byte-identical (canonical JSON) through the later restarts; the final file must hold every
+   category, with metrics equal to the reference run's.
 
     python benchmarks/sustained.py --images 20000 --kills 5 --json sustained.json
 
@@ -23,6 +24,7 @@ Exit status 0 when every check passes, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -110,6 +112,8 @@ def sustained(args: argparse.Namespace) -> dict:
             checksum += float(scores.sum())
             scored += n
             del maps, scores
+            if args.gc_collect:
+                gc.collect()
             trace.append({**memory_mib(), "seconds": round(time.perf_counter() - start, 1)})
             print(f"{mode}: {scored}/{args.images} images, {trace[-1]}", flush=True)
         seconds = time.perf_counter() - start
@@ -186,26 +190,43 @@ def kill_resume(args: argparse.Namespace, workdir: Path) -> dict:
     ]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
+    # The reference run, polled to learn when each category finishes (for the kill points below).
     start = time.perf_counter()
-    reference = subprocess.run(
-        _child(names, [*common, "--out", str(workdir / "reference")]), env=env, capture_output=True, text=True
+    reference = subprocess.Popen(
+        _child(names, [*common, "--out", str(workdir / "reference")]),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    finish_times: list[float] = []
+    while reference.poll() is None:
+        count = _count_finished(workdir / "reference")
+        while len(finish_times) < count:
+            finish_times.append(time.perf_counter() - start)
+        time.sleep(0.05)
     reference_seconds = time.perf_counter() - start
     if reference.returncode != 0:
-        raise RuntimeError(f"reference run failed:\n{reference.stderr[-3000:]}")
+        raise RuntimeError(f"reference run failed:\n{reference.stderr.read()[-3000:]}")
     expected = _read_results(workdir / "reference")["categories"]
+    gaps = np.diff([0.0, *finish_times]) if finish_times else np.array([reference_seconds])
+    per_category = float(np.median(gaps[1:])) if gaps.size > 1 else float(gaps[0])
 
     out_dir = workdir / "killed"
     rng = random.Random(args.seed)
     first_seen: dict[str, str] = {}
     kills, problems = [], []
-    per_category = reference_seconds / len(names)
     for attempt in range(args.kills):
-        # A random point of the run: once a random number of categories (at least those already done,
-        # at most all but one) is finished, a random further delay of up to one category's time.
+        # A random point of the run: once a random target count of finished categories is reached
+        # (those already done, or one more; never the last category unless it is all that is left),
+        # after a random delay; at once if one more category finishes first.
         done = len(first_seen)
-        target = rng.randint(min(done, len(names) - 1), len(names) - 1)
-        extra = rng.uniform(0.0, per_category)
+        last = len(names) - 1
+        target = rng.randint(done, min(done + 1, last - 1)) if done < last else last
+        # Counted from the launch (the target is already reached): anywhere in start-up and the first
+        # category; counted from the target category's write: anywhere in the next category.
+        first_finish = finish_times[0] if finish_times else reference_seconds
+        extra = rng.uniform(0.0, 0.9 * first_finish if target == done else 0.8 * per_category)
         proc = subprocess.Popen(
             _child(names, [*common, "--out", str(out_dir), "--resume"]),
             env=env,
@@ -214,12 +235,13 @@ def kill_resume(args: argparse.Namespace, workdir: Path) -> dict:
         )
         started, reached = time.perf_counter(), None
         while proc.poll() is None:
-            if reached is None and _count_finished(out_dir) >= target:
+            count = _count_finished(out_dir)
+            if reached is None and count >= target:
                 reached = time.perf_counter()
-            if reached is not None and time.perf_counter() - reached >= extra:
+            if reached is not None and (time.perf_counter() - reached >= extra or count > target):
                 proc.send_signal(signal.SIGKILL)
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         killed = proc.wait() == -signal.SIGKILL
         elapsed = time.perf_counter() - started
         try:
@@ -266,6 +288,7 @@ def kill_resume(args: argparse.Namespace, workdir: Path) -> dict:
     return {
         "categories": names,
         "reference_seconds": round(reference_seconds, 1),
+        "reference_category_finished_at_seconds": [round(t, 1) for t in finish_times],
         "kills": kills,
         "finished_before_final_resume": sorted(first_seen),
         "hidden_leftovers_in_out": leftovers,
@@ -281,9 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--max-growth-mib", type=float, default=64.0, help="allowed RSS growth after chunk 1")
+    parser.add_argument(
+        "--gc-collect", action="store_true", help="run Python's cycle collector after every chunk"
+    )
     parser.add_argument("--categories", type=int, default=4, help="categories in the kill/resume tree")
-    parser.add_argument("--n-train", type=int, default=10)
-    parser.add_argument("--n-test", type=int, default=10)
+    parser.add_argument("--n-train", type=int, default=16)
+    parser.add_argument("--n-test", type=int, default=48)
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill times")
     parser.add_argument("--skip", choices=("memory", "kills"), default=None, help="run only the other part")
