@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import subspace_jax as sj  # noqa: E402
+from subspace_jax import maps as maps_lib  # noqa: E402
 from subspace_jax import model as model_lib  # noqa: E402
 from subspace_jax import omp as omp_lib  # noqa: E402
 
@@ -96,8 +97,11 @@ def run_case(name: str, train: dict, test: dict, base: sj.Config, batch_size: in
     n_images = len(batches) * batch_size
     sample = jax.jit(model_lib.sample_candidates)
     gathered = jax.jit(model_lib.reconstruct_levels)
-    fuse = jax.jit(model_lib.fuse_maps, static_argnums=(1, 2))
     size = (base.output_size, base.output_size)
+
+    def fuse(level_maps, size, config):
+        return maps_lib.maps_and_scores_jit(level_maps, size, fusion=config.fusion, sigma=config.sigma)
+
     lines = []
     for sampling in ("subspace", "random", "none"):
         model = sj.fit_features(train, dataclasses.replace(base, sampling=sampling))

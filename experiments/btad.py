@@ -1,4 +1,4 @@
-"""BTAD: fit and evaluate every category, write results.json / results.md, print the paper's numbers beside ours.
+"""BTAD: fit and evaluate every category; write results.json / results.md with the paper's numbers.
 
     python experiments/btad.py --data-root PATH [--backbone efficientnet_lite0] [--out DIR] [--resume] ...
 

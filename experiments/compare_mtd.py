@@ -61,7 +61,8 @@ def run_row(label, config, bench, batch_size, progress) -> dict:
     row, _, _ = workbench.evaluate(bench, method_name, config, batch_size=batch_size, progress=progress)
     row["label"] = label
     print(
-        f"{label}: pixel AUROC {row['pixel_auroc']:.4f} PRO {row['pro']:.4f} image AUROC {row['image_auroc']:.4f} "
+        f"{label}: pixel AUROC {row['pixel_auroc']:.4f} PRO {row['pro']:.4f} "
+        f"image AUROC {row['image_auroc']:.4f} "
         f"bank {row['bank_seconds']:.1f} s, method {1000 * row['method_seconds_per_image']:.1f} ms/image",
         flush=True,
     )
@@ -90,39 +91,44 @@ def markdown(rows: list[dict], command: str, info: dict) -> str:
         "# MTD: subspace-guided reconstruction against PatchCore and SPADE "
         f"({rows[0]['config']['backbone']})",
         "",
-        f"Backbone `{rows[0]['config']['backbone']}` (ImageNet weights), {rows[0]['config']['image_size']} px, "
-        f"MTD canonical split: {rows[0]['n_train']} defect-free training images, {rows[0]['n_test']} test images. "
+        f"Backbone `{rows[0]['config']['backbone']}` (ImageNet weights), "
+        f"{rows[0]['config']['image_size']} px, MTD canonical split: {rows[0]['n_train']} defect-free "
+        f"training images, {rows[0]['n_test']} test images. "
         "All methods read the same cached backbone features. Metrics in %.",
         "",
-        "| method | settings | pixel AUROC | PRO | image AUROC | pixel AP | fit s | s / image | method ms / image | bank memory (bytes) |",
+        "| method | settings | pixel AUROC | PRO | image AUROC | pixel AP | fit s | s / image "
+        "| method ms / image | bank memory (bytes) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['label']} | {settings_text(r)} | {100 * r['pixel_auroc']:.1f} | {100 * r['pro']:.1f} | "
             f"{100 * r['image_auroc']:.1f} | {100 * r['pixel_ap']:.1f} | {r['fit_seconds']:.1f} | "
-            f"{r['seconds_per_image']:.3f} | {1000 * r['method_seconds_per_image']:.1f} | {r['bank_bytes']:,} |"
+            f"{r['seconds_per_image']:.3f} | {1000 * r['method_seconds_per_image']:.1f} | "
+            f"{r['bank_bytes']:,} |"
         )
     lines += [
         "",
         "- fit s = backbone over the training images (shared, "
-        f"{rows[0]['backbone_train_seconds']:.1f} s) + building the bank; s / image = backbone + scoring per test "
-        "image; method ms / image = scoring alone (sampling, reconstruction or nearest-neighbour search, maps), "
-        "after one untimed batch that compiles the scorer. The methods ran one after another on a 2-core machine "
-        "shared with other jobs (load average about 6): read times as magnitudes, uncertain by tens of percent.",
-        "- Bank memory: every array the fitted model holds (subspace: per-level banks, Gram matrices and the "
-        "sampling bank; PatchCore: the coreset; SPADE: all training features of its levels and the pooled vectors).",
+        f"{rows[0]['backbone_train_seconds']:.1f} s) + building the bank; s / image = backbone + scoring "
+        "per test image; method ms / image = scoring alone (sampling, reconstruction or nearest-neighbour "
+        "search, maps), after one untimed batch that compiles the scorer. The methods ran one after another "
+        "on a 2-core machine shared with other jobs (load average about 6): read times as magnitudes, "
+        "uncertain by tens of percent.",
+        "- Bank memory: every array the fitted model holds (subspace: per-level banks, Gram matrices and "
+        "the sampling bank; PatchCore: the coreset; SPADE: all training features of its levels and the "
+        "pooled vectors).",
         "- Deviation: PatchCore's coreset ratio is "
-        f"{next((r['config']['coreset_ratio'] for r in rows if r['method'] == 'patchcore'), 'n/a')} instead of the "
-        "paper's 0.1: the greedy coreset's time grows with the number of patches it picks (its fit time above is "
-        "almost all coreset), so 0.1 would take about ten times as long on this CPU.",
+        f"{next((r['config']['coreset_ratio'] for r in rows if r['method'] == 'patchcore'), 'n/a')} "
+        "instead of the paper's 0.1: the greedy coreset's time grows with the number of patches it picks "
+        "(its fit time above is almost all coreset), so 0.1 would take about ten times as long on this CPU.",
         *(
             []
             if any(r["label"] == "SPADE" for r in rows)
             else [
-                "- Deviation: SPADE's own setting (K = 50 nearest images, levels 1-3) was too slow for this CPU (our run "
-                "was stopped after 22 minutes of scoring, more than 2.2 s per image); the table has K = 10 on levels 1-3 "
-                "and K = 50 on levels 2+3 instead."
+                "- Deviation: SPADE's own setting (K = 50 nearest images, levels 1-3) was too slow for "
+                "this CPU (our run was stopped after 22 minutes of scoring, more than 2.2 s per image); the "
+                "table has K = 10 on levels 1-3 and K = 50 on levels 2+3 instead."
             ]
         ),
         f"- Machine: {info['machine']}; jax {info['jax']} on {info['devices']}.",

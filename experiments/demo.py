@@ -1,4 +1,4 @@
-"""Demo: find synthetic defects by subspace-guided feature reconstruction, offline, in about a minute on a CPU.
+"""Demo: find synthetic defects by subspace-guided feature reconstruction, offline, in a minute on a CPU.
 
     python experiments/demo.py [--out results/demo] [--categories weave shape] [--image-size 128]
 

@@ -4,9 +4,10 @@
         [--k 1 3 5 10] [--lam 10 20 30 50] [-- any other experiments/mtd.py flags]
 
 Each grid point is one ``experiments/mtd.py`` run (in this process) writing ``<out>/k<k>-lam<lam>/``;
-points already finished there are reused; k > lam is skipped (k atoms are chosen among lam images). ``<out>/grid.md`` and ``grid.json`` hold pixel AUROC and PRO
-per point and the best point by PRO (ties: pixel AUROC). The grid is evaluated on MTD's test set, so
-parameters chosen from it are tuned on the data they are reported on: state that bias with them.
+points already finished there are reused; k > lam is skipped (k atoms are chosen among lam images).
+``<out>/grid.md`` and ``grid.json`` hold pixel AUROC and PRO per point and the best point by PRO (ties:
+pixel AUROC). The grid is evaluated on MTD's test set, so parameters chosen from it are tuned on the data
+they are reported on: state that bias with them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Scoring time of subspace, random and no sampling on MTD, side by side in one process, from cached features.
+"""Scoring time of subspace, random and no sampling on MTD, side by side in one process, from cached features
 
-    python experiments/mtd_sampling_speed.py --data-root /data/mtd --feature-cache DIR [--rounds 3]
-        [--k 5 --lam 50]
+    python experiments/mtd_sampling_speed.py --data-root /data/mtd --feature-cache DIR \\
+        [--config experiments/configs/mtd_paper.py] [--rounds 3] [--k 5 --lam 50]
 
 Reads the backbone features from the runner's feature cache (``experiments/mtd.py --feature-cache DIR``
 fills the same entries), computing and storing them when it lacks them. The three settings are fitted

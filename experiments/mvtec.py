@@ -1,4 +1,4 @@
-"""MVTec AD: fit and evaluate every category, write results.json / results.md, print the paper's numbers beside ours.
+"""MVTec AD: fit and evaluate every category; write results.json / results.md with the paper's numbers.
 
     python experiments/mvtec.py --data-root PATH [--backbone efficientnet_lite0] [--out DIR] [--resume] ...
 

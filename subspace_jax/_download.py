@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,9 +23,17 @@ from ._io import atomic_file
 __all__ = ["DownloadError", "NETWORK_ERRORS", "download_file", "stream_to_file"]
 
 _CHUNK = 1 << 20
-# What urlopen and the read loop raise when the network or the server fails part-way: URLError for
-# refused connections and unknown hosts, HTTPException for truncated bodies, OSError for resets.
-NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError)
+# What urlopen and the read loop raise when the network or the server fails: URLError for refused
+# connections, unknown hosts and HTTP error statuses, HTTPException for broken responses, ConnectionError
+# and TimeoutError for resets and stalls mid-body, SSLError for TLS failures. Other OSErrors (a full disk,
+# an unwritable folder) are local and propagate as they are.
+NETWORK_ERRORS = (
+    urllib.error.URLError,
+    http.client.HTTPException,
+    ConnectionError,
+    TimeoutError,
+    ssl.SSLError,
+)
 
 
 class DownloadError(OSError):
@@ -54,7 +63,8 @@ def stream_to_file(
     """Write the body of ``url`` to ``path`` (created or truncated) and return its sha256 hex digest.
 
     Raises :class:`DownloadError` naming the URL on any network failure, including a body shorter than
-    its ``Content-Length``; ``path`` may then hold a partial body, which the caller removes.
+    its ``Content-Length``; ``path`` may then hold a partial body, which the caller removes. Local file
+    errors (``OSError``) propagate unchanged.
     """
     digest = hashlib.sha256()
     received = 0
@@ -77,11 +87,7 @@ def stream_to_file(
         # http.client ends a body cut short by the server without an error; compare with the header.
         if total and received != int(total):
             raise DownloadError(url, f"received {received} of {int(total)} bytes")
-    except DownloadError:
-        raise
     except NETWORK_ERRORS as error:
-        if isinstance(error, FileNotFoundError | PermissionError | IsADirectoryError):
-            raise  # a local file problem, not the network's
         raise DownloadError(url, _reason(error)) from error
     return digest.hexdigest()
 

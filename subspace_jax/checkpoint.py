@@ -120,7 +120,7 @@ def _methods() -> dict[str, _Method]:
 
 def _static_fields(cls: type) -> list[str]:
     """Static (pytree metadata) fields of a model class other than config and the backbone identity."""
-    skip = {"config", "backbone_name", "weights_sha256"}
+    skip = {"config", "backbone_name", "weights_sha256", "thresholds"}  # thresholds: their own entry
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("static") and f.name not in skip]
 
 
@@ -164,6 +164,7 @@ def _build(method: _Method, flat: Mapping[str, Any], config: Any, metadata: Mapp
         backbone_name=metadata["backbone"]["name"],
         weights_sha256=metadata["backbone"]["weights_sha256"],
         **metadata["static"],
+        **({"thresholds": metadata["thresholds"]} if "thresholds" in metadata else {}),
     )
 
 
@@ -406,6 +407,8 @@ def save(model: Any, path: str | os.PathLike) -> Path:
             for name, value in flat.items()
         },
     }
+    if getattr(model, "thresholds", None) is not None:  # optional: only calibrated models have them
+        metadata["thresholds"] = model.thresholds.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
     _recover_and_clean(path)
     _check_overwritable(path)
@@ -517,6 +520,15 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{meta_path}: corrupted metadata, 'static' is {static!r}; {metadata['method']} models "
             f"need {expected_static} as ints >= 1"
         )
+    if "thresholds" in metadata:
+        from subspace_jax.calibration import Thresholds
+
+        if not any(f.name == "thresholds" for f in dataclasses.fields(method.model_cls)):
+            raise CheckpointError(f"{meta_path}: {metadata['method']} models carry no thresholds")
+        try:
+            metadata["thresholds"] = Thresholds.from_dict(metadata["thresholds"])
+        except ValueError as error:
+            raise CheckpointError(f"{meta_path}: invalid thresholds ({error})") from error
     _check_array_specs(meta_path, method, metadata, config)
     metadata["config"] = config
     metadata["path"] = path

@@ -84,9 +84,7 @@ def fuse_maps(
     chex.assert_equal_shape_prefix(maps, 1)
     batch = maps[0].shape[0]
     height, width = out_size
-    upsampled = [
-        jax.image.resize(m.astype(jnp.float32), (batch, height, width), "bilinear") for m in maps
-    ]
+    upsampled = [jax.image.resize(m.astype(jnp.float32), (batch, height, width), "bilinear") for m in maps]
     if fusion == "product":
         fused = math.prod(upsampled[1:], start=upsampled[0])
     else:

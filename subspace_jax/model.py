@@ -1,10 +1,11 @@
 """Subspace-guided feature reconstruction: ``Config``, ``fit``, ``Model`` and the pure scorer.
 
-Method (``docs/method.md``, "The method"): every nominal training image is one atom per reconstruction level; the bank
-``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is rebuilt from at most ``k`` rows by
-orthogonal matching pursuit (Batch-OMP on the precomputed Gram matrix); what cannot be rebuilt is
-the anomaly. Subspace-guided sampling first runs OMP with ``lam`` atoms at a high level (level 4 or
-the pooled vector) and restricts the low-level reconstruction to the chosen images.
+Method (``docs/method.md``, "Image atoms and the bank"): every nominal training image is one atom per
+reconstruction level; the bank ``D_l`` has one row ``vec(φ_l(x_i))`` per image. A test map is
+rebuilt from at most ``k`` rows by orthogonal matching pursuit (Batch-OMP on the precomputed Gram
+matrix); what cannot be rebuilt is the anomaly. Subspace-guided sampling first runs OMP with ``lam``
+atoms at a high level (level 4 or the pooled vector) and restricts the low-level reconstruction to
+the chosen images.
 
 Layers, outermost first:
 
@@ -118,7 +119,6 @@ class Config(BaseConfig):
 
     method: ClassVar[str] = "subspace"
 
-    levels: tuple[int, ...] = (2, 3)
     sampling_level: int | str = 4
     sampling: str = "subspace"
     lam: int = 50
@@ -176,6 +176,8 @@ class Model(BackboneBinding):
       config: the ``Config`` (static).
       backbone_name: the backbone that produced the features (static).
       weights_sha256: hex sha256 of that backbone's weights, None when unknown (static).
+      thresholds: ``calibration.Thresholds`` for ``predict``, None until calibrated (static; the
+        scorer never sees it, so calibrating does not recompile scoring).
     """
 
     banks: dict[str, Array]
@@ -185,6 +187,7 @@ class Model(BackboneBinding):
     config: Config = dataclasses.field(metadata=dict(static=True))
     backbone_name: str = dataclasses.field(metadata=dict(static=True))
     weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
+    thresholds: Any = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def n_train(self) -> int:
@@ -197,7 +200,34 @@ class Model(BackboneBinding):
         selected = _select_features(features, self.config)
         check_feature_shapes(self, selected)
         batching.check_finite_features(selected)
-        return _score_features_jit(self, selected)
+        return _score_features_jit(self._scorer(), selected)
+
+    def _scorer(self) -> Model:
+        # Thresholds are static metadata: strip them so that calibrated and uncalibrated models share
+        # one compiled scorer.
+        return self if self.thresholds is None else self._replace_thresholds(None)
+
+    def _replace_thresholds(self, thresholds: Any) -> Model:
+        model = dataclasses.replace(self, thresholds=thresholds)
+        if getattr(self, "_backbone", None) is not None:  # keep the binding (no field, not copied)
+            object.__setattr__(model, "_backbone", self._backbone)
+        return model
+
+    def with_thresholds(self, thresholds: Any) -> Model:
+        """A copy of this model carrying ``thresholds`` (from ``sj.calibrate``) for ``predict``."""
+        from subspace_jax.calibration import Thresholds
+
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise ValueError(f"thresholds: expected subspace_jax.Thresholds, got {type(thresholds).__name__}")
+        return self._replace_thresholds(thresholds)
+
+    def predict(self, images: ImageSource, batch_size: int = 8, *, progress: bool = True, **kwargs):
+        """Maps, scores, normalised scores (0.5 = threshold), decisions and masks of ``images``
+        under the model's thresholds: see ``subspace_jax.calibration.predict`` and ``Prediction``.
+        The thresholds bound false alarms on nominal images; they do not control recall."""
+        from subspace_jax.calibration import predict
+
+        return predict(self, images, batch_size, progress=progress, **kwargs)
 
     def score(
         self,
@@ -227,7 +257,7 @@ class Model(BackboneBinding):
         """
         return scoring.score_in_batches(
             SCORER,
-            self,
+            self._scorer(),
             images,
             batch_size=batch_size,
             backbone=backbone,
@@ -298,6 +328,10 @@ def fit(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    validation_fraction: float = 0.0,
+    validation: ImageSource = None,
+    false_alarm_rate: float = 0.01,
+    seed: int = 0,
 ) -> Model:
     """Extract features of the nominal ``images`` and build the ``Model`` (no training).
 
@@ -309,7 +343,23 @@ def fit(
       backbone: a loaded backbone whose ``name`` is ``config.backbone``; loaded by name if None.
       batch_size: images per backbone call.
       progress: show a progress bar.
+      validation_fraction: when > 0, this fraction of ``images`` (an array or a list of paths), drawn
+        with ``seed``, is held out of the bank and calibrates thresholds (``sj.calibrate``) at
+        ``false_alarm_rate``. They bound false alarms, not recall.
+      validation: held-out defect-free images to calibrate on instead (excludes validation_fraction).
     """
+    if validation is not None or validation_fraction:
+        from subspace_jax import calibration
+
+        if validation is not None and validation_fraction:
+            raise ValueError("validation, validation_fraction: give one of them, not both")
+        if validation is None:
+            images, validation = calibration.split_images(images, validation_fraction, seed)
+        model = fit(images, config, backbone, batch_size=batch_size, progress=progress)
+        thresholds = calibration.calibrate(
+            model, validation, false_alarm_rate=false_alarm_rate, batch_size=batch_size, progress=progress
+        )
+        return model.with_thresholds(thresholds)
     if backbone is None:
         from subspace_jax import backbones
 
@@ -505,14 +555,15 @@ def image_pursuit(
     Returns:
       the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
 
-    Sampling exists to touch only the m candidate rows (``docs/method.md``, "Computation"). When m ≤ N/2 (the usual λ ≪ N)
-    that is what happens: per test image the rows D[idx] (m, d) are gathered, α = D[idx] y (m,),
-    Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the residual is rebuilt from the
-    k chosen rows. Images are processed one at a time (``lax.map``), so memory holds one (m, d)
-    float32 block, not B of them. When m > N/2 (sampling ``none``, or λ close to N) the correlations
-    are one batched product α = y Dᵀ against the whole bank, with the non-candidates masked out:
-    gathering is memory-bound and per image, the whole-bank product compute-bound and shared by the
-    batch, and on CPU the two cost the same near m = N/2 (``benchmarks/bench_gather.md``).
+    Sampling exists to touch only the m candidate rows (``docs/method.md``, "Computation"). When
+    m ≤ N/2 (the usual λ ≪ N) that is what happens: per test image the rows D[idx] (m, d) are
+    gathered, α = D[idx] y (m,), Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the
+    residual is rebuilt from the k chosen rows. Images are processed one at a time (``lax.map``), so
+    memory holds one (m, d) float32 block, not B of them. When m > N/2 (sampling ``none``, or λ close
+    to N) the correlations are one batched product α = y Dᵀ against the whole bank, with the
+    non-candidates masked out: gathering is memory-bound and per image, the whole-bank product
+    compute-bound and shared by the batch, and on CPU the two cost the same near m = N/2
+    (``benchmarks/bench_gather.md``).
     """
     atoms, gram = jnp.asarray(atoms), jnp.asarray(gram, jnp.float32)
     n = atoms.shape[0]

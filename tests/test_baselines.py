@@ -303,7 +303,7 @@ def test_patchcore_map_peaks_at_out_of_distribution_patch(reweight):
     assert float(scores[1]) > 3 * float(scores[0])
 
 
-# --- SPADE ---------------------------------------------------------------------------------------------------
+# --- SPADE ----------------------------------------------------------------------------------------------
 
 
 def test_nearest_images_match_numpy_argsort():

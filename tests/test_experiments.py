@@ -470,6 +470,31 @@ def test_data_root_comes_from_the_environment(tree, tmp_path, monkeypatch, capsy
     assert "unknown ['bottle']" in capsys.readouterr().err
 
 
+def test_data_root_falls_back_to_the_datasets_own_search(tree, tmp_path, monkeypatch, capsys):
+    """MTD's runner finds the data where the tests do (env, ../shared/data/mtd, download cache)."""
+    from subspace_jax.data.mtd import DOWNLOAD_COMMAND, MTDNotFoundError, find_root
+
+    assert datasets.MTD.find_root is not None and datasets.MVTEC.find_root is None
+    monkeypatch.delenv("SUBSPACE_JAX_MVTEC", raising=False)
+    found = dataclasses.replace(SYNTHETIC, find_root=lambda: tree)
+    with pytest.raises(SystemExit):  # past the data root: stops at the category check, before any work
+        core.main(found, ["--out", str(tmp_path / "x"), "--categories", "bottle"])
+    assert "unknown ['bottle']" in capsys.readouterr().err
+
+    def nowhere():
+        raise MTDNotFoundError(f"MTD not found; get it with `{DOWNLOAD_COMMAND}`")
+
+    with pytest.raises(SystemExit):
+        core.main(dataclasses.replace(SYNTHETIC, find_root=nowhere), ["--out", str(tmp_path / "x")])
+    assert f"--data-root: not given, and MTD not found; get it with `{DOWNLOAD_COMMAND}`" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("SUBSPACE_JAX_MTD", str(tree))  # not an MTD folder: find_root's own error
+    with pytest.raises(MTDNotFoundError):
+        find_root()
+    assert not (tmp_path / "x").exists()
+
+
 def test_mtd_defaults_are_the_papers_mtd_setting_and_every_field_is_a_flag(capsys):
     method = core.resolve_method("subspace")
     config = core.default_config(datasets.MTD, method)

@@ -60,7 +60,6 @@ class PatchCoreConfig(common.BaselineConfig):
 
     method: ClassVar[str] = "patchcore"
 
-    levels: tuple[int, ...] = (2, 3)
     coreset_ratio: float = 0.1
     projection_dim: int | None = 128
     reweight: bool = False
@@ -103,7 +102,7 @@ def patch_embeddings(features: Mapping[str, Array], levels: tuple[int, ...]) -> 
       features: backbone dict with "level<l>" maps (B, h_l, w_l, c_l) for every l in `levels`.
       levels: strictly increasing level numbers.
     """
-    maps = [local_average(jnp.asarray(features[common.level_key(l)], jnp.float32)) for l in levels]
+    maps = [local_average(jnp.asarray(features[common.level_key(level)], jnp.float32)) for level in levels]
     batch, height, width, _ = maps[0].shape
     resized = [
         m
@@ -347,7 +346,7 @@ def fit_features(
     """
     if not isinstance(config, PatchCoreConfig):
         raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
-    keys = [common.level_key(l) for l in config.levels]
+    keys = [common.level_key(level) for level in config.levels]
     checked = common.check_features(features, keys)
     emb = patch_embeddings(checked, config.levels)
     flat = emb.reshape(-1, emb.shape[-1])
@@ -368,7 +367,7 @@ def fit(
     bound to `backbone` (loaded by `config.backbone` when None)."""
     if not isinstance(config, PatchCoreConfig):
         raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
-    keys = [common.level_key(l) for l in config.levels]
+    keys = [common.level_key(level) for level in config.levels]
     features, backbone = common.extract_features(
         images, config, backbone, keys, batch_size, progress, "PatchCore fit"
     )

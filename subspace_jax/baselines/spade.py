@@ -196,7 +196,7 @@ class SpadeModel(batching.BackboneBinding):
 
 
 def _feature_keys(config: SpadeConfig) -> list[str]:
-    return ["pooled", *(common.level_key(l) for l in config.levels)]
+    return ["pooled", *(common.level_key(level) for level in config.levels)]
 
 
 SCORER = common.staged_scorer(jax.jit(match), "mean", _feature_keys, _score_images_jit)

@@ -25,6 +25,7 @@ import numpy as np
 from subspace_jax.runner import cli, config_files, figures, results
 from subspace_jax.runner import features as feature_io
 
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What distinguishes one benchmark script from another; everything else is shared.
@@ -41,6 +42,9 @@ class DatasetSpec:
     categories: tuple[str, ...]
     open: Callable[[Path, str], Any]
     configs: Mapping[str, Path] = dataclasses.field(default_factory=dict)
+    # Where to look when neither --data-root nor env_var is given (MTD: subspace_jax.data.mtd.find_root,
+    # which knows ../shared/data/mtd and the download cache); raises FileNotFoundError saying where it looked.
+    find_root: Callable[[], Path] | None = None
 
 
 def resolve_method(name: str) -> Any:
@@ -192,7 +196,7 @@ def run_category(
     settings: RunSettings,
 ) -> dict[str, Any]:
     """Fit and evaluate one category; returns its results entry (the keys of ``results.REQUIRED_KEYS``,
-    described in ``docs/method.md``, "Evaluation protocol", plus extras)."""
+    described in ``docs/method.md``, "Results file", plus extras)."""
     from subspace_jax import metrics, scoring
 
     reset_peak_rss()
@@ -307,9 +311,7 @@ def method_and_defaults(spec: DatasetSpec, argv: Sequence[str]) -> tuple[Any, An
     return method, config
 
 
-def build_parser(
-    spec: DatasetSpec, method: Any, defaults: Any
-) -> tuple[argparse.ArgumentParser, list[str]]:
+def build_parser(spec: DatasetSpec, method: Any, defaults: Any) -> tuple[argparse.ArgumentParser, list[str]]:
     """The full parser for ``spec`` and ``method``: runner flags, then one flag per Config field
     (``defaults`` feeds their help texts)."""
     parser = argparse.ArgumentParser(
@@ -324,7 +326,8 @@ def build_parser(
         "--data-root",
         type=Path,
         default=None,
-        help=f"dataset folder (default: the environment variable {spec.env_var})",
+        help=f"dataset folder (default: the environment variable {spec.env_var}"
+        + (", else the places subspace_jax.data.mtd.find_root looks)" if spec.find_root else ")"),
     )
     if len(spec.categories) > 1:
         run.add_argument(
@@ -464,6 +467,11 @@ def _main(spec: DatasetSpec, argv: list[str], debug: bool) -> int:
         parser.error(str(exc))
 
     data_root = ns.data_root or (Path(os.environ[spec.env_var]) if os.environ.get(spec.env_var) else None)
+    if data_root is None and spec.find_root is not None:
+        try:
+            data_root = spec.find_root()
+        except FileNotFoundError as exc:
+            parser.error(f"--data-root: not given, and {exc}")
     if data_root is None:
         parser.error(f"--data-root: not given and {spec.env_var} is not set; pass the {spec.title} folder")
     if not data_root.is_dir():

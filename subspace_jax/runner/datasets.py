@@ -1,4 +1,4 @@
-"""The three benchmarks of the paper as :class:`DatasetSpec` values (the scripts in ``experiments/`` run them)."""
+"""The paper's three benchmarks as :class:`DatasetSpec` values (the scripts in ``experiments/`` run them)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,12 @@ def _mtd(root: Path, category: str) -> Any:
     from subspace_jax.data import MTD
 
     return MTD(root)
+
+
+def _mtd_root() -> Path:
+    from subspace_jax.data.mtd import find_root
+
+    return find_root()
 
 
 def _categories(name: str) -> tuple[str, ...]:
@@ -55,4 +61,5 @@ MTD = DatasetSpec(
     categories=("mtd",),
     open=_mtd,
     configs={"subspace": CONFIG_DIR / "mtd_paper.py"},
+    find_root=_mtd_root,
 )

@@ -1,5 +1,5 @@
-"""The results file (``results.json``; its keys are described in ``docs/method.md``, "Evaluation
-protocol") and its Markdown/console tables.
+"""The results file (``results.json``; its keys are described in ``docs/method.md``, "Results
+file") and its Markdown/console tables.
 
 Required per-category keys are exactly those of the schema; the runner adds ``f1_max``, ``timings``
 (seconds: ``load_train``, ``load_test``, ``backbone_train``, ``fit``, ``backbone_test``, the scoring
@@ -119,7 +119,8 @@ def check_resumable(document: Mapping[str, Any], dataset: str, config: Mapping[s
     """Refuse to resume a run of another dataset or configuration, naming the differing settings."""
     if document["dataset"] != dataset:
         raise ResultsError(
-            f"{path}: holds results for dataset {document['dataset']!r}, not {dataset!r}; choose another --out"
+            f"{path}: holds results for dataset {document['dataset']!r}, not {dataset!r}; "
+            "choose another --out"
         )
     stored, requested = document["config"], jsonable(config)
     if stored != requested:

@@ -1,0 +1,279 @@
+"""Thresholds from defect-free images only: ``calibrate``, ``Thresholds`` and ``predict``.
+
+A user with good parts and no labelled defects chooses a false-alarm rate r; the image threshold is
+set so that at most a fraction r of defect-free images are called anomalous, and the pixel threshold
+so that at most a fraction r of defect-free pixels are marked. **A threshold set from nominal images
+alone controls false alarms, not recall**: nothing in it says how many defects will be caught, which
+depends on how far the defects' scores lie above the nominal ones. Measure recall on labelled defects
+(``subspace-jax evaluate``) before relying on it.
+
+Quantile definition. With n held-out nominal scores s_(1) ≤ ... ≤ s_(n), the threshold is the order
+statistic t = s_(k), k = ⌈(1 − r)(n + 1)⌉, and an image is anomalous when its score is > t. For a new
+nominal image exchangeable with the held-out ones, P(score > t) = (n + 1 − k)/(n + 1) ≤ r (the
+split-conformal bound), and ≥ r − 1/(n + 1). When k > n, i.e. n < 1/r − 1, no order statistic reaches
+the rate: the maximum is used, the achievable rate is then about 1/(n + 1) > r, and a warning says so.
+The same rule over all map values of the held-out images gives the pixel threshold.
+
+Normalised scores: ``normalize(s, t) = clip(s / (2 t), 0, 1)``, so 0 is a score of 0, 0.5 is the
+threshold and 1 is twice the threshold or more (scores and maps are non-negative residual norms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+# Pixel thresholds at rates other than the calibrated one come from this table of the nominal pixel
+# quantile function: rates log-spaced from 1e-6 to 0.5, linear interpolation in log(rate).
+_TABLE_RATES = np.geomspace(1e-6, 0.5, 97)
+
+
+def order_statistic_threshold(values: np.ndarray, false_alarm_rate: float, what: str = "scores") -> float:
+    """s_(k) with k = ⌈(1 − r)(n + 1)⌉ (clamped to n, with a warning) of ``values`` (any shape).
+
+    Anomalous means ``value > threshold``; see the module docstring for the guarantee.
+    """
+    rate = _check_rate(false_alarm_rate)
+    flat = np.asarray(values, dtype=np.float64).reshape(-1)
+    n = flat.size
+    if n == 0:
+        raise ValueError(f"{what}: expected at least one nominal value to calibrate on, got none")
+    if not np.all(np.isfinite(flat)):
+        raise ValueError(f"{what}: nominal values must be finite")
+    k = math.ceil((1.0 - rate) * (n + 1))
+    if k > n:
+        warnings.warn(
+            f"{what}: {n} nominal values cannot resolve a false-alarm rate of {rate:g} (needs at least "
+            f"{math.ceil(1 / rate) - 1}); using their maximum, so the rate achieved is about "
+            f"{1 / (n + 1):.3g}",
+            stacklevel=3,
+        )
+        k = n
+    return float(np.partition(flat, k - 1)[k - 1])
+
+
+def _check_rate(rate: Any) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
+        raise ValueError(f"false_alarm_rate: expected a number in (0, 1), got {rate!r}")
+    return float(rate)
+
+
+def normalize(values: Any, threshold: float) -> np.ndarray:
+    """``clip(values / (2 threshold), 0, 1)``: 0.5 at the threshold (values are non-negative)."""
+    values = np.asarray(values, dtype=np.float32)
+    if threshold <= 0:
+        return np.where(values > threshold, 1.0, 0.5).astype(np.float32)
+    return np.clip(values / np.float32(2.0 * threshold), 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Decision thresholds calibrated on defect-free images (hashable: a static field of ``Model``).
+
+    Attributes:
+      image: image threshold; an image is anomalous when its score is > image.
+      pixel: pixel threshold; a map pixel is anomalous when its value is > pixel.
+      false_alarm_rate: the rate r both thresholds were set for.
+      nominal_scores: the sorted image scores of the n held-out nominal images (so another rate can be
+        chosen later without rescoring them).
+      pixel_table: ((rate, pixel threshold), ...) of the nominal map values at log-spaced rates, for
+        pixel thresholds at other rates (interpolated in log rate; exact at the table's rates).
+      n_pixels: number of nominal map values the pixel threshold was set from.
+    """
+
+    image: float
+    pixel: float
+    false_alarm_rate: float
+    nominal_scores: tuple[float, ...]
+    pixel_table: tuple[tuple[float, float], ...]
+    n_pixels: int
+
+    @property
+    def n_images(self) -> int:
+        return len(self.nominal_scores)
+
+    def at_rate(self, false_alarm_rate: float) -> Thresholds:
+        """The thresholds for another false-alarm rate, from the stored nominal statistics: the image
+        threshold exactly (same order statistic), the pixel threshold interpolated from ``pixel_table``."""
+        rate = _check_rate(false_alarm_rate)
+        if rate == self.false_alarm_rate:
+            return self
+        rates = np.array([r for r, _ in self.pixel_table])
+        values = np.array([v for _, v in self.pixel_table])
+        if not rates[0] <= rate <= rates[-1]:
+            raise ValueError(
+                f"false_alarm_rate: {rate:g} lies outside the stored pixel quantile table "
+                f"[{rates[0]:g}, {rates[-1]:g}]; calibrate again at this rate"
+            )
+        pixel = float(np.interp(np.log(rate), np.log(rates), values))
+        image = order_statistic_threshold(np.array(self.nominal_scores), rate, "nominal_scores")
+        return dataclasses.replace(self, image=image, pixel=pixel, false_alarm_rate=rate)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``Thresholds.from_dict`` inverts it."""
+        out = dataclasses.asdict(self)
+        out["nominal_scores"] = list(self.nominal_scores)
+        out["pixel_table"] = [list(pair) for pair in self.pixel_table]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Thresholds:
+        """Validated ``Thresholds`` from ``to_dict``'s output; ValueError naming the bad field."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"thresholds: expected a mapping, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"thresholds: expected the keys {sorted(names)}, got {sorted(data)}")
+
+        def number(name: str) -> float:
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"thresholds.{name}: expected a finite number, got {value!r}")
+            return float(value)
+
+        scores = data["nominal_scores"]
+        table = data["pixel_table"]
+        if not isinstance(scores, list) or not scores:
+            raise ValueError("thresholds.nominal_scores: expected a non-empty list of numbers")
+        if not isinstance(table, list) or not all(isinstance(p, list) and len(p) == 2 for p in table):
+            raise ValueError("thresholds.pixel_table: expected a list of [rate, threshold] pairs")
+        if not isinstance(data["n_pixels"], int) or data["n_pixels"] < 1:
+            raise ValueError(f"thresholds.n_pixels: expected a positive int, got {data['n_pixels']!r}")
+        try:
+            nominal = tuple(float(v) for v in scores)
+            pairs = tuple((float(r), float(v)) for r, v in table)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"thresholds: non-numeric nominal_scores or pixel_table ({error})") from error
+        return cls(
+            image=number("image"),
+            pixel=number("pixel"),
+            false_alarm_rate=_check_rate(number("false_alarm_rate")),
+            nominal_scores=nominal,
+            pixel_table=pairs,
+            n_pixels=data["n_pixels"],
+        )
+
+
+def thresholds_from_scores(image_scores: Any, maps: Any, false_alarm_rate: float = 0.01) -> Thresholds:
+    """``Thresholds`` from the image scores (n,) and anomaly maps (n, H, W) of held-out nominal images."""
+    rate = _check_rate(false_alarm_rate)
+    scores = np.sort(np.asarray(image_scores, dtype=np.float64).reshape(-1))
+    values = np.asarray(maps, dtype=np.float32).reshape(-1)
+    image = order_statistic_threshold(scores, rate, "image scores")
+    pixel = order_statistic_threshold(values, rate, "map values")
+    # One partial sort for the whole table: the order statistics it needs, resolvable ones only.
+    n = values.size
+    ks = np.ceil((1.0 - _TABLE_RATES) * (n + 1)).astype(np.int64)
+    usable = ks <= n
+    table_values = np.partition(values, ks[usable] - 1)[ks[usable] - 1] if usable.any() else []
+    table = tuple(
+        (float(r), float(v)) for r, v in zip(_TABLE_RATES[usable], np.asarray(table_values, np.float64))
+    )
+    if not table:  # too few pixels for even the largest table rate: keep the calibrated point
+        table = ((rate, pixel),)
+    return Thresholds(
+        image=image,
+        pixel=pixel,
+        false_alarm_rate=rate,
+        nominal_scores=tuple(float(s) for s in scores),
+        pixel_table=table,
+        n_pixels=int(n),
+    )
+
+
+def calibrate(
+    model: Any,
+    nominal_images: Any,
+    *,
+    false_alarm_rate: float = 0.01,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Thresholds:
+    """Thresholds at ``false_alarm_rate`` from defect-free images held out of the model's bank.
+
+    Args:
+      model: a fitted ``Model``.
+      nominal_images: defect-free images that are *not* in the bank (an image of the bank rebuilds
+        itself and scores near 0, which would put the thresholds far too low): uint8 (n, S, S, 3), an
+        iterable of batches or a list of paths, as for ``Model.score``.
+      false_alarm_rate: r in (0, 1), the fraction of nominal images (and pixels) allowed above the
+        thresholds; n ≥ 1/r − 1 images are needed to resolve it (see the module docstring).
+
+    Returns:
+      ``Thresholds``; attach them with ``model.with_thresholds(thresholds)``. They bound false
+      alarms on nominal images like the held-out ones; they say nothing about recall.
+    """
+    maps, scores = model.score(nominal_images, batch_size, progress=progress)
+    return thresholds_from_scores(scores, maps, false_alarm_rate)
+
+
+class Prediction(NamedTuple):
+    """What ``Model.predict`` returns (numpy arrays over the B images).
+
+    maps: (B, S, S) float32 anomaly maps; scores: (B,) float32 image scores (map maxima);
+    normalized_scores: (B,) float32 ``clip(score / (2 · image threshold), 0, 1)``, 0.5 = threshold;
+    decisions: (B,) bool, score > image threshold; masks: (B, S, S) bool, map > pixel threshold in
+    images decided anomalous (empty otherwise, so a mask never contradicts its decision).
+    """
+
+    maps: np.ndarray
+    scores: np.ndarray
+    normalized_scores: np.ndarray
+    decisions: np.ndarray
+    masks: np.ndarray
+
+
+def decide(maps: np.ndarray, scores: np.ndarray, thresholds: Thresholds) -> Prediction:
+    """Apply ``thresholds`` to maps (B, H, W) and scores (B,)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    scores = np.asarray(scores, dtype=np.float32)
+    decisions = scores > thresholds.image
+    masks = (maps > thresholds.pixel) & decisions[:, None, None]
+    return Prediction(maps, scores, normalize(scores, thresholds.image), decisions, masks)
+
+
+def predict(model: Any, images: Any, batch_size: int = 8, *, progress: bool = True, **kwargs) -> Prediction:
+    """``model.score`` then the model's thresholds (``decide``); ValueError if it has none."""
+    thresholds = getattr(model, "thresholds", None)
+    if thresholds is None:
+        raise ValueError(
+            "model: it has no thresholds; fit it with validation_fraction > 0 or a validation set, or "
+            "attach sj.calibrate(model, nominal_images) with model.with_thresholds(...)"
+        )
+    maps, scores = model.score(images, batch_size, progress=progress, **kwargs)
+    return decide(maps, scores, thresholds)
+
+
+def holdout_split(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train indices, validation indices) of n items, both sorted; validation holds
+    ``round(fraction · n)`` items, at least 1, and training keeps at least 1."""
+    if (
+        isinstance(validation_fraction, bool)
+        or not isinstance(validation_fraction, (int, float))
+        or not 0.0 < validation_fraction < 1.0
+    ):
+        raise ValueError(f"validation_fraction: expected a number in (0, 1), got {validation_fraction!r}")
+    if n < 2:
+        raise ValueError(f"images: holding out a validation set needs at least 2 images, got {n}")
+    n_val = min(n - 1, max(1, round(validation_fraction * n)))
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def split_images(images: Any, validation_fraction: float, seed: int) -> tuple[Any, Any]:
+    """(training part, validation part) of an image array or a list of paths (``holdout_split``)."""
+    if isinstance(images, (list, tuple)) or (hasattr(images, "shape") and hasattr(images, "__getitem__")):
+        train_idx, val_idx = holdout_split(len(images), validation_fraction, seed)
+        if isinstance(images, (list, tuple)):
+            return [images[i] for i in train_idx], [images[i] for i in val_idx]
+        images = np.asarray(images)
+        return images[train_idx], images[val_idx]
+    raise ValueError(
+        "images: validation_fraction needs an array or a list of paths to split; for an iterable of "
+        "batches pass validation=... (held-out nominal images) instead"
+    )

@@ -1,0 +1,90 @@
+"""The whole scorer as one serialized StableHLO program (``jax.export``), runnable with jax alone.
+
+``export_model(model)`` closes ``score_images`` over the fitted model and the backbone's parameters,
+so the bank, the Gram matrices and the network weights become constants of the program: uint8
+(B, S, S, 3) images in, (maps (B, S, S) float32, scores (B,) float32) out. The artifact is the same
+pure function ``Model.score`` runs, not a re-implementation, which is what keeps the two in agreement.
+On the inspection machine::
+
+    import jax, numpy as np
+    scorer = jax.export.deserialize(open("model.jaxexport", "rb").read())
+    maps, scores = scorer.call(images)  # uint8 (B, S, S, 3)
+
+It needs only ``jax`` and ``numpy`` (no subspace_jax, flax or orbax), and a jax whose serialization
+version can read it (jax guarantees reading artifacts of at least the previous six months).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from subspace_jax._io import atomic_write_bytes
+
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def _check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+    platforms = tuple(platforms)
+    bad = [p for p in platforms if p not in PLATFORMS]
+    if not platforms or bad or len(set(platforms)) != len(platforms):
+        raise ValueError(f"platforms: expected distinct names from {PLATFORMS}, got {list(platforms)}")
+    return platforms
+
+
+def export_model(
+    model: Any,
+    *,
+    batch_size: int | None = None,
+    platforms: Sequence[str] = ("cpu",),
+    backbone: Any = None,
+) -> jax.export.Exported:
+    """``jax.export`` of the scorer of ``model`` with everything inside.
+
+    Args:
+      model: a fitted ``Model`` (its bound backbone is used, else ``backbone``, else loaded by name).
+      batch_size: a fixed batch size B, or None for a symbolic batch dimension ("b"): then the
+        program accepts any batch size, and the backbone runs on the whole batch at once (no CPU
+        micro-batching, whose loop needs a known size).
+      platforms: lowering platforms; one artifact can hold several ("cpu", "cuda", "tpu").
+      backbone: the backbone to use when none is bound (checked against the model's weights hash).
+
+    Returns:
+      the ``jax.export.Exported``; ``.serialize()`` gives the bytes ``save_exported`` writes.
+    """
+    from subspace_jax.model import score_images
+
+    platforms = _check_platforms(platforms)
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size: expected None or an int >= 1, got {batch_size!r}")
+    bound = model.bound_backbone(backbone)
+    net = bound.backbone
+    if batch_size is None and getattr(net, "micro_batch", None) is not None:
+        net = copy.copy(net)  # the copy's _apply reads micro_batch at trace time
+        net.micro_batch = None
+    apply_fn, params = net.pure()
+    scorer = model._scorer()
+    size = model.config.output_size
+
+    def score(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return score_images(scorer, apply_fn, params, images)
+
+    if batch_size is None:
+        shape = jax.export.symbolic_shape(f"b, {size}, {size}, 3")
+    else:
+        shape = (batch_size, size, size, 3)
+    spec = jax.ShapeDtypeStruct(shape, jnp.uint8)
+    return jax.export.export(jax.jit(score), platforms=platforms)(spec)
+
+
+def save_exported(exported: jax.export.Exported, path: str | os.PathLike) -> Path:
+    """Write ``exported.serialize()`` to ``path`` atomically; returns the path."""
+    return atomic_write_bytes(path, bytes(exported.serialize()))
