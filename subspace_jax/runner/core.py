@@ -388,9 +388,7 @@ def build_parser(spec: DatasetSpec, method: Any, defaults: Any) -> tuple[argpars
         help="images per backbone forward pass and per scoring call (default: 16)",
     )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    run.add_argument(
-        "--debug", action="store_true", help="let errors through with their Python traceback"
-    )
+    run.add_argument("--debug", action="store_true", help="let errors through with their Python traceback")
     names = cli.add_config_flags(parser, method.config_cls, defaults, f"{method.name} configuration")
     return parser, names
 
@@ -408,10 +406,8 @@ def missing_weights_message(backbone_name: str, error: Exception, weights: Path 
     from subspace_jax.backbones import TorchFileError, WeightsMismatchError
 
     if weights is not None and isinstance(error, (TorchFileError, WeightsMismatchError)):
-        return (
-            f"error: --weights {weights}: {_one_line(error)}; pass a torch.save state dict of "
-            f"{backbone_name}"
-        )
+        hint = f"pass a torch.save state dict of {backbone_name}"
+        return f"error: --weights {weights}: {_one_line(error)}; {hint}"
     return (
         f"error: cannot load the {backbone_name} backbone: {_one_line(error)}. Put its ImageNet weights "
         "where this message says (or pass --weights FILE), or run offline with the packaged weights: "
