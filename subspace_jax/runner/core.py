@@ -491,9 +491,8 @@ def missing_weights_message(backbone_name: str, error: Exception, weights: Path 
     from subspace_jax.backbones import TorchFileError, WeightsMismatchError
 
     if weights is not None and isinstance(error, (TorchFileError, WeightsMismatchError)):
-        return (
-            f"error: --weights {weights}: {_one_line(error)}; pass a torch.save state dict of {backbone_name}"
-        )
+        hint = f"pass a torch.save state dict of {backbone_name}"
+        return f"error: --weights {weights}: {_one_line(error)}; {hint}"
     return (
         f"error: cannot load the {backbone_name} backbone: {_one_line(error)}. Put its ImageNet weights "
         "where this message says (or pass --weights FILE), or run offline with the packaged weights: "
