@@ -27,7 +27,6 @@ from subspace_jax.runner import features as feature_io
 from subspace_jax.runner.workbench import bank_bytes
 
 
-
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What distinguishes one benchmark script from another; everything else is shared.
