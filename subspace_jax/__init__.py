@@ -9,6 +9,8 @@ Layout:
   config_fields  the config fields and checks every method shares
   maps         map post-processing: upsample, fuse, blur; the image score
   scoring      the staged scorer in padded batches, with per-stage timings
+  execution    vectorisation widths from a memory budget; gathered vs masked, by backend
+  sharding     meshes, bank-sharded models, scoring on many devices and hosts
   batching     batches, padding and backbone binding
   checkpoint   orbax save/load of fitted models
   data         MVTec AD, BTAD, MTD, folder and synthetic datasets
@@ -20,6 +22,7 @@ Layout:
 
 __version__ = "0.1.0"
 
+from subspace_jax import execution, sharding  # noqa: E402,F401  (sj.sharding.make_mesh, ...)
 from subspace_jax.calibration import Prediction, Thresholds, calibrate  # noqa: E402
 from subspace_jax.model import Config, Model, fit, fit_features  # noqa: E402
 

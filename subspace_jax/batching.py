@@ -133,7 +133,8 @@ def iter_batches(images: ImageSource, config: InputConfig, batch_size: int) -> I
         return
     if not isinstance(images, Iterable):
         raise ValueError(
-            f"images: expected an array, an iterable of batches or a list of paths, got {type(images).__name__}"
+            "images: expected an array, an iterable of batches or a list of paths, got "
+            f"{type(images).__name__}"
         )
     seen = 0
     for index, batch in enumerate(images):

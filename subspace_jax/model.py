@@ -36,10 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from subspace_jax import batching, compress, scoring
+from subspace_jax import execution as execution_lib
 from subspace_jax import maps as maps_lib
 from subspace_jax import omp as omp_lib
 from subspace_jax.batching import BackboneBinding, ImageSource
 from subspace_jax.config_fields import BACKBONE_NAMES, LEVELS, BaseConfig, _is_int, level_key
+from subspace_jax.execution import Execution
 from subspace_jax.maps import FUSION_MODES
 
 SAMPLING_MODES = ("subspace", "random", "none")
@@ -246,13 +248,15 @@ class Model(BackboneBinding):
         """N, the number of training images (atoms per level)."""
         return next(iter(self.grams.values())).shape[0]
 
-    def score_features(self, features: Features) -> tuple[Array, Array]:
+    def score_features(
+        self, features: Features, *, execution: Execution | None = None
+    ) -> tuple[Array, Array]:
         """Score precomputed backbone features (see ``score_features``); jitted. Features holding NaN
         or inf are refused (ValueError naming the key and image)."""
         selected = _select_features(features, self.config)
         check_feature_shapes(self, selected)
         batching.check_finite_features(selected)
-        return _score_features_jit(self._scorer(), selected)
+        return _score_features_jit(self._scorer(), selected, execution=execution)
 
     def _scorer(self) -> Model:
         # Thresholds are static metadata: strip them so that calibrated and uncalibrated models share
@@ -289,6 +293,8 @@ class Model(BackboneBinding):
         backbone: Any = None,
         timings: dict[str, float] | None = None,
         progress: bool = True,
+        mesh: Any = None,
+        memory_budget_bytes: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps and image scores of ``images``.
 
@@ -303,10 +309,21 @@ class Model(BackboneBinding):
             wall-clock seconds are added to ``timings["backbone" | "sampling" | "reconstruction" |
             "maps"]`` (the first call includes compilation); otherwise one fused function runs.
           progress: show a progress bar over batches.
+          mesh: a ``jax.sharding.Mesh`` (``subspace_jax.sharding.make_mesh(data, bank)``): images are
+            split over its "data" axis and the bank rows over its "bank" axis (the model is placed
+            with ``sharding.shard_model`` unless it is already); ``batch_size`` is rounded up to a
+            multiple of the data axis. With several processes (``jax.distributed``) each passes
+            its own share of the images and gets its own rows back.
+          memory_budget_bytes: transient bytes one vectorised reconstruction step may hold (the
+            number of test images / pixels processed at once); None: the backend's default
+            (``subspace_jax.execution``). Results do not depend on it.
 
         Returns:
           maps (B, S, S) float32 and scores (B,) float32 (the maximum of each map), as numpy arrays.
         """
+        execution = None
+        if memory_budget_bytes is not None:
+            execution = execution_lib.default_execution(memory_budget_bytes)
         return scoring.score_in_batches(
             SCORER,
             self._scorer(),
@@ -316,6 +333,8 @@ class Model(BackboneBinding):
             timings=timings,
             progress=progress,
             desc="score",
+            mesh=mesh,
+            execution=execution,
         )
 
 
@@ -532,12 +551,13 @@ class Candidates(NamedTuple):
 
 
 @_full_float32
-def sample_candidates(model: Model, features: Features) -> Candidates:
+def sample_candidates(model: Model, features: Features, *, execution: Execution | None = None) -> Candidates:
     """Per test image, the candidate training images of the reconstruction (pure, jittable).
 
     ``"subspace"``: OMP with ``lam`` atoms at the sampling level over all N images (m = lam);
     ``"random"``: ``lam`` images drawn once from ``seed``, the same for every test image;
-    ``"none"``, or ``lam >= N``: all N images (m = N).
+    ``"none"``, or ``lam >= N``: all N images (m = N). ``execution`` only matters inside
+    ``subspace_jax.sharding`` (its ``bank_axis``); results never depend on it.
     """
     check_feature_shapes(model, features)
     cfg = model.config
@@ -555,10 +575,57 @@ def sample_candidates(model: Model, features: Features) -> Candidates:
             "model: subspace sampling needs the sampling-level bank, which this model lacks (it was fit "
             "with another sampling mode); refit it with sampling='subspace'"
         )
+    axis = execution_lib.resolve(execution).bank_axis
     target = features[level_key(cfg.sampling_level)].reshape(batch, -1).astype(jnp.float32)
-    result = _omp_on_bank(model.sampling_bank, model.sampling_gram, target, cfg.lam, None, cfg)
+    result = _omp_on_bank(model.sampling_bank, model.sampling_gram, target, cfg.lam, None, cfg, axis)
     support = result.support
     return Candidates(jnp.maximum(support, 0).astype(jnp.int32), support >= 0)
+
+
+# Bank rows may be sharded over a mesh axis (``subspace_jax.sharding``): inside ``shard_map`` each
+# device holds rows [offset, offset + n_local) of the (possibly zero-padded) bank. The helpers below
+# compute what involves rows where the rows live and combine the partial results with one collective
+# over that axis, so the bank itself never moves. With ``axis=None`` they are the one-device code.
+
+
+def _psum(x: Array, axis: str | None) -> Array:
+    return x if axis is None else jax.lax.psum(x, axis)
+
+
+def _take_rows(atoms: Array, indices: Array, axis: str | None) -> Array:
+    """``atoms[indices]`` as float32 (indices global, any shape); with a sharded bank, the rows held
+    on this device and zeros for the others, so ``_psum`` of anything linear in them completes it."""
+    if axis is None:
+        return atoms[indices].astype(jnp.float32)
+    n_local = atoms.shape[0]
+    local = indices - jax.lax.axis_index(axis) * n_local
+    here = (local >= 0) & (local < n_local)
+    rows = atoms[jnp.clip(local, 0, n_local - 1)].astype(jnp.float32)
+    return jnp.where(here.reshape(here.shape + (1,) * (rows.ndim - here.ndim)), rows, 0.0)
+
+
+def _bank_correlations(atoms: Array, targets: Array, n: int, axis: str | None) -> Array:
+    """α = targets @ D[:n]ᵀ: (B, n) float32 for targets (B, d) and the first n bank rows.
+
+    Sharded: each device correlates with its rows and the (B, n_local) blocks are gathered (B·N
+    floats move, not the N·d bank)."""
+    if axis is None:
+        return targets @ atoms[:n].astype(jnp.float32).T
+    local = targets @ atoms.astype(jnp.float32).T
+    return jax.lax.all_gather(local, axis, axis=1, tiled=True)[:, :n]
+
+
+def _bank_reconstruct(support: Array, coef: Array, atoms: Array, n: int, axis: str | None) -> Array:
+    """Dᵀc: (B, d) from support and coef (B, k) over the first n bank rows (unused slots -1)."""
+    if axis is None:
+        return omp_lib.reconstruct(support, coef, atoms[:n])
+    n_local = atoms.shape[0]
+    used = support >= 0
+    rows = jnp.broadcast_to(jnp.arange(support.shape[0])[:, None], support.shape)
+    dense = jnp.zeros((support.shape[0], n_local * jax.lax.axis_size(axis)), jnp.float32)
+    dense = dense.at[rows, jnp.where(used, support, 0)].add(jnp.where(used, coef, 0.0))
+    mine = jax.lax.dynamic_slice_in_dim(dense, jax.lax.axis_index(axis) * n_local, n_local, axis=1)
+    return jax.lax.psum(mine @ atoms.astype(jnp.float32), axis)
 
 
 def check_feature_shapes(model: Model, features: Features) -> None:
@@ -593,9 +660,11 @@ def check_feature_shapes(model: Model, features: Features) -> None:
             )
 
 
-def _omp_on_bank(bank: Array, gram: Array, targets: Array, k: int, candidates: Array | None, cfg: Config):
+def _omp_on_bank(
+    bank: Array, gram: Array, targets: Array, k: int, candidates: Array | None, cfg: Config, axis=None
+):
     """Batch-OMP of float32 targets (B, d) on a bank (N, d) with its Gram matrix (N, N)."""
-    alpha = targets @ bank.astype(jnp.float32).T
+    alpha = _bank_correlations(bank, targets, gram.shape[0], axis)
     return omp_lib.omp_gram(
         gram,
         alpha,
@@ -607,10 +676,37 @@ def _omp_on_bank(bank: Array, gram: Array, targets: Array, k: int, candidates: A
     )
 
 
+def _map_in_chunks(fn: Callable, xs: Any, width: int) -> Any:
+    """``fn`` maps a chunk (leading axis ``width``) of the pytree ``xs`` (leading axis B) to a pytree
+    with the same leading axis; apply it to ``ceil(B / width)`` chunks one after another (``lax.map``),
+    the last one padded with copies of the first rows (results dropped)."""
+    batch = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    width = max(1, min(width, batch))
+    if width == batch:
+        return fn(xs)
+    chunks = -(-batch // width)
+    pad = chunks * width - batch
+
+    def split(x):
+        if pad:
+            x = jnp.concatenate([x, x[:pad]])
+        return x.reshape((chunks, width) + x.shape[1:])
+
+    out = jax.lax.map(fn, jax.tree_util.tree_map(split, xs))
+    return jax.tree_util.tree_map(lambda y: y.reshape((chunks * width,) + y.shape[2:])[:batch], out)
+
+
 @_full_float32
-def reconstruct_levels(model: Model, features: Features, candidates: Candidates) -> dict[str, Array]:
-    """Per reconstruction level, the (B, h_l, w_l) channel norm of the reconstruction residual."""
+def reconstruct_levels(
+    model: Model, features: Features, candidates: Candidates, *, execution: Execution | None = None
+) -> dict[str, Array]:
+    """Per reconstruction level, the (B, h_l, w_l) channel norm of the reconstruction residual.
+
+    ``execution`` (``subspace_jax.execution``) sets the vectorisation widths and the gathered/masked
+    choice; the default is the backend's. It never changes the result beyond float rounding.
+    """
     cfg = model.config
+    execution = execution_lib.resolve(execution)
     out = {}
     for level in cfg.levels:
         key = level_key(level)
@@ -621,9 +717,9 @@ def reconstruct_levels(model: Model, features: Features, candidates: Candidates)
                 f"got {target.shape}; were the images resized to the model's image_size/crop?"
             )
         if cfg.reconstruction == "image":
-            out[key] = _image_level_map(bank, model.grams[key], target, candidates, cfg)
+            out[key] = _image_level_map(bank, model.grams[key], target, candidates, cfg, execution)
         else:
-            out[key] = _pixel_level_map(bank, target, candidates, cfg)
+            out[key] = _pixel_level_map(bank, target, candidates, cfg, execution)
     return out
 
 
@@ -636,62 +732,71 @@ def prepare_level(model: Model, key: str, features: Array) -> Array:
     return features
 
 
-def _image_level_map(bank: Array, gram: Array, target: Array, candidates: Candidates, cfg: Config) -> Array:
+def _image_level_map(
+    bank: Array, gram: Array, target: Array, candidates: Candidates, cfg: Config, execution: Execution
+) -> Array:
     """Whole-map atoms: y_l ≈ D_lᵀc with ‖c‖₀ ≤ k among the candidates; returns (B, h, w) ‖e‖_c."""
     _, h, w, c = bank.shape
     batch = target.shape[0]
     y = target.reshape(batch, -1).astype(jnp.float32)
-    _, residual = image_pursuit(bank.reshape(bank.shape[0], -1), gram, y, candidates, cfg)
+    _, residual = image_pursuit(bank.reshape(bank.shape[0], -1), gram, y, candidates, cfg, execution)
     return jnp.linalg.norm(residual.reshape(batch, h, w, c), axis=-1)
 
 
 def image_pursuit(
-    atoms: Array, gram: Array, targets: Array, candidates: Candidates, cfg: Config
+    atoms: Array,
+    gram: Array,
+    targets: Array,
+    candidates: Candidates,
+    cfg: Config,
+    execution: Execution | None = None,
 ) -> tuple[omp_lib.OMPResult, Array]:
     """Batch-OMP of targets on the candidate rows of a bank, and the residuals e = y − D_lᵀc.
 
     Args:
-      atoms: (N, d) bank rows (any float dtype; upcast to float32 after gathering).
-      gram: (N, N) float32 ``atoms @ atoms.T``.
+      atoms: (N, d) bank rows (any float dtype; upcast to float32 after gathering). Inside
+        ``shard_map`` with ``execution.bank_axis`` set: this device's (N_pad / shards, d) rows.
+      gram: (N, N) float32 ``atoms @ atoms.T`` (N real rows: padding rows are never candidates).
       targets: (B, d) float32.
       candidates: (B, m) from ``sample_candidates``; m = N means every image is a candidate.
       cfg: gives k, tol and normalize_selection.
+      execution: vectorisation width, gathered/masked choice, bank axis (default: the backend's).
 
     Returns:
       the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
 
     Sampling exists to touch only the m candidate rows (``docs/method.md``, "Computation"). When
-    m ≤ N/2 (the usual λ ≪ N) that is what happens: per test image the rows D[idx] (m, d) are
-    gathered, α = D[idx] y (m,), Batch-OMP runs on the Gram submatrix G[idx][:, idx] (m, m) and the
-    residual is rebuilt from the k chosen rows. Images are processed one at a time (``lax.map``), so
-    memory holds one (m, d) float32 block, not B of them. When m > N/2 (sampling ``none``, or λ close
-    to N) the correlations are one batched product α = y Dᵀ against the whole bank, with the
-    non-candidates masked out: gathering is memory-bound and per image, the whole-bank product
-    compute-bound and shared by the batch, and on CPU the two cost the same near m = N/2
-    (``benchmarks/bench_gather.md``).
+    ``execution.gathers`` (on CPU m ≤ N/2, the usual λ ≪ N) that is what happens: per test image
+    the rows D[idx] (m, d) are gathered, α = D[idx] y (m,), Batch-OMP runs on the Gram submatrix
+    G[idx][:, idx] (m, m) and the residual is rebuilt from the k chosen rows. W test images are
+    processed at once (vmapped), W = ``memory_budget_bytes`` / (m·d·4) in [1, B], chunks one after
+    another, so memory holds W (m, d) float32 blocks. Otherwise the correlations are one batched
+    product α = y Dᵀ against the whole bank, with the non-candidates masked out: gathering is
+    memory-bound and per image, the whole-bank product compute-bound and shared by the batch; on
+    CPU the two cost the same near m = N/2 (``benchmarks/bench_gather.md``).
     """
+    execution = execution_lib.resolve(execution)
+    axis = execution.bank_axis
     atoms, gram = jnp.asarray(atoms), jnp.asarray(gram, jnp.float32)
-    n = atoms.shape[0]
+    n = gram.shape[0]
     batch, m = candidates.indices.shape
     k = min(cfg.k, m)
-    if 2 * m > n:
-        full = atoms.astype(jnp.float32)
+    if not execution.gathers(batch, m, n):
         rows = jnp.arange(batch)[:, None]
         hits = jnp.zeros((batch, n), bool).at[rows, candidates.indices].max(candidates.valid)
-        result = _omp_on_bank(full, gram, targets, k, hits, cfg)
-        return result, targets - omp_lib.reconstruct(result.support, result.coef, full)
+        result = _omp_on_bank(atoms, gram, targets, k, hits, cfg, axis)
+        return result, targets - _bank_reconstruct(result.support, result.coef, atoms, n, axis)
     # Candidates in bank order, unused slots last: ties in the pursuit then go to the lowest bank
     # index, as they do on the whole bank.
     order = jnp.sort(jnp.where(candidates.valid, candidates.indices, n), axis=1)
     valid = order < n
     indices = jnp.where(valid, order, 0)
 
-    def one_image(args):
-        y, idx, ok = args  # (d,), (m,), (m,)
-        rows = atoms[idx].astype(jnp.float32)  # (m, d)
+    def one_image(y, idx, ok):
+        rows = _take_rows(atoms, idx, axis)  # (m, d); sharded: this device's rows, zeros elsewhere
         local = omp_lib.omp_gram(
             gram[idx[:, None], idx[None, :]],
-            (rows @ y)[None],
+            _psum(rows @ y, axis)[None],
             k,
             candidates=ok,
             tol=cfg.tol,
@@ -700,62 +805,80 @@ def image_pursuit(
         )
         support = jnp.where(local.support >= 0, idx[jnp.maximum(local.support, 0)], -1)
         # Only the k chosen rows are read again (not the m gathered ones); unused slots weigh 0.
-        chosen = atoms[jnp.maximum(support[0], 0)].astype(jnp.float32)  # (k, d)
-        residual = y - jnp.where(support[0] >= 0, local.coef[0], 0.0) @ chosen
+        chosen = _take_rows(atoms, jnp.maximum(support[0], 0), axis)  # (k, d)
+        residual = y - _psum(jnp.where(support[0] >= 0, local.coef[0], 0.0) @ chosen, axis)
         return local._replace(support=support), residual
 
-    result, residual = jax.lax.map(one_image, (targets, indices, valid))
-    # lax.map stacks each image's (1, ...) fields: drop that axis.
+    d = targets.shape[1]
+    width = execution_lib.image_width(execution.memory_budget_bytes, batch, 4 * m * d)
+    result, residual = _map_in_chunks(
+        lambda chunk: jax.vmap(one_image)(*chunk), (targets, indices, valid), width
+    )
+    # Each image's pursuit ran on a batch of one: drop that axis.
     return jax.tree_util.tree_map(lambda x: x[:, 0], result), residual
 
 
-def _pixel_level_map(bank: Array, target: Array, candidates: Candidates, cfg: Config) -> Array:
+def _pixel_level_map(
+    bank: Array, target: Array, candidates: Candidates, cfg: Config, execution: Execution | None = None
+) -> Array:
     """Per-pixel atoms: each target vector y[i, j] (c,) is rebuilt from the candidate images'
     vectors inside the (2r+1)² window around (i, j) by plain OMP with ``pixel_k`` atoms.
 
-    Images are processed one after another and rows one after another (``lax.map``) with the
-    pixels of a row vmapped, so memory holds one row's (w, m·(2r+1)², c) atoms at a time.
+    Vectorised within ``execution.memory_budget_bytes``: the candidate maps of W test images are
+    gathered at once ((W, m, h + 2r, w + 2r, c) float32) and P of their W·h·w pixels are pursued at
+    once (vmapped, each over (m·(2r+1)², c) atoms); with a large budget that is every pixel of every
+    image in the batch in one ``vmap``. With the bank sharded each device gathers the candidate rows
+    it holds and one sum over the bank axis assembles them (only candidate rows move).
     """
+    execution = execution_lib.resolve(execution)
+    axis = execution.bank_axis
     _, h, w, c = bank.shape
     r = cfg.radius
     win = 2 * r + 1
-    m = candidates.indices.shape[1]
-    k = min(cfg.pixel_k, m * win * win)
+    batch, m = candidates.indices.shape
+    n_atoms = m * win * win
+    k = min(cfg.pixel_k, n_atoms)
     inside = jnp.pad(jnp.ones((h, w), bool), r)  # window positions that fall inside the map
+    per_image = 4 * m * (h + 2 * r) * (w + 2 * r) * c
+    # The pixel's atoms, the correlations and the support rows of one plain pursuit, float32.
+    per_pixel = 4 * (2 * n_atoms * c + k * c + n_atoms)
+    images, pixels = execution_lib.pixel_widths(
+        execution.memory_budget_bytes, batch, per_image, h * w, per_pixel
+    )
 
-    def one_image(args):
-        y, indices, valid = args  # (h, w, c), (m,), (m,)
-        padded = jnp.pad(bank[indices].astype(jnp.float32), ((0, 0), (r, r), (r, r), (0, 0)))
+    def image_chunk(chunk):
+        y, indices, valid = chunk  # (W, h, w, c), (W, m), (W, m)
+        blocks = _psum(_take_rows(bank, indices, axis), axis)  # (W, m, h, w, c)
+        padded = jnp.pad(blocks, ((0, 0), (0, 0), (r, r), (r, r), (0, 0)))
 
-        def one_row(i):
-            slab = jax.lax.dynamic_slice_in_dim(padded, i, win, axis=1)  # (m, win, w + 2r, c)
-            slab_inside = jax.lax.dynamic_slice_in_dim(inside, i, win, axis=0)  # (win, w + 2r)
+        def one_pixel(task):
+            b, i, j = task
+            atoms = jax.lax.dynamic_slice(padded, (b, 0, i, j, 0), (1, m, win, win, c)).reshape(n_atoms, c)
+            ok = jax.lax.dynamic_slice(inside, (i, j), (win, win))
+            allowed = (valid[b][:, None, None] & ok[None]).reshape(-1)
+            yij = y[b, i, j][None]
+            result = omp_lib.omp(
+                atoms, yij, k, candidates=allowed, tol=cfg.tol, normalize_selection=cfg.normalize_selection
+            )
+            residual = yij - omp_lib.reconstruct(result.support, result.coef, atoms)
+            return jnp.linalg.norm(residual[0])
 
-            def one_pixel(j):
-                atoms = jax.lax.dynamic_slice_in_dim(slab, j, win, axis=2).reshape(m * win * win, c)
-                ok = jax.lax.dynamic_slice_in_dim(slab_inside, j, win, axis=1)
-                allowed = (valid[:, None, None] & ok[None]).reshape(-1)
-                yij = y[i, j][None]
-                result = omp_lib.omp(
-                    atoms,
-                    yij,
-                    k,
-                    candidates=allowed,
-                    tol=cfg.tol,
-                    normalize_selection=cfg.normalize_selection,
-                )
-                residual = yij - omp_lib.reconstruct(result.support, result.coef, atoms)
-                return jnp.linalg.norm(residual[0])
+        width = y.shape[0]
+        b, i, j = jnp.meshgrid(jnp.arange(width), jnp.arange(h), jnp.arange(w), indexing="ij")
+        tasks = (b.reshape(-1), i.reshape(-1), j.reshape(-1))
+        norms = _map_in_chunks(jax.vmap(one_pixel), tasks, pixels)
+        return norms.reshape(width, h, w)
 
-            return jax.vmap(one_pixel)(jnp.arange(w))
-
-        return jax.lax.map(one_row, jnp.arange(h))
-
-    return jax.lax.map(one_image, (target.astype(jnp.float32), candidates.indices, candidates.valid))
+    chunk = (jnp.asarray(target, jnp.float32), candidates.indices, candidates.valid)
+    return _map_in_chunks(image_chunk, chunk, images)
 
 
 def score_features(
-    model: Model, features: Features, out_size: tuple[int, int] | None = None
+    model: Model,
+    features: Features,
+    out_size: tuple[int, int] | None = None,
+    *,
+    execution: Execution | None = None,
 ) -> tuple[Array, Array]:
     """Pure scorer on precomputed features: sampling -> reconstruction -> maps.
 
@@ -764,6 +887,8 @@ def score_features(
       features: level key -> (B, h_l, w_l, c_l) float features of the test images, holding the
         reconstruction levels and, for subspace sampling, the sampling level.
       out_size: (H, W) of the maps; default (S, S) with S = ``config.output_size``.
+      execution: layout options (``subspace_jax.execution.Execution``: memory budget of the
+        vectorised steps, gathered/masked choice); default: the backend's. Static under ``jit``.
 
     Returns:
       maps (B, H, W) float32 and scores (B,) float32.
@@ -774,8 +899,8 @@ def score_features(
     for key in cfg.feature_keys:
         chex.assert_rank(features[key], 2 if key == "pooled" else 4)
     chex.assert_equal_shape_prefix([features[key] for key in cfg.feature_keys], 1)
-    candidates = sample_candidates(model, features)
-    level_maps = reconstruct_levels(model, features, candidates)
+    candidates = sample_candidates(model, features, execution=execution)
+    level_maps = reconstruct_levels(model, features, candidates, execution=execution)
     maps = maps_lib.fuse_maps(level_maps, out_size, fusion=cfg.fusion, sigma=cfg.sigma)
     return maps, image_scores(maps, cfg.score_fraction)
 
@@ -790,7 +915,14 @@ def image_scores(maps: Array, fraction: float) -> Array:
     return jnp.mean(jax.lax.top_k(flat, count)[0], axis=-1)
 
 
-def score_images(model: Model, apply_fn: Callable, params: Any, images: Array) -> tuple[Array, Array]:
+def score_images(
+    model: Model,
+    apply_fn: Callable,
+    params: Any,
+    images: Array,
+    *,
+    execution: Execution | None = None,
+) -> tuple[Array, Array]:
     """Pure scorer on images, backbone included; compose it into your own ``jax.jit``::
 
         backbone = sj.backbones.load("efficientnet_lite0")
@@ -806,33 +938,37 @@ def score_images(model: Model, apply_fn: Callable, params: Any, images: Array) -
       model: a fitted ``Model``.
       apply_fn, params: ``backbone.pure()`` of the backbone the model was fit with.
       images: (B, S, S, 3) uint8 (or float in [0, 255]) images, S = ``config.output_size``.
+      execution: layout options, as for ``score_features``.
 
     Returns:
       maps (B, S, S) float32 and scores (B,) float32.
     """
     chex.assert_rank(images, 4)
     chex.assert_axis_dimension(images, 3, 3)
-    return score_features(model, apply_fn(params, images), out_size=tuple(images.shape[1:3]))
+    features = apply_fn(params, images)
+    return score_features(model, features, out_size=tuple(images.shape[1:3]), execution=execution)
 
 
-_score_features_jit = jax.jit(score_features, static_argnames=("out_size",))
-_score_images_jit = jax.jit(score_images, static_argnums=(1,))
-_sample_jit = jax.jit(sample_candidates)
-_reconstruct_jit = jax.jit(reconstruct_levels)
+_score_features_jit = jax.jit(score_features, static_argnames=("out_size", "execution"))
+_score_images_jit = jax.jit(score_images, static_argnums=(1,), static_argnames=("execution",))
+_sample_jit = jax.jit(sample_candidates, static_argnames=("execution",))
+_reconstruct_jit = jax.jit(reconstruct_levels, static_argnames=("execution",))
 _image_scores_jit = jax.jit(image_scores, static_argnums=(1,))
 
 
 # Staged scoring (``Model.score(timings=...)`` and the runner): each stage is one jitted call. The map
 # stage is static in (output size, fusion, sigma) only, so scoring another k or λ reuses its program.
-def _sampling_stage(model: Model, features: Features) -> tuple[Features, Candidates]:
-    return features, _sample_jit(model, features)
+def _sampling_stage(model: Model, features: Features, execution: Execution | None = None):
+    return features, _sample_jit(model, features, execution=execution)
 
 
-def _reconstruction_stage(model: Model, carry: tuple[Features, Candidates]) -> dict[str, Array]:
-    return _reconstruct_jit(model, *carry)
+def _reconstruction_stage(
+    model: Model, carry: tuple[Features, Candidates], execution: Execution | None = None
+) -> dict[str, Array]:
+    return _reconstruct_jit(model, *carry, execution=execution)
 
 
-def _maps_stage(model: Model, level_maps: dict[str, Array]) -> tuple[Array, Array]:
+def _maps_stage(model: Model, level_maps: dict[str, Array], execution: Any = None) -> tuple[Array, Array]:
     cfg = model.config
     size = (cfg.output_size, cfg.output_size)
     if cfg.score_fraction == 0:

@@ -14,6 +14,7 @@ it images or precomputed features in padded batches of one size (one compilation
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -60,12 +61,17 @@ class StagedScorer:
         return tuple(name for name, _ in self.stages)
 
     def run_stages(
-        self, model: Any, features: Mapping[str, Array], timings: dict[str, float] | None = None
+        self,
+        model: Any,
+        features: Mapping[str, Array],
+        timings: dict[str, float] | None = None,
+        **options: Any,
     ) -> tuple[Array, Array]:
-        """The stages one after another on one batch of features; each timed into ``timings``."""
+        """The stages one after another on one batch of features; each timed into ``timings``.
+        ``options`` (the subspace model's ``execution``) go to every stage."""
         carry: Any = features
         for name, fn in self.stages:
-            carry = timed(timings, name, fn, model, carry)
+            carry = timed(timings, name, functools.partial(fn, **options), model, carry)
         return carry
 
 
@@ -89,6 +95,8 @@ def score_in_batches(
     timings: dict[str, float] | None = None,
     progress: bool = True,
     desc: str = "score",
+    mesh: Any = None,
+    execution: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps and image scores of ``inputs``, scored in batches of ``batch_size``.
 
@@ -106,10 +114,24 @@ def score_in_batches(
         Otherwise images go through the fused ``score_images`` and features through the model's
         ``score_features``.
       progress, desc: a progress bar over batches.
+      mesh: a ``jax.sharding.Mesh`` from ``subspace_jax.sharding.make_mesh`` (subspace model only):
+        the model is placed on it (``shard_model``) unless it is already, each batch of
+        ``batch_size`` (rounded up to a multiple of the data axis) is split over ``"data"``, and
+        the fused sharded scorer runs (with ``timings``: one stage, "scoring", after "backbone").
+        With several processes, ``inputs`` are this process's share, every process must pass
+        the same number of them, and the results are this process's rows.
+      execution: ``subspace_jax.execution.Execution`` layout options of the subspace scorer
+        (memory budget, gathered/masked choice); None: the backend's default.
 
     Returns:
       maps (N, S, S) float32 and scores (N,) float32, numpy.
     """
+    if mesh is not None:
+        return _score_on_mesh(
+            scorer, model, inputs, mesh, batch_size, backbone, timings, progress, desc, execution
+        )
+    # Layout options reach the subspace scorer only (the baselines have none).
+    options = {} if execution is None else {"execution": execution}
     if isinstance(inputs, Mapping):
         keys = tuple(scorer.feature_keys(model))
         missing = [key for key in keys if key not in inputs]
@@ -123,9 +145,9 @@ def score_in_batches(
         batches = _feature_batches(inputs, keys, n, batch_size)
         for block, real in batching.progress_bar(batches, progress, desc, -(-n // batch_size)):
             if timings is None:
-                out = model.score_features(block)
+                out = model.score_features(block, **options)
             else:
-                out = scorer.run_stages(model, block, timings)
+                out = scorer.run_stages(model, block, timings, **options)
             maps.append(np.asarray(out[0][:real], SCORE_DTYPE))
             scores.append(np.asarray(out[1][:real], SCORE_DTYPE))
         return np.concatenate(maps), np.concatenate(scores)
@@ -136,13 +158,60 @@ def score_in_batches(
 
     def score_batch(batch: np.ndarray) -> tuple[Array, Array]:
         if timings is None:
-            return scorer.score_images(model, bound.apply_fn, bound.params, batch)
+            return scorer.score_images(model, bound.apply_fn, bound.params, batch, **options)
         features = timed(
             timings, "backbone", batching.backbone_features, bound.apply_fn, keys, bound.params, batch
         )
-        return scorer.run_stages(model, features, timings)
+        return scorer.run_stages(model, features, timings, **options)
 
     maps, scores = batching.map_batches(
         score_batch, inputs, model.config, batch_size, progress=progress, desc=desc
+    )
+    return maps.astype(SCORE_DTYPE, copy=False), scores.astype(SCORE_DTYPE, copy=False)
+
+
+def _score_on_mesh(
+    scorer: StagedScorer,
+    model: Any,
+    inputs: Any,
+    mesh: Any,
+    batch_size: int,
+    backbone: Any,
+    timings: dict[str, float] | None,
+    progress: bool,
+    desc: str,
+    execution: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``score_in_batches`` on a mesh (see there): this process's rows of every global batch."""
+    from subspace_jax import sharding
+
+    model = sharding.placed(model, mesh)
+    local = sharding.local_batch_size(batch_size, mesh)
+    if isinstance(inputs, Mapping):
+        keys = tuple(scorer.feature_keys(model))
+        missing = [key for key in keys if key not in inputs]
+        if missing:
+            raise ValueError(f"features: missing {missing}; this model reads {list(keys)}")
+        n = int(np.shape(inputs[keys[0]])[0])
+        if n == 0:
+            raise ValueError("features: expected at least one image, got none")
+        maps, scores = [], []
+        batches = _feature_batches(inputs, keys, n, local)
+        for block, real in batching.progress_bar(batches, progress, desc, -(-n // local)):
+            score = functools.partial(sharding.score_block, execution=execution)
+            out = timed(timings, "scoring", score, model, block, mesh)
+            maps.append(np.asarray(out[0][:real], SCORE_DTYPE))
+            scores.append(np.asarray(out[1][:real], SCORE_DTYPE))
+        return np.concatenate(maps), np.concatenate(scores)
+
+    bound = model.bound_backbone(backbone)
+    bound = bound._replace(params=sharding.replicate(bound.params, mesh))
+
+    def score_batch(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        score = functools.partial(sharding.score_block, bound=bound, execution=execution)
+        return timed(timings, "scoring", score, model, batch, mesh)
+
+    maps, scores = batching.map_batches(
+        score_batch, inputs, model.config, local, progress=progress, desc=desc
     )
     return maps.astype(SCORE_DTYPE, copy=False), scores.astype(SCORE_DTYPE, copy=False)

@@ -1,4 +1,5 @@
-"""The restricted unpickler: torch.save files (zip and legacy) read back exactly; malicious pickles refused."""
+"""The restricted unpickler: torch.save files (zip and legacy) read back exactly; malicious pickles
+refused."""
 
 from __future__ import annotations
 

@@ -80,7 +80,8 @@ def check_representation_error(summary: dict) -> None:
     for level in ("2", "3"):
         for method in errors.values():
             assert len(method[level]) == 3 and all(math.isfinite(e) and e >= 0 for e in method[level])
-        # Nested candidate sets: whole bank ⊇ the K nearest images' positions ⊇ the nearest image's same position.
+        # Nested candidate sets: whole bank ⊇ the K nearest images' positions ⊇ the nearest image's
+        # same position.
         for whole, gallery, same_position in zip(patchcore[level], spade[level], image_nn[level]):
             assert whole <= gallery * (1 + 1e-5) and gallery <= same_position * (1 + 1e-5)
 

@@ -148,7 +148,8 @@ def test_compare_mtd_writes_the_table_and_keeps_the_notes(mtd_root, tmp_path):
         assert row["n_train"] == 6 and row["n_test"] == 8
         assert all(0.0 <= row[key] <= 1.0 for key in ("pixel_auroc", "pro", "image_auroc", "pixel_ap"))
         assert row["bank_bytes"] > 0 and row["seconds_per_image"] > row["backbone_seconds_per_image"]
-    # Subspace bank: per-level float32 banks, (N, N) Gram matrices and the pooled sampling bank, counted exactly.
+    # Subspace bank: per-level float32 banks, (N, N) Gram matrices and the pooled sampling bank, counted
+    # exactly.
     sub = rows["subspace (image atoms)"]
     cells = {2: 8 * 8 * 40, 3: 4 * 4 * 112, 4: 2 * 2 * 1280}
     expected = 4 * (6 * sum(cells.values()) + 3 * 6 * 6 + 6 * 1280 + 6 * 6)

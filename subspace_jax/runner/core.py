@@ -27,7 +27,6 @@ from subspace_jax.runner import features as feature_io
 from subspace_jax.runner.workbench import bank_bytes
 
 
-
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What distinguishes one benchmark script from another; everything else is shared.
@@ -131,6 +130,9 @@ class RunSettings:
     save_maps: int = 0
     feature_cache: Path | None = None
     progress: bool = True
+    mesh: Any = None  # jax.sharding.Mesh of --mesh / --distributed, else None (one device)
+    writer: bool = True  # process 0: the only one that writes results, figures and caches
+    memory_budget_bytes: int | None = None
 
 
 def _features_for(
@@ -206,9 +208,22 @@ def run_category(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    test = dataset_obj.load(
-        "test", image_size=settings.image_size, crop=settings.crop, progress=settings.progress
-    )
+    shares = _process_shares(len(dataset_obj.samples("test"))) if settings.mesh is not None else None
+    if shares is None:
+        test = dataset_obj.load(
+            "test", image_size=settings.image_size, crop=settings.crop, progress=settings.progress
+        )
+    else:  # this process reads only its share of the test images
+        from subspace_jax.data.loading import load_samples
+
+        test = load_samples(
+            [dataset_obj.samples("test")[i] for i in shares[1]],
+            settings.image_size,
+            settings.crop,
+            settings.progress,
+            desc=f"{category} test (share)",
+            allow_missing_masks=getattr(dataset_obj, "allow_missing_masks", False),
+        )
     timings["load_test"] = time.perf_counter() - start
 
     train_feats, train_backbone_s, train_cached, train_load_s = _features_for(
@@ -240,12 +255,22 @@ def run_category(
         timings=timings,
         progress=settings.progress,
         desc=f"{category} scoring",
+        mesh=settings.mesh,
+        execution=_execution(settings),
     )
     timings["score_total"] = time.perf_counter() - start  # the stages plus batching and host copies
     del test_feats
 
     masks = np.asarray(test.masks, dtype=bool)
     labels = np.asarray(test.labels)
+    test_images = np.asarray(test.images) if settings.save_maps > 0 else None
+    test_types, test_paths = list(test.defect_types), list(test.paths)
+    if shares is not None:  # every process gets every process's rows, in the test set's order
+        maps, scores, masks, labels = (_gather_shares(x, shares[0]) for x in (maps, scores, masks, labels))
+        if test_images is not None:
+            test_images = _gather_shares(test_images, shares[0])
+        samples = dataset_obj.samples("test")
+        test_types, test_paths = [x.defect_type for x in samples], [x.image_path for x in samples]
     if maps.shape != masks.shape:
         raise ValueError(
             f"category {category!r}: the model returned maps of shape {maps.shape} for masks of shape "
@@ -263,14 +288,14 @@ def run_category(
         "score_seconds_per_image": (test_backbone_s + timings["score_total"]) / maps.shape[0],
     }
 
-    if settings.save_maps > 0:
+    if settings.save_maps > 0 and settings.writer:
         start = time.perf_counter()
         written = figures.save_best_worst(
             settings.out_dir / "figures" / category,
-            np.asarray(test.images),
+            test_images,
             masks,
             maps,
-            [f"{kind}/{Path(path).name}" for kind, path in zip(test.defect_types, test.paths)],
+            [f"{kind}/{Path(path).name}" for kind, path in zip(test_types, test_paths)],
             settings.save_maps,
         )
         timings["figures"] = time.perf_counter() - start
@@ -281,6 +306,37 @@ def run_category(
     entry["features_cached"] = {"train": train_cached, "test": test_cached}
     entry["finished"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     return entry
+
+
+def _execution(settings: RunSettings) -> Any:
+    if settings.memory_budget_bytes is None:
+        return None
+    from subspace_jax.execution import default_execution
+
+    return default_execution(settings.memory_budget_bytes)
+
+
+def _process_shares(n: int) -> tuple[list[int], list[int]] | None:
+    """With several processes: (real rows per process, this process's test indices), consecutive equal
+    shares, the short ones padded by repeating their last index (every process scores as many batches)."""
+    import jax
+
+    count = jax.process_count()
+    if count == 1:
+        return None
+    share = -(-n // count)
+    bounds = [(min(p * share, n), min((p + 1) * share, n)) for p in range(count)]
+    lo, hi = bounds[jax.process_index()]
+    indices = list(range(lo, hi)) or [n - 1]
+    return [b - a for a, b in bounds], indices + [indices[-1]] * (share - len(indices))
+
+
+def _gather_shares(local: np.ndarray, real: list[int]) -> np.ndarray:
+    """Concatenate every process's first ``real[p]`` rows of ``local`` (same shape everywhere)."""
+    from jax.experimental import multihost_utils
+
+    stacked = np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=False))
+    return np.concatenate([stacked[p, : real[p]] for p in range(len(real))])
 
 
 # --- the command line -----------------------------------------------------------------------------------
@@ -391,9 +447,32 @@ def build_parser(spec: DatasetSpec, method: Any, defaults: Any) -> tuple[argpars
         help="images per backbone forward pass and per scoring call (default: 16)",
     )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    run.add_argument(
-        "--debug", action="store_true", help="let errors through with their Python traceback"
+    dev = parser.add_argument_group("devices and hosts (README, 'GPU / TPU / many devices')")
+    dev.add_argument(
+        "--mesh",
+        default=None,
+        metavar="DATA,BANK",
+        help="score on a DATA x BANK device mesh: test images split over DATA devices, the bank's rows "
+        "over BANK (default: one device; with --distributed, every device on the data axis)",
     )
+    dev.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process job (jax.distributed.initialize; auto-detected on TPU pods and SLURM); "
+        "each process reads its share of the test images, process 0 alone writes",
+    )
+    dev.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+    dev.add_argument("--num-processes", type=int, default=None, metavar="N")
+    dev.add_argument("--process-id", type=int, default=None, metavar="I")
+    dev.add_argument(
+        "--memory-budget-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="transient memory of one vectorised reconstruction step (default: by backend; results "
+        "do not depend on it)",
+    )
+    run.add_argument("--debug", action="store_true", help="let errors through with their Python traceback")
     names = cli.add_config_flags(parser, method.config_cls, defaults, f"{method.name} configuration")
     return parser, names
 
@@ -411,10 +490,8 @@ def missing_weights_message(backbone_name: str, error: Exception, weights: Path 
     from subspace_jax.backbones import TorchFileError, WeightsMismatchError
 
     if weights is not None and isinstance(error, (TorchFileError, WeightsMismatchError)):
-        return (
-            f"error: --weights {weights}: {_one_line(error)}; pass a torch.save state dict of "
-            f"{backbone_name}"
-        )
+        hint = f"pass a torch.save state dict of {backbone_name}"
+        return f"error: --weights {weights}: {_one_line(error)}; {hint}"
     return (
         f"error: cannot load the {backbone_name} backbone: {_one_line(error)}. Put its ImageNet weights "
         "where this message says (or pass --weights FILE), or run offline with the packaged weights: "
@@ -489,6 +566,24 @@ def _main(spec: DatasetSpec, argv: list[str], debug: bool) -> int:
         parser.error(f"--save-maps: expected a count >= 0, got {ns.save_maps}")
     if ns.batch_size < 1:
         parser.error(f"--batch-size: expected a positive integer, got {ns.batch_size}")
+    mesh, writer = None, True
+    if ns.distributed or ns.mesh is not None:
+        if ns.distributed and ns.feature_cache is not None:
+            parser.error("--feature-cache: not supported with --distributed (each process sees a share)")
+        try:
+            from subspace_jax import sharding
+
+            if ns.distributed:
+                sharding.initialize_distributed(ns.coordinator, ns.num_processes, ns.process_id)
+            elif (ns.coordinator, ns.num_processes, ns.process_id) != (None, None, None):
+                raise ValueError("--coordinator, --num-processes, --process-id: need --distributed")
+            import jax
+
+            data, bank = sharding.parse_mesh(ns.mesh or f"{jax.device_count()},1")
+            mesh = sharding.make_mesh(data, bank)
+            writer = jax.process_index() == 0
+        except ValueError as exc:
+            parser.error(str(exc))
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir: Path = ns.out or Path("results") / spec.name / stamp
     problem = _check_out_dir(out_dir)
@@ -513,7 +608,9 @@ def _main(spec: DatasetSpec, argv: list[str], debug: bool) -> int:
     )
     results_path = out_dir / "results.json"
     try:
-        if results_path.exists():
+        # Other processes of a distributed run never write; process 0 may have started this run's
+        # results.json already, so only --resume makes them read one.
+        if results_path.exists() and (writer or ns.resume):
             if not ns.resume:
                 raise results.ResultsError(
                     f"{results_path}: already holds results; pass --resume to continue that run, "
@@ -539,14 +636,18 @@ def _main(spec: DatasetSpec, argv: list[str], debug: bool) -> int:
         batch_size=ns.batch_size,
         save_maps=ns.save_maps,
         feature_cache=ns.feature_cache,
-        progress=not ns.no_progress,
+        progress=not ns.no_progress and writer,
+        mesh=mesh,
+        writer=writer,
+        memory_budget_bytes=ns.memory_budget_bytes,
     )
     todo = [c for c in categories if c not in document["categories"]]
     skipped = [c for c in categories if c in document["categories"]]
     if skipped:
         print(f"resuming {out_dir}: skipping finished categories {' '.join(skipped)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    results.write(out_dir, document, method.name)
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results.write(out_dir, document, method.name)
 
     from tqdm.auto import tqdm
 
@@ -566,12 +667,16 @@ def _main(spec: DatasetSpec, argv: list[str], debug: bool) -> int:
             )
             return 1
         document["categories"][category] = entry
+        if not writer:
+            continue
         results.write(out_dir, document, method.name)
         print(
             f"{category}: pixel AUROC {100 * entry['pixel_auroc']:.1f}  PRO {100 * entry['pro']:.1f}  "
             f"fit {entry['fit_seconds']:.1f} s  score {entry['score_seconds_per_image'] * 1000:.0f} ms/image"
         )
 
+    if not writer:
+        return 0
     header, rows = results.comparison_rows(document, method.name)
     print()
     print(
