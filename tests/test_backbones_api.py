@@ -196,3 +196,39 @@ def test_micro_batching_matches_whole_batch():
     )
     with pytest.raises(ValueError, match="micro_batch"):
         backbones.Backbone(get_spec("efficientnet_lite0"), model, tag, micro_batch=0)
+
+
+def test_lite0_input_normalization_is_selectable_and_part_of_the_identity(lite0):
+    """ImageNet mean/std on x equals the default TF (v - 127) / 128 on v = 127 + 128 (x / 255 - m) / s, the
+    numpy transform giving the same network input; the two differ on x itself and name different features."""
+    from subspace_jax.batching import check_backbone
+    from subspace_jax.runner.features import FeatureKey
+
+    imagenet = backbones.load("efficientnet_lite0", normalization="imagenet")
+    assert imagenet.name == "efficientnet_lite0:imagenet" and lite0.name == "efficientnet_lite0"
+    assert backbones.load("efficientnet_lite0", normalization="tf").name == lite0.name
+    assert get_spec("efficientnet_lite0:imagenet") == imagenet.spec
+    x = np.random.default_rng(5).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    v = (127.0 + 128.0 * (x / 255.0 - mean) / std).astype(np.float32)
+    ours, reference, plain = imagenet(x), lite0(v), lite0(x)
+    for key in ours:
+        scale = float(np.abs(reference[key]).max())
+        np.testing.assert_allclose(ours[key], reference[key], rtol=0, atol=1e-4 * scale, err_msg=key)
+        assert np.abs(np.asarray(ours[key]) - np.asarray(plain[key])).max() > 1e-2 * scale, key
+    keys = [
+        FeatureKey.of(b, dataset="mtd", category="mtd", split="train", image_size=64, crop=None)
+        for b in (lite0, imagenet)
+    ]
+    assert keys[0] != keys[1] and keys[0].weights_sha256 == keys[1].weights_sha256
+
+    class Fitted:  # what a bank fit on the TF-normalised features records
+        backbone_name, weights_sha256 = lite0.name, lite0.weights_sha256
+
+    check_backbone(Fitted(), lite0)
+    with pytest.raises(ValueError, match="was fit with"):
+        check_backbone(Fitted(), imagenet)
+    with pytest.raises(ValueError, match="normalization"):
+        backbones.load("efficientnet_lite0", "random", normalization="caffe")
+    with pytest.raises(ValueError, match="contradicts"):
+        get_spec("efficientnet_lite0:imagenet", "tf")

@@ -9,11 +9,19 @@ from __future__ import annotations
 from .backbone import Backbone, build_model, load, load_pretrained
 from .convert import WeightsMismatchError, load_state_dict
 from .pretrained import WeightsHashError, WeightsNotFoundError
-from .registry import FEATURES_VERSION, REGISTRY, BackboneSpec, features_version, preprocess
+from .registry import (
+    FEATURES_VERSION,
+    NORMALIZATIONS,
+    REGISTRY,
+    BackboneSpec,
+    features_version,
+    preprocess,
+)
 from .torch_weights import TorchFileError, UnsafePickleError, load_torch_file
 
 __all__ = [
     "FEATURES_VERSION",
+    "NORMALIZATIONS",
     "REGISTRY",
     "Backbone",
     "BackboneSpec",

