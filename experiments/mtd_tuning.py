@@ -30,14 +30,8 @@ SEED = 0
 
 def _backbone(norm: str):
     from subspace_jax import backbones
-    from subspace_jax.backbones.backbone import Backbone, build_model
-    from subspace_jax.backbones.registry import _IMAGENET_MEAN, _IMAGENET_STD, get_spec
 
-    if norm == "tf":
-        return backbones.load("efficientnet_lite0")
-    spec = dataclasses.replace(get_spec("efficientnet_lite0"), mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
-    model, tag = build_model("efficientnet_lite0", None)
-    return Backbone(spec, model, tag)
+    return backbones.load("efficientnet_lite0", normalization=norm)
 
 
 def compute_features(data_root: Path, cache: Path) -> None:
@@ -278,6 +272,12 @@ def standardise(maps: dict, held: dict, mode: str) -> dict:
     return out
 
 
+def relative_residual(maps: dict, norms: dict) -> dict:
+    """Level maps (B, h, w) -> each residual divided by the norm of the feature it reconstructs, at
+    that pixel (``norms``: level -> (B, h, w)), so levels and pixels with large features do not dominate."""
+    return {key: value / (norms[key] + 1e-6) for key, value in maps.items()}
+
+
 def fuse(maps: dict, sigma: float = 4.0, size: int = 256) -> np.ndarray:
     """Sum of the bilinearly upsampled level maps, Gaussian-smoothed: (B, size, size)."""
     import jax
@@ -354,10 +354,9 @@ def evaluate_variant(variant: Variant, cache: Path, half: str, fusions=FUSIONS, 
         # "none:s8": fusion "none" smoothed with sigma 8 instead of the paper's 4.
         mode, _, sigma = fusion.partition(":s")
         sigma = float(sigma) if sigma else 4.0
-        if mode == "rel":  # residual relative to the feature norm at that pixel
-            test_levels = {k: v / (res["test_norms"][k] + 1e-6) for k, v in res["test_maps"].items()}
-            held_levels = {k: v / (res["held_norms"][k] + 1e-6) for k, v in res["held_maps"].items()}
-            maps, held = fuse(test_levels, sigma), fuse(held_levels, sigma)
+        if mode == "rel":
+            maps = fuse(relative_residual(res["test_maps"], res["test_norms"]), sigma)
+            held = fuse(relative_residual(res["held_maps"], res["held_norms"]), sigma)
         else:
             maps = fuse(standardise(res["test_maps"], res["held_maps"], mode), sigma)
             held = fuse(standardise(res["held_maps"], res["held_maps"], mode), sigma)
