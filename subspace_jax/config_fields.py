@@ -15,7 +15,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from subspace_jax.backbones.registry import NORMALIZATIONS
 from subspace_jax.backbones.registry import REGISTRY as _BACKBONE_REGISTRY
+from subspace_jax.backbones.registry import get_spec as _backbone_spec
 
 BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 LEVELS = (1, 2, 3, 4)
@@ -38,7 +40,11 @@ class BaseConfig:
     """Fields every method's config shares (frozen and hashable, so static under ``jit``).
 
     Attributes:
-      backbone: feature extractor, one of ``BACKBONE_NAMES``.
+      backbone: feature extractor, one of ``BACKBONE_NAMES``, optionally with its input normalisation
+        as ``"<name>:<normalization>"`` (``NORMALIZATIONS``: ``"tf"``, ``"imagenet"``), e.g.
+        ``"efficientnet_lite0:imagenet"``; stored as ``backbones.load(backbone).name`` (the
+        backbone's own normalisation drops the suffix), so features, caches and fitted models of
+        the two normalisations are never mixed.
       image_size: images are resized to ``image_size`` × ``image_size``.
       crop: optional centre crop after resizing (the PatchCore protocol: 256 then 224); the
         anomaly maps have size ``crop or image_size``.
@@ -56,7 +62,16 @@ class BaseConfig:
     sigma: float = 4.0
 
     def __post_init__(self) -> None:
-        self._check_choice("backbone", BACKBONE_NAMES)
+        try:
+            if not isinstance(self.backbone, str):
+                raise ValueError
+            object.__setattr__(self, "backbone", _backbone_spec(self.backbone).name)
+        except ValueError:
+            self._fail(
+                "backbone",
+                f"one of {BACKBONE_NAMES}, optionally as '<name>:<normalization>' with a normalization "
+                f"from {tuple(NORMALIZATIONS)}",
+            )
         self._check_int("image_size", 32)
         if self.crop is not None and (not _is_int(self.crop) or not 32 <= self.crop <= self.image_size):
             self._fail("crop", f"None or an int in [32, image_size={self.image_size}]")

@@ -182,3 +182,33 @@ def test_mtd_runner_default_is_the_tuned_config_and_the_paper_config_is_kept():
     # The default differs from it only in the switches chosen on half A.
     changed = {k for k, v in default.to_dict().items() if paper.to_dict()[k] != v}
     assert changed == {"k", "projection", "projection_channels", "bank_dtype", "score_fraction"}
+
+
+def test_input_normalization_in_config_backbone_selects_the_backbone_and_keeps_fitted_models_apart():
+    """Config.backbone "efficientnet_lite0:imagenet" feeds ImageNet mean/std; the default stays the TF
+    (x - 127) / 128, and a model fit with one normalisation refuses a backbone with the other."""
+    from subspace_jax import backbones
+
+    assert config().backbone == "efficientnet_lite0"
+    assert config(backbone="efficientnet_lite0:tf").backbone == "efficientnet_lite0"
+    imagenet_config = config(backbone="efficientnet_lite0:imagenet", levels=(3,))
+    assert sj.Config.from_dict(imagenet_config.to_dict()) == imagenet_config
+    with pytest.raises(ValueError, match="^Config.backbone: expected"):
+        config(backbone="efficientnet_lite0:caffe")
+    tf_net = backbones.load("efficientnet_lite0", "random", seed=2)
+    imagenet_net = backbones.load("efficientnet_lite0:imagenet", "random", seed=2)
+    images = np.random.default_rng(6).integers(0, 256, (N_TRAIN, 32, 32, 3), dtype=np.uint8)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    as_tf = (127.0 + 128.0 * (images / 255.0 - mean) / std).astype(np.float32)  # same network input
+    fitted = sj.fit(images, imagenet_config, imagenet_net, progress=False)
+    assert fitted.backbone_name == "efficientnet_lite0:imagenet"
+    # The transformed pixels leave [0, 255], which the batched extractor refuses: call the network.
+    tf_features = {k: np.asarray(v) for k, v in tf_net(as_tf).items() if k in ("level3", "pooled")}
+    reference = sj.fit_features(tf_features, imagenet_config)
+    for key, bank in reference.banks.items():
+        scale = float(np.abs(bank).max())
+        np.testing.assert_allclose(fitted.banks[key], bank, rtol=0, atol=1e-4 * scale, err_msg=key)
+    with pytest.raises(ValueError, match="config.backbone"):
+        sj.fit(images, imagenet_config, tf_net, progress=False)
+    with pytest.raises(ValueError, match="was fit with"):
+        fitted.bind(tf_net)
