@@ -380,6 +380,58 @@ def evaluate_variant(variant: Variant, cache: Path, half: str, fusions=FUSIONS, 
     return rows
 
 
+def combine_modes(maps: list, held: list, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fused maps of several reconstruction modes, each (B, S, S), with their held-out nominal maps ->
+    their sum (test, held): plain ("sum") or after z-scoring each mode's maps with the mean and std of
+    all pixels of its held-out maps ("z"), so neither mode's scale dominates."""
+    if mode == "z":
+        stats = [(float(h.mean()), float(h.std())) for h in held]
+        maps = [(m - mean) / std for m, (mean, std) in zip(maps, stats)]
+        held = [(h - mean) / std for h, (mean, std) in zip(held, stats)]
+    elif mode != "sum":
+        raise ValueError(f"mode: expected 'sum' or 'z', got {mode!r}")
+    return sum(maps[1:], start=maps[0]), sum(held[1:], start=held[0])
+
+
+MODE_FUSIONS = ("sum", "z")
+
+
+def evaluate_mode_fusion(variant: Variant, cache: Path, half: str, scores=SCORES) -> list[dict]:
+    """Rows of the variant's image-atom and pixel-atom maps (each fused over levels by a plain sum) and of
+    their combinations (``combine_modes``), one per image score, on one half of the test set. The bank is
+    the same for both modes (the reconstruction mode only changes scoring)."""
+    from subspace_jax import metrics
+
+    index = half_indices(cache, half)
+    masks = np.load(cache / "meta" / "test_masks.npy", mmap_mode="r")[index]
+    labels = np.load(cache / "meta" / "test_labels.npy")[index]
+    modes = ("image", "pixel")
+    results = [level_results(dataclasses.replace(variant, reconstruction=r), cache, index) for r in modes]
+    test = [fuse(r["test_maps"]) for r in results]
+    held = [fuse(r["held_maps"]) for r in results]
+    cases = {"image": (test[0], held[0]), "pixel": (test[1], held[1])}
+    for mode in MODE_FUSIONS:
+        cases[f"image+pixel:{mode}"] = combine_modes(test, held, mode)
+    rows = []
+    for name, (maps, held_maps) in cases.items():
+        pixel = metrics_row(maps, maps.max(axis=(1, 2)), masks, labels)
+        for kind in scores:
+            s = image_scores(kind, maps, results[0]["test_pooled"], held_maps, results[0]["held_pooled"])
+            row = dict(pixel, image_auroc=metrics.image_auroc(s, labels))
+            rows.append(
+                {
+                    "variant": variant.name(),
+                    "fusion": f"none, {name}",
+                    "score": kind,
+                    "half": half,
+                    **{k: round(100 * v, 2) for k, v in row.items()},
+                    "bank_bytes": results[0]["bank_bytes"],
+                    "fit_score_seconds": round(sum(r["seconds"] for r in results), 1),
+                }
+            )
+    return rows
+
+
 def parse_variant(text: str) -> Variant:
     """ "norm=imagenet,levels=23,k=10,channels=2:16;3:32,projection=pca" -> Variant."""
     values = {}
@@ -506,7 +558,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("features", "options", "baseline", "report", "table", "config"))
+    parser.add_argument(
+        "command", choices=("features", "options", "modes", "baseline", "report", "table", "config")
+    )
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("/work/cache/research"))
     parser.add_argument(
@@ -538,7 +592,10 @@ def main(argv=None) -> int:
             print(key, row)
     else:
         for text in args.variant or [""]:
-            rows = evaluate_variant(parse_variant(text), args.cache, args.half, args.fusions, args.scores)
+            if args.command == "modes":
+                rows = evaluate_mode_fusion(parse_variant(text), args.cache, args.half, args.scores)
+            else:
+                rows = evaluate_variant(parse_variant(text), args.cache, args.half, args.fusions, args.scores)
             with args.out.open("a") as f:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")

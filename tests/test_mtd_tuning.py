@@ -105,3 +105,23 @@ def test_image_scores_max_topk_pooled_and_z_scored_sum(tuning):
         (maps[b].max() - mean_max) / std_max + (pooled[b] - mean_pooled) / std_pooled for b in range(4)
     ]
     np.testing.assert_allclose(scores["max+pooled"], expected, rtol=1e-10)
+
+
+def test_combining_image_and_pixel_atom_maps_sums_them_plain_or_z_scored_by_nominal_statistics(tuning):
+    rng = np.random.default_rng(6)
+    image, pixel = rng.gamma(2.0, 1.0, (3, 8, 8)), 50 + 20 * rng.gamma(2.0, 1.0, (3, 8, 8))
+    held_image, held_pixel = rng.gamma(2.0, 1.0, (5, 8, 8)), 50 + 20 * rng.gamma(2.0, 1.0, (5, 8, 8))
+    test, held = tuning.combine_modes([image, pixel], [held_image, held_pixel], "sum")
+    np.testing.assert_allclose(test, image + pixel, rtol=1e-12)
+    np.testing.assert_allclose(held, held_image + held_pixel, rtol=1e-12)
+
+    def z(x, ref):
+        values = ref.ravel().tolist()
+        mean = sum(values) / len(values)
+        return (x - mean) / (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+
+    test, held = tuning.combine_modes([image, pixel], [held_image, held_pixel], "z")
+    np.testing.assert_allclose(test, z(image, held_image) + z(pixel, held_pixel), rtol=1e-10)
+    np.testing.assert_allclose(held, z(held_image, held_image) + z(held_pixel, held_pixel), rtol=1e-10)
+    with pytest.raises(ValueError, match="mode"):
+        tuning.combine_modes([image], [held_image], "max")
