@@ -2,6 +2,7 @@
 
     python experiments/mtd_tuning.py features --data-root PATH [--cache DIR]
     python experiments/mtd_tuning.py options --data-root PATH [--cache DIR] [--half A] [--out FILE]
+    python experiments/mtd_tuning.py modes --data-root PATH [--cache DIR] [--half A] [--out FILE]
 
 ``features`` runs efficientnet_lite0 once over MTD's training and test images (256 px) with both input
 normalisations (the TF builder's (x - 127) / 128, and ImageNet mean/std) and stores the levels as .npy
@@ -9,7 +10,8 @@ files. ``options`` scores every option of the issue on half A (``stratified_halv
 0, stratified by defect type) from those features and writes one JSON line per option: the four metrics
 and the bytes of every array the fitted model holds. Statistics for residual standardisation come from
 held-out nominal *training* images (a bank fit on the other training images scores them), never from
-test images.
+test images. ``modes`` scores a bank variant with image atoms and with pixel atoms and adds the two fused
+maps, plainly or after z-scoring each with its held-out nominal maps.
 """
 
 from __future__ import annotations
