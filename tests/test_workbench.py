@@ -155,3 +155,16 @@ def test_compare_mtd_writes_the_table_and_keeps_the_notes(mtd_root, tmp_path):
     expected = 4 * (6 * sum(cells.values()) + 3 * 6 * 6 + 6 * 1280 + 6 * 6)
     assert sub["bank_bytes"] == expected
     assert rows["PatchCore"]["config"]["coreset_ratio"] == 0.01
+
+
+def test_default_config_starts_from_a_named_config_file():
+    from subspace_jax.runner import config_files
+
+    paper = config_files.load(config_files.CONFIG_DIR / "mtd_paper.py")
+    assert workbench.default_config("subspace", "mtd", config_file="mtd_paper") == paper
+    tweaked = workbench.default_config("subspace", "mtd", config_file="mtd_paper", levels=(2, 3))
+    assert tweaked.levels == (2, 3) and tweaked.sampling_level == paper.sampling_level
+    runner_default = config_files.load(config_files.CONFIG_DIR / "mtd_default.py")
+    assert workbench.default_config("subspace", "mtd") == runner_default
+    with pytest.raises(ValueError, match="config_file"):
+        workbench.default_config("patchcore", "mtd", config_file="mtd_paper")

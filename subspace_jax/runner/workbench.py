@@ -201,12 +201,30 @@ def evaluate(
     return row, maps, scores
 
 
-def default_config(method_name: str, dataset: str = "mtd", **overrides: Any) -> Any:
-    """``method_name``'s config for ``dataset`` as the runner starts from it (MTD's subspace default
-    is ``experiments/configs/mtd_paper.py``: levels 2-4, pooled sampling), then ``overrides``."""
+def default_config(
+    method_name: str, dataset: str = "mtd", *, config_file: str | None = None, **overrides: Any
+) -> Any:
+    """``method_name``'s config for ``dataset`` as the runner starts from it (MTD's subspace default is
+    ``experiments/configs/mtd_default.py``), or from ``config_file`` (a name in ``experiments/configs``
+    such as ``"mtd_paper"``, or a path), then ``overrides``.
+
+    The ablation notebooks start from ``config_file="mtd_paper"``: they study the paper's method.
+    """
     import dataclasses
 
-    from subspace_jax.runner import core, datasets
+    from subspace_jax.runner import config_files, core, datasets
 
-    spec = {"mtd": datasets.MTD, "mvtec": datasets.MVTEC, "btad": datasets.BTAD}[dataset]
-    return dataclasses.replace(core.default_config(spec, core.resolve_method(method_name)), **overrides)
+    method = core.resolve_method(method_name)
+    if config_file is None:
+        spec = {"mtd": datasets.MTD, "mvtec": datasets.MVTEC, "btad": datasets.BTAD}[dataset]
+        base = core.default_config(spec, method)
+    else:
+        path = Path(config_file)
+        if path.suffix != ".py":
+            path = config_files.CONFIG_DIR / f"{config_file}.py"
+        base = config_files.load(path)
+        if not isinstance(base, method.config_cls):
+            raise ValueError(
+                f"config_file: {path} holds a {type(base).__name__}, not a config of {method_name!r}"
+            )
+    return dataclasses.replace(base, **overrides)
