@@ -85,6 +85,20 @@ def _feature_batches(
         yield {key: batching.pad_batch(value, batch_size) for key, value in block.items()}, real
 
 
+def _feature_rows(
+    scorer: StagedScorer, model: Any, features: Mapping[str, Any]
+) -> tuple[tuple[str, ...], int]:
+    """The feature keys ``model`` reads and the number N >= 1 of images ``features`` holds."""
+    keys = tuple(scorer.feature_keys(model))
+    missing = [key for key in keys if key not in features]
+    if missing:
+        raise ValueError(f"features: missing {missing}; this model reads {list(keys)}")
+    n = int(np.shape(features[keys[0]])[0])
+    if n == 0:
+        raise ValueError("features: expected at least one image, got none")
+    return keys, n
+
+
 def score_in_batches(
     scorer: StagedScorer,
     model: Any,
@@ -133,13 +147,7 @@ def score_in_batches(
     # Layout options reach the subspace scorer only (the baselines have none).
     options = {} if execution is None else {"execution": execution}
     if isinstance(inputs, Mapping):
-        keys = tuple(scorer.feature_keys(model))
-        missing = [key for key in keys if key not in inputs]
-        if missing:
-            raise ValueError(f"features: missing {missing}; this model reads {list(keys)}")
-        n = int(np.shape(inputs[keys[0]])[0])
-        if n == 0:
-            raise ValueError("features: expected at least one image, got none")
+        keys, n = _feature_rows(scorer, model, inputs)
         batch_size = batching.batch_size_for(n, batch_size)
         maps, scores = [], []
         batches = _feature_batches(inputs, keys, n, batch_size)
@@ -188,13 +196,7 @@ def _score_on_mesh(
     model = sharding.placed(model, mesh)
     local = sharding.local_batch_size(batch_size, mesh)
     if isinstance(inputs, Mapping):
-        keys = tuple(scorer.feature_keys(model))
-        missing = [key for key in keys if key not in inputs]
-        if missing:
-            raise ValueError(f"features: missing {missing}; this model reads {list(keys)}")
-        n = int(np.shape(inputs[keys[0]])[0])
-        if n == 0:
-            raise ValueError("features: expected at least one image, got none")
+        keys, n = _feature_rows(scorer, model, inputs)
         maps, scores = [], []
         batches = _feature_batches(inputs, keys, n, local)
         for block, real in batching.progress_bar(batches, progress, desc, -(-n // local)):
