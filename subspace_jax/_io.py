@@ -20,7 +20,7 @@ def _umask() -> int:
     return mask
 
 
-def _give_default_permissions(path: Path, mode: int) -> None:
+def give_default_permissions(path: Path, mode: int) -> None:
     # mkstemp/mkdtemp create owner-only entries; results, figures and checkpoints should get the
     # permissions any ordinary file or folder written by this user would have.
     os.chmod(path, mode & ~_umask())
@@ -36,7 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _give_default_permissions(Path(tmp), 0o666)
+        give_default_permissions(Path(tmp), 0o666)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -63,7 +63,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        _give_default_permissions(tmp_path, 0o666)
+        give_default_permissions(tmp_path, 0o666)
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -83,7 +83,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        _give_default_permissions(tmp, 0o777)
+        give_default_permissions(tmp, 0o777)
         if path.exists():
             backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             backup.rmdir()

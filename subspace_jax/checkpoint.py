@@ -52,7 +52,7 @@ import numpy as np
 
 from subspace_jax import __version__
 from subspace_jax import model as model_lib
-from subspace_jax._io import atomic_write_text
+from subspace_jax._io import atomic_write_text, give_default_permissions
 from subspace_jax.batching import check_backbone
 
 FORMAT_VERSION = 2
@@ -424,9 +424,7 @@ def save(model: Any, path: str | os.PathLike) -> Path:
         metadata["files"] = _file_manifest(tmp / ARRAYS_DIR)
         atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         _seal(tmp, metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdir honours the umask already; keep it explicit
+        give_default_permissions(tmp, 0o777)  # mkdir honours the umask already; keep it explicit
         if os.path.lexists(path):
             _check_overwritable(path)  # it may have changed while we wrote
             os.replace(path, old)
