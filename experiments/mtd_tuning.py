@@ -128,6 +128,8 @@ class Variant:
     coreset: int = 0  # 0: all images; else k-center on pooled features to this many images
     bank_dtype: str = "float32"
     reconstruction: str = "image"
+    radius: int = 1  # pixel atoms: neighbourhood radius in the sampled images' maps
+    pixel_k: int = 5  # pixel atoms: atoms per feature vector
 
     def name(self) -> str:
         parts = [self.norm, "L" + "".join(map(str, self.levels)), f"k{self.k}", f"lam{self.lam}"]
@@ -141,6 +143,8 @@ class Variant:
             parts.append(self.bank_dtype)
         if self.reconstruction != "image":
             parts.append(self.reconstruction)
+            if (self.radius, self.pixel_k) != (1, 5):
+                parts.append(f"r{self.radius}k{self.pixel_k}")
         return " ".join(parts)
 
 
@@ -179,6 +183,8 @@ def model_config(variant: Variant):
         lam=variant.lam,
         bank_dtype=variant.bank_dtype,
         reconstruction=variant.reconstruction,
+        radius=variant.radius,
+        pixel_k=variant.pixel_k,
     )
 
 
@@ -280,6 +286,21 @@ def relative_residual(maps: dict, norms: dict) -> dict:
     return {key: value / (norms[key] + 1e-6) for key, value in maps.items()}
 
 
+def offset_relative_residual(maps: dict, norms: dict, held_norms: dict, offset: float) -> dict:
+    """Level maps (B, h, w) -> residual / (feature norm + offset x the median feature norm of that level's
+    nominal held-out pixels): ``offset`` 0 is ``relative_residual``, a large offset the plain residual up
+    to one factor per level; in between, weak features do not blow up their relative residual."""
+    return {key: value / (norms[key] + offset * np.median(held_norms[key])) for key, value in maps.items()}
+
+
+def weight_levels(maps: dict, weights: tuple[float, ...]) -> dict:
+    """Level maps -> each multiplied by its weight, levels in ascending order (weights[0] for the lowest)."""
+    keys = sorted(maps, key=lambda key: int(key.removeprefix("level")))
+    if len(weights) != len(keys):
+        raise ValueError(f"weights: expected {len(keys)} (one per level of {keys}), got {weights}")
+    return {key: maps[key] * weight for key, weight in zip(keys, weights)}
+
+
 def fuse(maps: dict, sigma: float = 4.0, size: int = 256) -> np.ndarray:
     """Sum of the bilinearly upsampled level maps, Gaussian-smoothed: (B, size, size)."""
     import jax
@@ -353,15 +374,25 @@ def evaluate_variant(variant: Variant, cache: Path, half: str, fusions=FUSIONS, 
     res = level_results(variant, cache, index)
     rows = []
     for fusion in fusions:
-        # "none:s8": fusion "none" smoothed with sigma 8 instead of the paper's 4.
+        # "none:s8": fusion "none" smoothed with sigma 8 instead of the paper's 4; "blend1@1,2,0.5": the
+        # offset relative residual (offset 1) with the levels weighted 1, 2, 0.5 before the sum.
         mode, _, sigma = fusion.partition(":s")
         sigma = float(sigma) if sigma else 4.0
-        if mode == "rel":
-            maps = fuse(relative_residual(res["test_maps"], res["test_norms"]), sigma)
-            held = fuse(relative_residual(res["held_maps"], res["held_norms"]), sigma)
+        mode, _, weights = mode.partition("@")
+        weights = tuple(float(w) for w in weights.split(",")) if weights else None
+        if mode.startswith("blend"):
+            offset = float(mode.removeprefix("blend"))
+            levels = offset_relative_residual(res["test_maps"], res["test_norms"], res["held_norms"], offset)
+            held = offset_relative_residual(res["held_maps"], res["held_norms"], res["held_norms"], offset)
+        elif mode == "rel":
+            levels = relative_residual(res["test_maps"], res["test_norms"])
+            held = relative_residual(res["held_maps"], res["held_norms"])
         else:
-            maps = fuse(standardise(res["test_maps"], res["held_maps"], mode), sigma)
-            held = fuse(standardise(res["held_maps"], res["held_maps"], mode), sigma)
+            levels = standardise(res["test_maps"], res["held_maps"], mode)
+            held = standardise(res["held_maps"], res["held_maps"], mode)
+        if weights:
+            levels, held = weight_levels(levels, weights), weight_levels(held, weights)
+        maps, held = fuse(levels, sigma), fuse(held, sigma)
         pixel = metrics_row(maps, maps.max(axis=(1, 2)), masks, labels)
         for kind in scores:
             s = image_scores(kind, maps, res["test_pooled"], held, res["held_pooled"])
@@ -443,7 +474,7 @@ def parse_variant(text: str) -> Variant:
             values[key] = tuple(int(c) for c in value)
         elif key == "channels":
             values[key] = tuple(tuple(int(x) for x in pair.split(":")) for pair in value.split(";"))
-        elif key in ("k", "lam", "aggregate", "coreset"):
+        elif key in ("k", "lam", "aggregate", "coreset", "radius", "pixel_k"):
             values[key] = int(value)
         else:
             values[key] = value

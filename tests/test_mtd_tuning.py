@@ -1,5 +1,6 @@
 """The map and score options of experiments/mtd_tuning.py (issue 14) against independent numpy computations:
-residual standardisation per level and per pixel, the relative residual, top-k and max+pooled image scores."""
+residual standardisation per level and per pixel, the relative residual (plain and offset), level
+weights, top-k and max+pooled image scores."""
 
 from __future__ import annotations
 
@@ -83,6 +84,34 @@ def test_relative_residual_divides_by_the_feature_norm_at_each_pixel(tuning):
     assert 0.5 < out["level3"].mean() / out["level2"].mean() < 2
 
 
+def test_offset_relative_residual_adds_a_multiple_of_the_nominal_median_norm(tuning):
+    rng = np.random.default_rng(6)
+    maps = _maps(7, 3, 1.0)
+    norms = {k: rng.uniform(1, 5, v.shape) for k, v in maps.items()}
+    held_norms = {"level2": rng.uniform(2, 4, (5, 6, 6)), "level3": rng.uniform(20, 40, (5, 3, 3))}
+    out = tuning.offset_relative_residual(maps, norms, held_norms, 0.5)
+    for key in maps:
+        values = sorted(float(v) for v in held_norms[key].ravel())
+        half = len(values) // 2  # 180 values at level 2 (the mean of the middle two), 45 at level 3
+        median = values[half] if len(values) % 2 else (values[half - 1] + values[half]) / 2
+        for b, i, j in np.ndindex(*maps[key].shape):
+            expected = maps[key][b, i, j] / (norms[key][b, i, j] + 0.5 * median)
+            assert out[key][b, i, j] == pytest.approx(expected, rel=1e-12)
+    # Offset 0 is the relative residual.
+    zero = tuning.offset_relative_residual(maps, norms, held_norms, 0.0)
+    relative = tuning.relative_residual(maps, norms)
+    for key in maps:
+        np.testing.assert_allclose(zero[key], relative[key], rtol=1e-5)
+
+
+def test_weight_levels_scales_each_level_in_ascending_level_order(tuning):
+    maps = {"level10": np.ones((1, 2, 2)), "level2": np.ones((1, 4, 4)), "level3": np.ones((1, 3, 3))}
+    out = tuning.weight_levels(maps, (1.0, 2.0, 0.5))
+    assert out["level2"].max() == 1.0 and out["level3"].max() == 2.0 and out["level10"].max() == 0.5
+    with pytest.raises(ValueError, match="expected 3"):
+        tuning.weight_levels(maps, (1.0, 2.0))
+
+
 def test_image_scores_max_topk_pooled_and_z_scored_sum(tuning):
     rng = np.random.default_rng(5)
     maps, held = rng.standard_normal((4, 10, 10)), rng.standard_normal((6, 10, 10))
@@ -125,3 +154,11 @@ def test_combining_image_and_pixel_atom_maps_sums_them_plain_or_z_scored_by_nomi
     np.testing.assert_allclose(held, z(held_image, held_image) + z(held_pixel, held_pixel), rtol=1e-10)
     with pytest.raises(ValueError, match="mode"):
         tuning.combine_modes([image], [held_image], "max")
+
+
+def test_variant_text_sets_the_pixel_atom_options_of_the_model_config(tuning):
+    variant = tuning.parse_variant("k=5,reconstruction=pixel,radius=2,pixel_k=3,aggregate=3,levels=23")
+    config = tuning.model_config(variant)
+    assert (config.reconstruction, config.radius, config.pixel_k, config.levels) == ("pixel", 2, 3, (2, 3))
+    assert variant.name() == "tf L23 k5 lam50 agg3 pixel r2k3"
+    assert tuning.parse_variant("reconstruction=pixel").name() == "tf L234 k5 lam50 pixel"
