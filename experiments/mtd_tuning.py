@@ -3,6 +3,7 @@
     python experiments/mtd_tuning.py features --data-root PATH [--cache DIR]
     python experiments/mtd_tuning.py options --data-root PATH [--cache DIR] [--half A] [--out FILE]
     python experiments/mtd_tuning.py modes --data-root PATH [--cache DIR] [--half A] [--out FILE]
+    python experiments/mtd_tuning.py frontier --data-root PATH [--cache DIR] [--maps-dir DIR] --out PNG
 
 ``features`` runs efficientnet_lite0 once over MTD's training and test images (256 px) with both input
 normalisations (the TF builder's (x - 127) / 128, and ImageNet mean/std) and stores the levels as .npy
@@ -11,7 +12,8 @@ files. ``options`` scores every option of the issue on half A (``stratified_halv
 and the bytes of every array the fitted model holds. Statistics for residual standardisation come from
 held-out nominal *training* images (a bank fit on the other training images scores them), never from
 test images. ``modes`` scores a bank variant with image atoms and with pixel atoms and adds the two fused
-maps, plainly or after z-scoring each with its held-out nominal maps.
+maps, plainly or after z-scoring each with its held-out nominal maps. ``frontier`` plots PRO against
+pixel AP of every option row on A beside PatchCore's point.
 """
 
 from __future__ import annotations
@@ -566,6 +568,45 @@ def markdown_table(paths: list[Path]) -> str:
     return "\n".join(lines)
 
 
+BANK_BUDGET = 47e6  # bytes: a tenth of the paper bank (issue 14)
+
+
+def frontier_figure(paths: list[Path], reference: dict, path: Path) -> Path:
+    """PRO against pixel AP of every (bank variant, fusion) row of the JSONL files (filled: bank within
+    ``BANK_BUDGET``), with the reference method's point and the issue's targets (its PRO + 2, its AP)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from subspace_jax._io import atomic_file
+
+    points = {}
+    for source in paths:
+        for line in source.read_text().splitlines():
+            r = json.loads(line)
+            points[(r["variant"], r["fusion"])] = (r["pro"], r["pixel_ap"], r["bank_bytes"] <= BANK_BUDGET)
+    fig = Figure(figsize=(6.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for small, label in ((False, "bank > 47 MB"), (True, "bank <= 47 MB")):
+        xy = np.array([(pro, ap) for pro, ap, fits in points.values() if fits == small]).reshape(-1, 2)
+        ax.scatter(
+            xy[:, 0], xy[:, 1], s=18, label=label, facecolors="C0" if small else "none", edgecolors="C0"
+        )
+    ax.scatter(
+        [reference["pro"]], [reference["pixel_ap"]], marker="*", s=160, c="C3", label=reference["name"]
+    )
+    ax.axvline(reference["pro"] + 2, color="C3", lw=0.8, ls="--", label="target: PRO > reference + 2")
+    ax.axhline(reference["pixel_ap"], color="C3", lw=0.8, ls=":", label="target: pixel AP > reference")
+    ax.set_xlabel("PRO (%)")
+    ax.set_ylabel("pixel AP (%)")
+    ax.set_title("MTD half A: every option (one point per bank variant and fusion)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
 def run_config(config_file: Path, cache: Path, out: Path, name: str) -> None:
     """Fit the subspace config of ``config_file`` on the cached training features, score the whole test
     set with the library's staged scorer, save maps and scores as ``out/<name>_{maps,scores}.npy``."""
@@ -592,7 +633,8 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "command", choices=("features", "options", "modes", "baseline", "report", "table", "config")
+        "command",
+        choices=("features", "options", "modes", "baseline", "report", "table", "frontier", "config"),
     )
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--cache", type=Path, default=Path("/work/cache/research"))
@@ -612,6 +654,15 @@ def main(argv=None) -> int:
         compute_features(args.data_root, args.cache)
     elif args.command == "table":
         print(markdown_table(sorted(args.cache.glob("optionsA*.jsonl"))))
+    elif args.command == "frontier":
+        # PatchCore's half-A metrics come from the ``baseline`` and ``report`` commands' files.
+        reference = json.loads((args.maps_dir / "patchcore_report.json").read_text())["A/all"]
+        path = frontier_figure(
+            sorted(args.cache.glob("optionsA*.jsonl")),
+            {"name": "PatchCore (1% coreset)", **reference},
+            args.out,
+        )
+        print(path)
     elif args.command == "config":
         run_config(args.config, args.cache, args.maps_dir, args.method)
     elif args.command == "baseline":

@@ -162,3 +162,26 @@ def test_variant_text_sets_the_pixel_atom_options_of_the_model_config(tuning):
     assert (config.reconstruction, config.radius, config.pixel_k, config.levels) == ("pixel", 2, 3, (2, 3))
     assert variant.name() == "tf L23 k5 lam50 agg3 pixel r2k3"
     assert tuning.parse_variant("reconstruction=pixel").name() == "tf L234 k5 lam50 pixel"
+
+
+def test_frontier_figure_writes_a_png_and_nothing_on_bad_rows(tuning, tmp_path):
+    import json
+
+    rows = [
+        {"variant": "a", "fusion": "none", "score": s, "pro": 70.0, "pixel_ap": 20.0, "bank_bytes": 4e8}
+        for s in ("max", "top1%")
+    ] + [
+        {"variant": "b", "fusion": "blend1", "score": "max", "pro": 76.0, "pixel_ap": 28.0, "bank_bytes": 4e7}
+    ]
+    source = tmp_path / "optionsA.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tuning.frontier_figure(
+        [source], {"name": "PatchCore", "pro": 74.0, "pixel_ap": 30.0}, tmp_path / "f.png"
+    )
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp*"))
+    source.write_text("{not json")
+    with pytest.raises(json.JSONDecodeError):
+        tuning.frontier_figure(
+            [source], {"name": "PatchCore", "pro": 74.0, "pixel_ap": 30.0}, tmp_path / "g.png"
+        )
+    assert not (tmp_path / "g.png").exists()
