@@ -571,9 +571,17 @@ def markdown_table(paths: list[Path]) -> str:
 BANK_BUDGET = 47e6  # bytes: a tenth of the paper bank (issue 14)
 
 
-def frontier_figure(paths: list[Path], reference: dict, path: Path) -> Path:
+FRONTIER_LABELS = {
+    ("tf L234 k20 lam50 pca-2:8,3:32,4:64 bfloat16", "none"): "mtd_default",
+    ("tf L234 k5 lam50", "none"): "mtd_paper",
+    ("tf L23 k5 lam50 agg3 coreset300 bfloat16 pixel", "none"): "mtd_pixel_ap",
+}
+
+
+def frontier_figure(paths: list[Path], reference: dict, path: Path, labels=FRONTIER_LABELS) -> Path:
     """PRO against pixel AP of every (bank variant, fusion) row of the JSONL files (filled: bank within
-    ``BANK_BUDGET``), with the reference method's point and the issue's targets (its PRO + 2, its AP)."""
+    ``BANK_BUDGET``), with the reference method's point and the issue's targets (its PRO + 2, its AP);
+    ``labels`` names some rows ((variant, fusion) -> text) beside their points."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -597,6 +605,9 @@ def frontier_figure(paths: list[Path], reference: dict, path: Path) -> Path:
     )
     ax.axvline(reference["pro"] + 2, color="C3", lw=0.8, ls="--", label="target: PRO > reference + 2")
     ax.axhline(reference["pixel_ap"], color="C3", lw=0.8, ls=":", label="target: pixel AP > reference")
+    for key, text in labels.items():
+        if key in points:
+            ax.annotate(text, points[key][:2], xytext=(4, -10), textcoords="offset points", fontsize=7)
     ax.set_xlabel("PRO (%)")
     ax.set_ylabel("pixel AP (%)")
     ax.set_title("MTD half A: every option (one point per bank variant and fusion)", fontsize=9)
