@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -639,6 +640,11 @@ def run_config(config_file: Path, cache: Path, out: Path, name: str) -> None:
     print(name, info, flush=True)
 
 
+def default_cache() -> Path:
+    """``$XDG_CACHE_HOME/subspace_jax/mtd_tuning``, else ``~/.cache/subspace_jax/mtd_tuning``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "subspace_jax" / "mtd_tuning"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -648,18 +654,22 @@ def main(argv=None) -> int:
         choices=("features", "options", "modes", "baseline", "report", "table", "frontier", "config"),
     )
     parser.add_argument("--data-root", type=Path, required=True)
-    parser.add_argument("--cache", type=Path, default=Path("/work/cache/research"))
+    parser.add_argument(
+        "--cache", type=Path, default=default_cache(), help="features, rows and maps (default: %(default)s)"
+    )
     parser.add_argument(
         "--method", default="patchcore", help="baseline: patchcore | spade; report: maps name"
     )
     parser.add_argument("--config", type=Path, help="config command: a subspace config file")
-    parser.add_argument("--maps-dir", type=Path, default=Path("/work/cache/research/maps"))
+    parser.add_argument("--maps-dir", type=Path, help="maps and reports (default: CACHE/maps)")
     parser.add_argument("--half", choices=("A", "B", "full"), default="A")
     parser.add_argument("--variant", action="append", default=[], help="e.g. norm=imagenet,aggregate=3")
     parser.add_argument("--fusions", nargs="+", default=list(FUSIONS))
     parser.add_argument("--scores", nargs="+", default=list(SCORES))
-    parser.add_argument("--out", type=Path, default=Path("/work/cache/research/options.jsonl"))
+    parser.add_argument("--out", type=Path, help="rows or figure (default: CACHE/options.jsonl)")
     args = parser.parse_args(argv)
+    args.maps_dir = args.maps_dir or args.cache / "maps"
+    args.out = args.out or args.cache / "options.jsonl"
     start = time.perf_counter()
     if args.command == "features":
         compute_features(args.data_root, args.cache)
