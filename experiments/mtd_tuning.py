@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-KEYS = ("level2", "level3", "level4", "pooled")
+KEYS = ("level1", "level2", "level3", "level4", "pooled")
 NORMS = ("tf", "imagenet")
 SEED = 0
 
@@ -65,7 +65,14 @@ def compute_features(data_root: Path, cache: Path) -> None:
 
 
 def load_features(cache: Path, norm: str, split: str) -> dict[str, np.ndarray]:
-    return {key: np.load(cache / norm / split / f"{key}.npy", mmap_mode="r") for key in KEYS}
+    """The cached levels of one normalisation and split (memory-mapped); a cache written before level 1
+    was stored has no ``level1``."""
+    folder = cache / norm / split
+    return {
+        key: np.load(folder / f"{key}.npy", mmap_mode="r")
+        for key in KEYS
+        if (folder / f"{key}.npy").is_file()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
