@@ -561,12 +561,14 @@ def _check_array_specs(meta_path: Path, method: _Method, metadata: dict[str, Any
         for name, spec in specs.items()
     }
     template = _build(method, abstract, config, metadata)
-    # Projections, coresets and aggregation are fitted on the host (numpy PCA, k-center), which
-    # eval_shape cannot trace; such models are checked against the abstract model only.
+    # Projections, coresets, aggregation and dictionaries are fitted on the host (numpy PCA, k-center,
+    # least squares), which eval_shape cannot trace; such models are checked against the abstract model
+    # only.
     host_fitted = (
         getattr(config, "projection", "none") != "none"
         or getattr(config, "coreset", 0)
         or (getattr(config, "aggregate", 1) > 1)
+        or getattr(config, "dictionary", 0)
     )
     if method.fit_inputs is not None and not host_fitted:
         shapes = {name: spec["shape"] for name, spec in specs.items()}

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_jax import batching, compress, scoring
+from subspace_jax import batching, compress, dictionary, scoring
 from subspace_jax import execution as execution_lib
 from subspace_jax import maps as maps_lib
 from subspace_jax import omp as omp_lib
@@ -123,6 +123,11 @@ class Config(BaseConfig):
         features (``subspace_jax.compress.kcenter``); 0 keeps all N.
       score_fraction: image score = mean of the highest ``score_fraction`` of the map's pixels; 0 =
         the map's maximum (the paper).
+      dictionary: replace the N training images by this many learned atoms (synthetic images fitted to
+        the nominal features with the model's own pursuit; ``subspace_jax.dictionary``), so that every
+        bank holds M rows instead of N; 0 keeps the images. Image reconstruction only; not with
+        ``coreset`` (learning starts from its own k-center coreset).
+      dictionary_steps: alternations of (codes, atoms) when learning the dictionary.
 
     ``k = 5`` and ``lam = 50`` come from the k × λ grid of ``experiments/mtd_grid.py`` on MTD
     (efficientnet_lite0, 256 px, levels 2-4, pooled sampling; k ∈ {1, 3, 5, 10}, λ ∈ {10, 20, 30,
@@ -151,6 +156,8 @@ class Config(BaseConfig):
     projection_channels: tuple[int, ...] = ()
     coreset: int = 0
     score_fraction: float = 0.0
+    dictionary: int = 0
+    dictionary_steps: int = 5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -194,6 +201,15 @@ class Config(BaseConfig):
         ):
             self._fail("coreset", f"0 or at least k={self.k}")
         self._check_number("score_fraction", 0.0, 1.0)
+        self._check_int("dictionary", 0)
+        self._check_int("dictionary_steps", 1)
+        if self.dictionary:
+            if self.reconstruction != "image":
+                self._fail("dictionary", "0 with reconstruction='pixel' (an atom is a whole synthetic image)")
+            if self.coreset:
+                self._fail("dictionary", "0 when coreset is set (learning starts from its own coreset)")
+            if self.sampling == "subspace" and self.k > self.dictionary:
+                self._fail("dictionary", f"0 or at least k={self.k}")
 
     @property
     def projected_channels(self) -> dict[str, int]:
@@ -376,7 +392,7 @@ def fit_features(
             )
         keep = np.sort(compress.kcenter(np.asarray(sampling, np.float32), config.coreset))
         feats = {key: np.asarray(value)[keep] for key, value in feats.items()}
-    banks, grams, projections = {}, {}, {}
+    values, projections = {}, {}
     for level in config.levels:
         key = level_key(level)
         value = feats[key]
@@ -396,12 +412,18 @@ def fit_features(
                     compress.random_projection(value.shape[-1], channels, seed=config.seed + level)
                 )
             value = _project(value, projections[key])
-        banks[key] = jnp.asarray(value, dtype)
-        grams[key] = _gram(value)
+        values[key] = value
+    sampling = feats[level_key(config.sampling_level)] if config.sampling == "subspace" else None
+    if config.dictionary:
+        values = {key: np.asarray(value, np.float32) for key, value in values.items()}
+        values, sampling, _ = dictionary.learn_atoms(
+            values, sampling, config, config.dictionary, config.dictionary_steps
+        )
+    banks = {key: jnp.asarray(value, dtype) for key, value in values.items()}
+    grams = {key: _gram(value) for key, value in values.items()}
     sampling_bank = sampling_gram = None
-    if config.sampling == "subspace":
-        value = feats[level_key(config.sampling_level)]
-        flat = value.reshape(value.shape[0], -1)
+    if sampling is not None:
+        flat = sampling.reshape(sampling.shape[0], -1)
         sampling_bank = jnp.asarray(flat, dtype)
         sampling_gram = _gram(flat)
     return Model(

@@ -1,0 +1,21 @@
+"""The MTD default (``mtd_default.py``) with a learned dictionary of 256 atoms instead of the 761 training
+images (issue 14): the same PCA projection (8, 32, 64 channels), bfloat16 banks, k = 20 and top-1% image
+score, 12.5 MB instead of 42.7 MB. The atoms are learned at fit (``subspace_jax.dictionary``: the
+model's own pursuit for the codes, least squares for the atoms), about a minute on a 2-core CPU.
+Results: ``docs/results/mtd_tuning_efficientnet_lite0.md``.
+"""
+
+import subspace_jax as sj
+
+
+def get_config() -> sj.Config:
+    return sj.Config(
+        levels=(2, 3, 4),
+        sampling_level="pooled",
+        k=20,
+        projection="pca",
+        projection_channels=(8, 32, 64),
+        bank_dtype="bfloat16",
+        score_fraction=0.01,
+        dictionary=256,
+    )
