@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -229,10 +230,9 @@ def score_levels(model, features: dict, batch: int = 16) -> tuple[dict, np.ndarr
 # nominal features by alternating the library's own pursuit (codes) with an update of the atoms.
 
 
-def dictionary_codes(model, features: dict, batch: int = 64) -> dict:
-    """The codes the model's scorer gives each row of ``features``: candidates by the sampling pursuit,
-    then per reconstruction level the k-sparse Batch-OMP among them. Returns level key -> (support (N, k)
-    global atom indices, -1 unused; coef (N, k); residual energy (N,))."""
+@functools.cache
+def _codes_jit():
+    """One jitted coder for all calls (a jit made inside ``dictionary_codes`` would recompile each call)."""
     import jax
     import jax.numpy as jnp
 
@@ -250,6 +250,13 @@ def dictionary_codes(model, features: dict, batch: int = 64) -> dict:
                 out[key] = (result.support, result.coef, jnp.sum(res * res, axis=-1))
             return out
 
+    return run
+
+
+def dictionary_codes(model, features: dict, batch: int = 64) -> dict:
+    """The codes the model's scorer gives each row of ``features``: candidates by the sampling pursuit,
+    then per reconstruction level the k-sparse Batch-OMP among them. Returns level key -> (support (N, k)
+    global atom indices, -1 unused; coef (N, k); residual energy (N,))."""
     n = len(features["pooled"])
     parts = []
     for start in range(0, n, batch):
@@ -257,7 +264,7 @@ def dictionary_codes(model, features: dict, batch: int = 64) -> dict:
         pad = batch - len(chunk["pooled"])
         if pad:
             chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in chunk.items()}
-        out = run(model, chunk)
+        out = _codes_jit()(model, chunk)
         parts.append({k: tuple(np.asarray(a)[: batch - pad] for a in v) for k, v in out.items()})
     return {k: tuple(np.concatenate([p[k][i] for p in parts]) for i in range(3)) for k in parts[0]}
 
@@ -358,9 +365,7 @@ def learn_dictionary(
     for step in range(steps + 1):
         model = fit_features(as_features(atoms), work)
         codes = dictionary_codes(model, feats)
-        history.append(
-            {key: float(codes[key][2].sum() / (energy[key] * scale[key] ** 2)) for key in keys}
-        )
+        history.append({key: float(codes[key][2].sum() / (energy[key] * scale[key] ** 2)) for key in keys})
         if step == steps:
             break
         c = {key: code_matrix(codes[key][0], codes[key][1], m) for key in keys}
