@@ -330,10 +330,21 @@ def learn_dictionary(
     init = np.sort(kcenter(train["pooled"], m))
     atoms = {key: jnp.asarray(x[key][init]) for key in keys}
 
+    # The pooled part of an atom: the spatial mean of its level-4 map; when level 4 was projected
+    # (fewer channels than "pooled") that mean no longer lives in the pooled space, so the pooled part is
+    # instead the least-squares fit of the training images' pooled vectors with the level-4 codes (for
+    # unprojected maps the two coincide, the mean being linear).
+    projected = shapes["level4"][-1] != train["pooled"].shape[-1]
+    pooled = {"atoms": np.asarray(train["pooled"], np.float64)[init]}
+
     def as_features(atoms):
         out = {key: np.asarray(atoms[key]).reshape((m, *shapes[key])) * scale[key] for key in keys}
-        out["pooled"] = out["level4"].mean(axis=(1, 2))
+        out["pooled"] = pooled["atoms"].astype(np.float32) if projected else out["level4"].mean(axis=(1, 2))
         return out
+
+    def least_squares(gram, cross, old):
+        eps = 1e-6 * max(np.trace(gram) / m, 1e-12)
+        return np.linalg.solve(gram + eps * np.eye(m), cross.astype(np.float64) + eps * old)
 
     feats = {key: np.asarray(train[key], np.float32) for key in (*keys, "pooled")}
     energy = {key: float(np.sum(np.square(x[key], dtype=np.float64))) for key in keys}
@@ -371,14 +382,15 @@ def learn_dictionary(
         c = {key: code_matrix(codes[key][0], codes[key][1], m) for key in keys}
         gram = {key: c[key].T @ c[key] for key in keys}
         cross = {key: (c[key].T @ x[key]).astype(np.float32) for key in keys}
+        if projected:
+            c4 = c["level4"]
+            pooled["atoms"] = least_squares(gram["level4"], c4.T @ train["pooled"], pooled["atoms"])
         if update == "mod":
-            new = {}
-            for key in keys:
-                eps = 1e-6 * max(np.trace(gram[key]) / m, 1e-12)
-                old = np.asarray(atoms[key], np.float64)
-                rhs = cross[key].astype(np.float64) + eps * old
-                new[key] = jnp.asarray(np.linalg.solve(gram[key] + eps * np.eye(m), rhs), jnp.float32)
-            atoms = new
+            atoms = {
+                key: jnp.asarray(least_squares(gram[key], cross[key], np.asarray(atoms[key], np.float64)))
+                for key in keys
+            }
+            atoms = {key: a.astype(jnp.float32) for key, a in atoms.items()}
         else:
             gram = {key: jnp.asarray(v, jnp.float32) for key, v in gram.items()}
             atoms, opt_state = adam_steps(atoms, opt_state, gram, cross)
