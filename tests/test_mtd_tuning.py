@@ -177,3 +177,20 @@ def test_learned_dictionary_beats_its_k_center_start_and_matches_sklearn_diction
         assert info["train_error_after"]["level4"] == pytest.approx(error, rel=1e-2, abs=1e-5)
         # Tolerance: within 0.01 (1% of the data's energy) of the reference, against 0.29 at the start.
         assert error < reference_error + 0.01, (update, error, reference_error)
+
+
+def test_learned_pooled_part_follows_the_level4_maps_when_level4_was_projected(tuning):
+    """With level 4 projected, an atom's pooled part is the least-squares fit with the level-4 codes, not
+    the mean of its (projected) level-4 map. When the training pooled vectors are a linear map W of the
+    level-4 means, that fit (MOD) must give the learned level-4 means times W, by linearity."""
+    from subspace_jax import Config
+
+    rng = np.random.default_rng(1)
+    level4 = rng.standard_normal((120, 3, 3, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 6))
+    train = {"level4": level4, "pooled": (level4.mean(axis=(1, 2)) @ w).astype(np.float32)}
+    config = Config(backbone="efficientnet_lite0", levels=(4,), sampling_level="pooled", k=2, lam=8)
+    atoms, info = tuning.learn_dictionary(train, config, 8, steps=5, update="mod")
+    assert atoms["pooled"].shape == (8, 6)
+    np.testing.assert_allclose(atoms["pooled"], atoms["level4"].mean(axis=(1, 2)) @ w, rtol=1e-3, atol=1e-4)
+    assert info["train_error_after"]["level4"] < info["train_error_before"]["level4"]
