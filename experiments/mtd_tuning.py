@@ -12,6 +12,11 @@ and the bytes of every array the fitted model holds. Statistics for residual sta
 held-out nominal *training* images (a bank fit on the other training images scores them), never from
 test images. ``modes`` scores a bank variant with image atoms and with pixel atoms and adds the two fused
 maps, plainly or after z-scoring each with its held-out nominal maps.
+
+The variant ``dictionary=M`` (with ``dict_steps``, ``dict_update=adam|mod``, ``dict_inner``, ``dict_lr``)
+replaces the training images by M learned atoms (``learn_dictionary``, needs optax for Adam), compared
+with ``coreset=M`` (its starting point) at equal bank bytes; its rows add the relative k-sparse
+reconstruction errors before and after learning, on the training images and on the held-out ones.
 """
 
 from __future__ import annotations
