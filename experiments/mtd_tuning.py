@@ -15,17 +15,17 @@ test images. ``modes`` scores a bank variant with image atoms and with pixel ato
 maps, plainly or after z-scoring each with its held-out nominal maps. ``frontier`` plots PRO against
 pixel AP of every option row on A beside PatchCore's point.
 
-The variant ``dictionary=M`` (with ``dict_steps``, ``dict_update=adam|mod``, ``dict_inner``, ``dict_lr``)
-replaces the training images by M learned atoms (``learn_dictionary``, needs optax for Adam), compared
-with ``coreset=M`` (its starting point) at equal bank bytes; its rows add the relative k-sparse
-reconstruction errors before and after learning, on the training images and on the held-out ones.
+The variant ``dictionary=M`` (with ``dict_steps``) replaces the training images by M learned atoms
+(``Config.dictionary``, ``subspace_jax.dictionary``), compared with ``coreset=M`` (its starting point) at
+equal bank bytes. (Until commit c49fbc9 this script also learned the atoms with optax's Adam instead of
+least squares, ``dict_update=adam``; both gave the same accuracy on half A, so only the library's
+least-squares learning remains, and optax is no dependency.)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -146,11 +146,8 @@ class Variant:
     reconstruction: str = "image"
     radius: int = 1  # pixel atoms: neighbourhood radius in the sampled images' maps
     pixel_k: int = 5  # pixel atoms: atoms per feature vector
-    dictionary: int = 0  # 0: training images as atoms; else M learned atoms (``learn_dictionary``)
-    dict_steps: int = 5  # alternations of (codes, atom update)
-    dict_update: str = "adam"  # "adam" (optax, ``dict_inner`` steps per alternation) | "mod" (least squares)
-    dict_inner: int = 50
-    dict_lr: float = 0.05  # Adam step, in units of each level's feature RMS
+    dictionary: int = 0  # 0: training images as atoms; else M learned atoms (``Config.dictionary``)
+    dict_steps: int = 5  # ``Config.dictionary_steps``
 
     def name(self) -> str:
         parts = [self.norm, "L" + "".join(map(str, self.levels)), f"k{self.k}", f"lam{self.lam}"]
@@ -163,10 +160,7 @@ class Variant:
         if self.bank_dtype != "float32":
             parts.append(self.bank_dtype)
         if self.dictionary:
-            update = self.dict_update
-            if update == "adam":
-                update += f"{self.dict_inner}lr{self.dict_lr:g}"
-            parts.append(f"dict{self.dictionary}-{update}x{self.dict_steps}")
+            parts.append(f"dict{self.dictionary}-modx{self.dict_steps}")
         if self.reconstruction != "image":
             parts.append(self.reconstruction)
             if (self.radius, self.pixel_k) != (1, 5):
@@ -211,6 +205,8 @@ def model_config(variant: Variant):
         reconstruction=variant.reconstruction,
         radius=variant.radius,
         pixel_k=variant.pixel_k,
+        dictionary=variant.dictionary,
+        dictionary_steps=variant.dict_steps,
     )
 
 
@@ -246,184 +242,6 @@ def score_levels(model, features: dict, batch: int = 16) -> tuple[dict, np.ndarr
     return {k: np.concatenate(v) for k, v in out_maps.items()}, np.concatenate(out_pooled)
 
 
-# ---------------------------------------------------------------------------------------------
-# Learned dictionary: M synthetic "images" (one atom = the level maps of one image) fitted to the
-# nominal features by alternating the library's own pursuit (codes) with an update of the atoms.
-
-
-@functools.cache
-def _codes_jit():
-    """One jitted coder for all calls (a jit made inside ``dictionary_codes`` would recompile each call)."""
-    import jax
-    import jax.numpy as jnp
-
-    from subspace_jax import model as model_lib
-
-    @jax.jit
-    def run(model, chunk):
-        with jax.default_matmul_precision("highest"):
-            candidates = model_lib.sample_candidates(model, chunk)
-            out = {}
-            for key, bank in model.banks.items():
-                y = chunk[key].reshape(chunk[key].shape[0], -1).astype(jnp.float32)
-                atoms = bank.reshape(bank.shape[0], -1)
-                result, res = model_lib.image_pursuit(atoms, model.grams[key], y, candidates, model.config)
-                out[key] = (result.support, result.coef, jnp.sum(res * res, axis=-1))
-            return out
-
-    return run
-
-
-def dictionary_codes(model, features: dict, batch: int = 64) -> dict:
-    """The codes the model's scorer gives each row of ``features``: candidates by the sampling pursuit,
-    then per reconstruction level the k-sparse Batch-OMP among them. Returns level key -> (support (N, k)
-    global atom indices, -1 unused; coef (N, k); residual energy (N,))."""
-    n = len(features["pooled"])
-    parts = []
-    for start in range(0, n, batch):
-        chunk = {k: np.asarray(v[start : start + batch], np.float32) for k, v in features.items()}
-        pad = batch - len(chunk["pooled"])
-        if pad:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in chunk.items()}
-        out = _codes_jit()(model, chunk)
-        parts.append({k: tuple(np.asarray(a)[: batch - pad] for a in v) for k, v in out.items()})
-    return {k: tuple(np.concatenate([p[k][i] for p in parts]) for i in range(3)) for k in parts[0]}
-
-
-def code_matrix(support: np.ndarray, coef: np.ndarray, m: int) -> np.ndarray:
-    """(N, k) support (-1 unused) and coefficients -> the dense (N, m) code matrix C (X ~ C A)."""
-    codes = np.zeros((len(support), m), np.float64)
-    rows = np.repeat(np.arange(len(support)), support.shape[1])
-    used = support.ravel() >= 0
-    np.add.at(codes, (rows[used], support.ravel()[used]), coef.ravel()[used])
-    return codes
-
-
-def relative_errors(model, features: dict) -> dict:
-    """Per reconstruction level: sum of residual energies / sum of target energies, over the rows."""
-    codes = dictionary_codes(model, features)
-    return {
-        key: float(res.sum() / np.sum(np.square(np.asarray(features[key], np.float64))))
-        for key, (_, _, res) in codes.items()
-    }
-
-
-def learn_dictionary(
-    train: dict,
-    config,
-    m: int,
-    steps: int = 5,
-    update: str = "adam",
-    inner: int = 50,
-    lr: float = 0.05,
-    validation: dict | None = None,
-) -> tuple[dict, dict]:
-    """M atoms learned on the nominal features ``train`` (level key -> (N, h, w, c), with "level4").
-
-    One atom holds one map per reconstruction level; its "pooled" vector is the spatial mean of its
-    level-4 map, exactly as for a real image, so the sampling pursuit selects the same atom at every
-    level. Initialised with the k-center coreset of m training images (``kcenter`` on pooled features,
-    the ``coreset=m`` variant). Each of ``steps`` alternations: (a) codes of every training image by the
-    scorer's own pursuit over the current atoms (``dictionary_codes``: candidates on pooled, k-sparse OMP
-    per level), (b) atoms with the codes fixed, minimising sum_l ||X_l - C_l A_l||^2 / s_l^2 (s_l: the
-    RMS of level l's features): ``inner`` optax Adam steps of size ``lr`` (in units of s_l), or the
-    closed-form least squares A_l = (C_lᵀC_l + eps I)^-1 (C_lᵀX_l + eps A_l) ("mod", MOD; the eps term
-    keeps unused atoms in place). Returns the atoms as a feature dict (m rows, every key of ``train``)
-    and the relative reconstruction errors (``relative_errors``) before and after, on ``train`` and on
-    ``validation`` when given."""
-    import dataclasses as dc
-
-    import jax
-    import jax.numpy as jnp
-
-    from subspace_jax.model import fit_features
-
-    if update not in ("adam", "mod"):
-        raise ValueError(f"update: expected 'adam' or 'mod', got {update!r}")
-    if 4 not in config.levels or config.sampling_level != "pooled":
-        raise ValueError("learn_dictionary: needs level 4 reconstructed and sampling on 'pooled'")
-    work = dc.replace(config, bank_dtype="float32")  # learning always in float32
-    keys = [f"level{lv}" for lv in config.levels]
-    shapes = {key: train[key].shape[1:] for key in keys}
-    n = len(train["pooled"])
-    scale = {key: float(np.sqrt(np.mean(np.square(np.asarray(train[key], np.float64))))) for key in keys}
-    x = {key: np.asarray(train[key], np.float32).reshape(n, -1) / scale[key] for key in keys}
-    init = np.sort(kcenter(train["pooled"], m))
-    atoms = {key: jnp.asarray(x[key][init]) for key in keys}
-
-    # The pooled part of an atom: the spatial mean of its level-4 map; when level 4 was projected
-    # (fewer channels than "pooled") that mean no longer lives in the pooled space, so the pooled part is
-    # instead the least-squares fit of the training images' pooled vectors with the level-4 codes (for
-    # unprojected maps the two coincide, the mean being linear).
-    projected = shapes["level4"][-1] != train["pooled"].shape[-1]
-    pooled = {"atoms": np.asarray(train["pooled"], np.float64)[init]}
-
-    def as_features(atoms):
-        out = {key: np.asarray(atoms[key]).reshape((m, *shapes[key])) * scale[key] for key in keys}
-        out["pooled"] = pooled["atoms"].astype(np.float32) if projected else out["level4"].mean(axis=(1, 2))
-        return out
-
-    def least_squares(gram, cross, old):
-        eps = 1e-6 * max(np.trace(gram) / m, 1e-12)
-        return np.linalg.solve(gram + eps * np.eye(m), cross.astype(np.float64) + eps * old)
-
-    feats = {key: np.asarray(train[key], np.float32) for key in (*keys, "pooled")}
-    energy = {key: float(np.sum(np.square(x[key], dtype=np.float64))) for key in keys}
-
-    if update == "adam":
-        import optax
-
-        optimiser = optax.adam(lr)
-        opt_state = optimiser.init(atoms)
-
-        @jax.jit
-        def adam_steps(atoms, opt_state, gram, cross):
-            def loss(a):
-                # sum_l ||X_l - C_l A_l||^2 / ||X_l||^2 without forming C_l A_l: ||X||^2 is a constant.
-                return sum(
-                    (jnp.sum(a[k] * (gram[k] @ a[k])) - 2 * jnp.sum(a[k] * cross[k])) / energy[k] for k in a
-                )
-
-            def body(_, carry):
-                a, s = carry
-                grads = jax.grad(loss)(a)
-                updates, s = optimiser.update(grads, s, a)
-                return optax.apply_updates(a, updates), s
-
-            with jax.default_matmul_precision("highest"):
-                return jax.lax.fori_loop(0, inner, body, (atoms, opt_state))
-
-    history = []
-    for step in range(steps + 1):
-        model = fit_features(as_features(atoms), work)
-        codes = dictionary_codes(model, feats)
-        history.append({key: float(codes[key][2].sum() / (energy[key] * scale[key] ** 2)) for key in keys})
-        if step == steps:
-            break
-        c = {key: code_matrix(codes[key][0], codes[key][1], m) for key in keys}
-        gram = {key: c[key].T @ c[key] for key in keys}
-        cross = {key: (c[key].T @ x[key]).astype(np.float32) for key in keys}
-        if projected:
-            c4 = c["level4"]
-            pooled["atoms"] = least_squares(gram["level4"], c4.T @ train["pooled"], pooled["atoms"])
-        if update == "mod":
-            atoms = {
-                key: jnp.asarray(least_squares(gram[key], cross[key], np.asarray(atoms[key], np.float64)))
-                for key in keys
-            }
-            atoms = {key: a.astype(jnp.float32) for key, a in atoms.items()}
-        else:
-            gram = {key: jnp.asarray(v, jnp.float32) for key, v in gram.items()}
-            atoms, opt_state = adam_steps(atoms, opt_state, gram, cross)
-    learned = as_features(atoms)
-    info = {"train_error_before": history[0], "train_error_after": history[-1], "history": history}
-    if validation is not None:
-        initial = {key: np.asarray(train[key])[init] for key in (*keys, "pooled")}
-        info["validation_error_before"] = relative_errors(fit_features(initial, work), validation)
-        info["validation_error_after"] = relative_errors(fit_features(learned, work), validation)
-    return learned, info
-
-
 HOLDOUT_EVERY = 10  # every 10th training image scores the statistics of nominal residuals
 
 
@@ -442,46 +260,12 @@ def level_results(variant: Variant, cache: Path, test_index: np.ndarray) -> dict
     train, (test,), proj_bytes = transform(variant, train, [test])
     config = model_config(variant)
     start = time.perf_counter()
-    extra = {}
-    if variant.dictionary:
-        # Learned atoms, fitted as if they were M training images; the held-out model learns its own
-        # atoms on the other training images (and reports the error on the held-out ones).
-        learn = dict(
-            m=variant.dictionary,
-            steps=variant.dict_steps,
-            update=variant.dict_update,
-            inner=variant.dict_inner,
-            lr=variant.dict_lr,
-        )
-        atoms, info = learn_dictionary(train, config, **learn)
-        model = fit_features(atoms, config)
-        learn_seconds = time.perf_counter() - start
-        test_maps, test_pooled = score_levels(model, test)
-        seconds = time.perf_counter() - start
-        held_atoms, held_info = learn_dictionary(
-            {k: v[rest] for k, v in train.items()},
-            config,
-            validation={k: v[holdout] for k, v in train.items()},
-            **learn,
-        )
-        held_model = fit_features(held_atoms, config)
-        extra = {
-            "learn_seconds": round(learn_seconds, 1),
-            "train_error_before": info["train_error_before"],
-            "train_error_after": info["train_error_after"],
-            "train_error_history": info["history"],
-            "holdout_error_before": held_info["validation_error_before"],
-            "holdout_error_after": held_info["validation_error_after"],
-        }
-    else:
-        keep = kcenter(train["pooled"], variant.coreset) if variant.coreset else np.arange(n)
-        model = fit_features({k: v[np.sort(keep)] for k, v in train.items()}, config)
-        test_maps, test_pooled = score_levels(model, test)
-        seconds = time.perf_counter() - start
-        rest_keep = (
-            kcenter(train["pooled"][rest], variant.coreset) if variant.coreset else np.arange(len(rest))
-        )
-        held_model = fit_features({k: v[rest[np.sort(rest_keep)]] for k, v in train.items()}, config)
+    keep = kcenter(train["pooled"], variant.coreset) if variant.coreset else np.arange(n)
+    model = fit_features({k: v[np.sort(keep)] for k, v in train.items()}, config)
+    test_maps, test_pooled = score_levels(model, test)
+    seconds = time.perf_counter() - start
+    rest_keep = kcenter(train["pooled"][rest], variant.coreset) if variant.coreset else np.arange(len(rest))
+    held_model = fit_features({k: v[rest[np.sort(rest_keep)]] for k, v in train.items()}, config)
     held_maps, held_pooled = score_levels(held_model, {k: v[holdout] for k, v in train.items()})
 
     def norms(feats, index=slice(None)):
@@ -496,7 +280,6 @@ def level_results(variant: Variant, cache: Path, test_index: np.ndarray) -> dict
         "held_pooled": held_pooled,
         "bank_bytes": bank_bytes(model) + proj_bytes,
         "seconds": seconds,
-        "extra": extra,
     }
 
 
@@ -647,7 +430,6 @@ def evaluate_variant(variant: Variant, cache: Path, half: str, fusions=FUSIONS, 
                     **{k: round(100 * v, 2) for k, v in row.items()},
                     "bank_bytes": res["bank_bytes"],
                     "fit_score_seconds": round(res["seconds"], 1),
-                    **res["extra"],
                 }
             )
     return rows
@@ -726,8 +508,6 @@ def parse_variant(text: str) -> Variant:
             "dict_inner",
         ):
             values[key] = int(value)
-        elif key == "dict_lr":
-            values[key] = float(value)
         else:
             values[key] = value
     return Variant(**values)

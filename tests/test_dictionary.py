@@ -62,6 +62,21 @@ def test_learned_atoms_beat_their_k_center_start_and_match_sklearn_dictionary_le
     np.testing.assert_allclose(sampling, atoms["level4"].mean(axis=(1, 2)), rtol=1e-4, atol=1e-5)
 
 
+def test_sampling_atoms_follow_the_last_level_codes_when_that_level_was_projected():
+    """The sampling vectors are fitted with the last level's codes, so when the training sampling vectors
+    are a linear map W of that level's spatial means (a projected level 4 and the pooled features), the
+    learned sampling atoms are the learned maps' means times W (least squares is linear)."""
+    rng = np.random.default_rng(4)
+    level4 = rng.standard_normal((120, 3, 3, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 6))
+    sampling = (level4.mean(axis=(1, 2)) @ w).astype(np.float32)
+    config = sj.Config(backbone="efficientnet_lite0", levels=(4,), sampling_level="pooled", k=2, lam=8)
+    atoms, sampling_atoms, history = dictionary.learn_atoms({"level4": level4}, sampling, config, 8, 5)
+    assert sampling_atoms.shape == (8, 6)
+    np.testing.assert_allclose(sampling_atoms, atoms["level4"].mean(axis=(1, 2)) @ w, rtol=1e-3, atol=1e-4)
+    assert history[-1]["level4"] < history[0]["level4"]
+
+
 def test_optimal_directions_is_the_least_squares_solution():
     rng = np.random.default_rng(1)
     codes = rng.standard_normal((40, 6))

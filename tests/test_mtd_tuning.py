@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -188,69 +187,8 @@ def test_frontier_figure_writes_a_png_and_nothing_on_bad_rows(tuning, tmp_path):
     assert not (tmp_path / "g.png").exists()
 
 
-def test_learned_dictionary_beats_its_k_center_start_and_matches_sklearn_dictionary_learning(tuning):
-    """Data from a known dictionary (10 atoms of 3 x 3 x 4 maps, 3-sparse codes, 1% noise): learning from
-    the k-center start lowers the k-sparse OMP error and reaches that of scikit-learn's
-    DictionaryLearning (OMP transform), which recovers the generating atoms (error at the noise floor)."""
-    from sklearn.decomposition import DictionaryLearning
-    from sklearn.linear_model import orthogonal_mp
-
-    from subspace_jax import Config
-
-    rng = np.random.default_rng(0)
-    m, k, n, shape = 10, 3, 300, (3, 3, 4)
-    true = rng.standard_normal((m, int(np.prod(shape))))
-    codes = np.zeros((n, m))
-    for i in range(n):
-        codes[i, rng.choice(m, k, replace=False)] = rng.uniform(0.5, 1.5, k) * rng.choice([-1, 1], k)
-    x = codes @ true + 0.01 * rng.standard_normal((n, true.shape[1]))
-    level4 = x.reshape(n, *shape).astype(np.float32)
-    train = {"level4": level4, "pooled": level4.mean(axis=(1, 2))}
-    # lam = m: every atom is a candidate, so the scorer's pursuit is plain k-sparse OMP like sklearn's.
-    config = Config(backbone="efficientnet_lite0", levels=(4,), sampling_level="pooled", k=k, lam=m)
-
-    def omp_error(atoms):  # independent of the library: sklearn's OMP with k atoms
-        with warnings.catch_warnings():  # a data point among the atoms is rebuilt exactly by one atom
-            warnings.filterwarnings("ignore", "Orthogonal matching pursuit ended prematurely")
-            c = orthogonal_mp(atoms.T, x.T, n_nonzero_coefs=k)
-        return float(np.sum((x - c.T @ atoms) ** 2) / np.sum(x**2))
-
-    reference = DictionaryLearning(
-        n_components=m,
-        fit_algorithm="cd",
-        transform_algorithm="omp",
-        transform_n_nonzero_coefs=k,
-        random_state=0,
-        max_iter=100,
-    ).fit(x)
-    reference_error = omp_error(reference.components_)
-    assert reference_error < 0.01
-    start = tuning.kcenter(train["pooled"], m)
-    start_error = omp_error(x[start])
-    assert start_error > 0.2  # the data points k-center picks are poor atoms for 3-sparse codes
-    for update in ("adam", "mod"):
-        atoms, info = tuning.learn_dictionary(train, config, m, steps=40, update=update, inner=50, lr=0.01)
-        learned = atoms["level4"].reshape(m, -1).astype(np.float64)
-        np.testing.assert_allclose(atoms["pooled"], atoms["level4"].mean(axis=(1, 2)), rtol=1e-6)
-        assert info["train_error_before"]["level4"] == pytest.approx(start_error, rel=1e-3)
-        error = omp_error(learned)
-        assert info["train_error_after"]["level4"] == pytest.approx(error, rel=1e-2, abs=1e-5)
-        # Tolerance: within 0.01 (1% of the data's energy) of the reference, against 0.29 at the start.
-        assert error < reference_error + 0.01, (update, error, reference_error)
-
-
-def test_learned_pooled_part_follows_the_level4_maps_when_level4_was_projected(tuning):
-    """With level 4 projected, an atom's pooled part is the least-squares fit with the level-4 codes, not
-    the mean of its (projected) level-4 map. When the training pooled vectors are a linear map W of the
-    level-4 means, that fit (MOD) must give the learned level-4 means times W, by linearity."""
-    from subspace_jax import Config
-
-    rng = np.random.default_rng(1)
-    level4 = rng.standard_normal((120, 3, 3, 4)).astype(np.float32)
-    w = rng.standard_normal((4, 6))
-    train = {"level4": level4, "pooled": (level4.mean(axis=(1, 2)) @ w).astype(np.float32)}
-    config = Config(backbone="efficientnet_lite0", levels=(4,), sampling_level="pooled", k=2, lam=8)
-    atoms, info = tuning.learn_dictionary(train, config, 8, steps=5, update="mod")
-    assert atoms["pooled"].shape == (8, 6)
-    np.testing.assert_allclose(atoms["pooled"], atoms["level4"].mean(axis=(1, 2)) @ w, rtol=1e-3, atol=1e-4)
-    assert info["train_error_after"]["level4"] < info["train_error_before"]["level4"]
+def test_dictionary_variant_sets_the_library_dictionary(tuning):
+    variant = tuning.parse_variant("k=20,dictionary=256,dict_steps=3,bank_dtype=bfloat16")
+    config = tuning.model_config(variant)
+    assert (config.dictionary, config.dictionary_steps, config.k) == (256, 3, 20)
+    assert variant.name() == "tf L234 k20 lam50 bfloat16 dict256-modx3"
