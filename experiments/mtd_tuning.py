@@ -605,6 +605,7 @@ FRONTIER_LABELS = {
     ("tf L234 k20 lam50 pca-2:8,3:32,4:64 bfloat16", "none"): "mtd_default",
     ("tf L234 k5 lam50", "none"): "mtd_paper",
     ("tf L23 k5 lam50 agg3 coreset300 bfloat16 pixel", "none"): "mtd_pixel_ap",
+    ("tf L234 k20 lam50 pca-2:8,3:32,4:64 bfloat16 dict256-modx5", "none"): "mtd_dictionary",
 }
 
 
