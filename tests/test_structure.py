@@ -208,6 +208,8 @@ def test_config_files_load_and_take_overrides():
     default = config_files.load(REPO / "experiments/configs/mtd_default.py")
     assert core.default_config(datasets.MTD, methods.get("subspace")) == default
     assert core.default_config(datasets.MTD, methods.get("patchcore")) == PatchCoreConfig()
+    learned = config_files.load(REPO / "experiments/configs/mtd_dictionary.py")
+    assert learned == dataclasses.replace(default, dictionary=256)
     pixel = config_files.load(REPO / "experiments/configs/mtd_subspace_pixel.py", k=3)
     assert pixel == dataclasses.replace(paper, reconstruction="pixel", k=3)
     for path in sorted((REPO / "experiments/configs").glob("*.py")):

@@ -5,17 +5,10 @@ model's own pursuit for the codes, least squares for the atoms), about a minute 
 Results: ``docs/results/mtd_tuning_efficientnet_lite0.md``.
 """
 
-import subspace_jax as sj
+from pathlib import Path
+
+from subspace_jax.runner import config_files
 
 
-def get_config() -> sj.Config:
-    return sj.Config(
-        levels=(2, 3, 4),
-        sampling_level="pooled",
-        k=20,
-        projection="pca",
-        projection_channels=(8, 32, 64),
-        bank_dtype="bfloat16",
-        score_fraction=0.01,
-        dictionary=256,
-    )
+def get_config():
+    return config_files.load(Path(__file__).with_name("mtd_default.py"), dictionary=256)
