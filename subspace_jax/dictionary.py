@@ -23,14 +23,13 @@ The closed-form update needs no optimiser: on MTD it gave the same accuracy as a
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_jax import compress
+from subspace_jax import batching, compress
 
 
 def learn_atoms(
@@ -66,6 +65,7 @@ def learn_atoms(
     # Levels are learned in units of their RMS so that the ε of every solve means the same.
     scale = {key: float(np.sqrt(np.mean(np.square(levels[key], dtype=np.float64)))) or 1.0 for key in keys}
     x = {key: np.asarray(levels[key], np.float64).reshape(n, -1) / scale[key] for key in keys}
+    energy = {key: float(np.sum(x[key] ** 2)) * scale[key] ** 2 for key in keys}  # sum ||x||², raw units
     seeds = sampling if sampling is not None else levels[keys[-1]]
     start = np.sort(compress.kcenter(np.asarray(seeds, np.float32).reshape(n, -1), atoms))
     learned = {key: x[key][start] for key in keys}
@@ -101,9 +101,7 @@ def learn_atoms(
     for step in range(steps + 1):
         model = model_lib.fit_features(as_features(learned, sampling_atoms), plain)
         codes = _codes(model, train)
-        history.append(
-            {key: float(codes[key][2].sum() / (np.sum(x[key] ** 2) * scale[key] ** 2)) for key in keys}
-        )
+        history.append({key: float(codes[key][2].sum() / energy[key]) for key in keys})
         if step == steps:
             break
         matrices = {key: code_matrix(*codes[key][:2], atoms) for key in keys}
@@ -139,16 +137,17 @@ def _codes(model: Any, features: dict[str, np.ndarray], batch: int = 64) -> dict
     n = next(iter(features.values())).shape[0]
     parts = []
     for begin in range(0, n, batch):
-        chunk = {key: value[begin : begin + batch] for key, value in features.items()}
-        size = next(iter(chunk.values())).shape[0]
-        if size < batch:  # one compiled shape: pad with copies of the last row, dropped below
-            chunk = {key: np.concatenate([v, np.repeat(v[-1:], batch - size, 0)]) for key, v in chunk.items()}
+        size = min(batch, n - begin)
+        # One compiled shape: the short last chunk is padded with copies of its last row, dropped below.
+        chunk = {
+            key: batching.pad_batch(value[begin : begin + batch], batch) for key, value in features.items()
+        }
         out = _codes_jit(model, chunk)
         parts.append({key: tuple(np.asarray(a)[:size] for a in value) for key, value in out.items()})
     return {key: tuple(np.concatenate([p[key][i] for p in parts]) for i in range(3)) for key in parts[0]}
 
 
-@functools.partial(jax.jit)
+@jax.jit
 def _codes_jit(model: Any, features: dict[str, jax.Array]) -> dict[str, tuple]:
     from subspace_jax import model as model_lib
 
