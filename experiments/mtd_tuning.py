@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from subspace_jax import batching, compress
+
 KEYS = ("level1", "level2", "level3", "level4", "pooled")
 NORMS = ("tf", "imagenet")
 SEED = 0
@@ -85,51 +87,6 @@ def load_features(cache: Path, norm: str, split: str) -> dict[str, np.ndarray]:
 # Bank variants: feature transforms applied to training and test features alike
 
 
-def aggregate(features: np.ndarray, size: int) -> np.ndarray:
-    """(N, h, w, c) -> the mean over each size x size neighbourhood (edges: the part inside the map)."""
-    import jax
-    import jax.numpy as jnp
-
-    @jax.jit
-    def one(x):
-        window, strides = (1, size, size, 1), (1, 1, 1, 1)
-        total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, strides, "SAME")
-        count = jax.lax.reduce_window(
-            jnp.ones_like(x[:1, ..., :1]), 0.0, jax.lax.add, window, strides, "SAME"
-        )
-        return total / count
-
-    return np.concatenate(
-        [np.asarray(one(jnp.asarray(features[i : i + 64]))) for i in range(0, len(features), 64)]
-    )
-
-
-def pca_projection(features: np.ndarray, channels: int) -> np.ndarray:
-    """(N, h, w, c) nominal features -> (c, channels) top principal directions of the pixel vectors."""
-    flat = np.asarray(features, np.float64).reshape(-1, features.shape[-1])
-    mean = flat.mean(axis=0)
-    cov = flat.T @ flat / len(flat) - np.outer(mean, mean)
-    values, vectors = np.linalg.eigh(cov)
-    return vectors[:, np.argsort(values)[::-1][:channels]].astype(np.float32)
-
-
-def random_projection(c: int, channels: int, seed: int) -> np.ndarray:
-    """(c, channels) Gaussian matrix with variance 1 / channels (norms preserved in expectation)."""
-    return (np.random.default_rng(seed).standard_normal((c, channels)) / np.sqrt(channels)).astype(np.float32)
-
-
-def kcenter(points: np.ndarray, m: int) -> np.ndarray:
-    """Greedy k-center: m row indices of ``points`` (N, d), starting from row 0."""
-    points = np.asarray(points, np.float64)
-    chosen = [0]
-    dist = np.linalg.norm(points - points[0], axis=1)
-    for _ in range(m - 1):
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        dist = np.minimum(dist, np.linalg.norm(points - points[nxt], axis=1))
-    return np.asarray(chosen)
-
-
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """One bank: input normalisation, feature transforms, levels and pursuit sizes."""
@@ -176,15 +133,15 @@ def transform(variant: Variant, train: dict, others: list[dict]) -> tuple[dict, 
     extra = 0
     if variant.aggregate > 1:
         for key in keys:
-            train[key] = aggregate(train[key], variant.aggregate)
+            train[key] = np.asarray(compress.aggregate(train[key], variant.aggregate))
             for o in others:
-                o[key] = aggregate(o[key], variant.aggregate)
+                o[key] = np.asarray(compress.aggregate(o[key], variant.aggregate))
     for level, channels in variant.channels:
         key = f"level{level}"
         if variant.projection == "pca":
-            proj = pca_projection(train[key], channels)
+            proj = compress.pca_projection(train[key], channels)
         else:
-            proj = random_projection(train[key].shape[-1], channels, seed=level)
+            proj = compress.random_projection(train[key].shape[-1], channels, seed=level)
         extra += proj.nbytes
         train[key] = train[key] @ proj
         for o in others:
@@ -231,14 +188,14 @@ def score_levels(model, features: dict, batch: int = 16) -> tuple[dict, np.ndarr
     n = len(features["pooled"])
     out_maps, out_pooled = {}, []
     for start in range(0, n, batch):
-        chunk = {k: np.asarray(v[start : start + batch]) for k, v in features.items()}
-        pad = batch - len(chunk["pooled"])
-        if pad:
-            chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in chunk.items()}
+        size = min(batch, n - start)
+        chunk = {
+            k: batching.pad_batch(np.asarray(v[start : start + batch]), batch) for k, v in features.items()
+        }
         maps, pooled = run(model, chunk)
         for key, value in maps.items():
-            out_maps.setdefault(key, []).append(np.asarray(value)[: batch - pad])
-        out_pooled.append(np.asarray(pooled)[: batch - pad])
+            out_maps.setdefault(key, []).append(np.asarray(value)[:size])
+        out_pooled.append(np.asarray(pooled)[:size])
     return {k: np.concatenate(v) for k, v in out_maps.items()}, np.concatenate(out_pooled)
 
 
@@ -260,11 +217,13 @@ def level_results(variant: Variant, cache: Path, test_index: np.ndarray) -> dict
     train, (test,), proj_bytes = transform(variant, train, [test])
     config = model_config(variant)
     start = time.perf_counter()
-    keep = kcenter(train["pooled"], variant.coreset) if variant.coreset else np.arange(n)
+    keep = compress.kcenter(train["pooled"], variant.coreset) if variant.coreset else np.arange(n)
     model = fit_features({k: v[np.sort(keep)] for k, v in train.items()}, config)
     test_maps, test_pooled = score_levels(model, test)
     seconds = time.perf_counter() - start
-    rest_keep = kcenter(train["pooled"][rest], variant.coreset) if variant.coreset else np.arange(len(rest))
+    rest_keep = (
+        compress.kcenter(train["pooled"][rest], variant.coreset) if variant.coreset else np.arange(len(rest))
+    )
     held_model = fit_features({k: v[rest[np.sort(rest_keep)]] for k, v in train.items()}, config)
     held_maps, held_pooled = score_levels(held_model, {k: v[holdout] for k, v in train.items()})
 
