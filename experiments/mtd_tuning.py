@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from subspace_jax import batching, compress
+from subspace_jax import _io, batching, compress
 
 KEYS = ("level1", "level2", "level3", "level4", "pooled")
 NORMS = ("tf", "imagenet")
@@ -575,8 +574,6 @@ def frontier_figure(paths: list[Path], reference: dict, path: Path, labels=FRONT
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from subspace_jax._io import atomic_file
-
     points = {}
     for source in paths:
         for line in source.read_text().splitlines():
@@ -603,7 +600,7 @@ def frontier_figure(paths: list[Path], reference: dict, path: Path, labels=FRONT
     ax.set_title("MTD half A: every option (one point per bank variant and fusion)", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    with atomic_file(path) as tmp:
+    with _io.atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
 
@@ -631,7 +628,7 @@ def run_config(config_file: Path, cache: Path, out: Path, name: str) -> None:
 
 def default_cache() -> Path:
     """``$XDG_CACHE_HOME/subspace_jax/mtd_tuning``, else ``~/.cache/subspace_jax/mtd_tuning``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "subspace_jax" / "mtd_tuning"
+    return _io.user_cache_dir() / "mtd_tuning"
 
 
 def main(argv=None) -> int:

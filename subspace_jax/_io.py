@@ -26,6 +26,12 @@ def give_default_permissions(path: Path, mode: int) -> None:
     os.chmod(path, mode & ~_umask())
 
 
+def user_cache_dir() -> Path:
+    """This library's user cache: ``$XDG_CACHE_HOME/subspace_jax``, else ``~/.cache/subspace_jax``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache).expanduser() / "subspace_jax"
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)

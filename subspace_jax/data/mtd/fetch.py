@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 from subspace_jax._download import DownloadError, stream_to_file
-from subspace_jax._io import atomic_directory
+from subspace_jax._io import atomic_directory, user_cache_dir
 from subspace_jax.data.mtd.loader import (
     _IMAGE_SUFFIX,
     _MASK_SUFFIX,
@@ -56,8 +56,7 @@ class MTDArchiveError(ValueError):
 def default_root() -> Path:
     """The user-cache folder the download command fills: ``$XDG_CACHE_HOME/subspace_jax/mtd`` or
     ``~/.cache/subspace_jax/mtd``."""
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache).expanduser() / "subspace_jax" / "mtd"
+    return user_cache_dir() / "mtd"
 
 
 def beside_checkout() -> Path | None:
