@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import numpy as np
 
-    from subspace_jax import cli, export
-    from subspace_jax.batching import pad_batch
+    from subspace_jax import cli
     from subspace_jax.data import load_images
+    from subspace_jax.engine.batches import pad_batch
+    from subspace_jax.serving import export
 
     model = cli._load_model(args.model_dir, None)
     paths = cli.collect_images(args.images, "IMAGES")[: args.n]

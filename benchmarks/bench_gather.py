@@ -30,9 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import subspace_jax as sj  # noqa: E402
-from subspace_jax import maps as maps_lib  # noqa: E402
-from subspace_jax import model as model_lib  # noqa: E402
-from subspace_jax import omp as omp_lib  # noqa: E402
+from subspace_jax.methods.subspace import model as model_lib  # noqa: E402
+from subspace_jax.ops import maps as maps_lib  # noqa: E402
+from subspace_jax.ops import omp as omp_lib  # noqa: E402
 
 
 @jax.jit

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import subspace_jax as sj
-from subspace_jax import model as after
-from subspace_jax.execution import Execution
+from subspace_jax.methods.subspace import model as after
+from subspace_jax.ops.execution import Execution
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--before", type=Path, required=True)

@@ -36,7 +36,7 @@ from sklearn.linear_model import orthogonal_mp, orthogonal_mp_gram
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from subspace_jax.omp import omp, omp_gram  # noqa: E402
+from subspace_jax.ops.omp import omp, omp_gram  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -35,7 +35,7 @@ import numpy as np
 
 import subspace_jax as sj
 from subspace_jax import backbones
-from subspace_jax import model as after
+from subspace_jax.methods.subspace import model as after
 
 
 def load_before(root: Path):

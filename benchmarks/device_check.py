@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import subspace_jax as sj
-from subspace_jax import backbones, execution, sharding
-from subspace_jax import model as model_lib
+from subspace_jax import backbones, sharding
+from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax.ops import execution
 
 
 def _best(fn, *args, repeats: int) -> float:

@@ -19,9 +19,9 @@ jax.config.update("jax_num_cpu_devices", 4)
 import numpy as np  # noqa: E402
 
 import subspace_jax as sj  # noqa: E402
-from subspace_jax import model as model_lib  # noqa: E402
 from subspace_jax import sharding  # noqa: E402
-from subspace_jax.execution import Execution  # noqa: E402
+from subspace_jax.methods.subspace import model as model_lib  # noqa: E402
+from subspace_jax.ops.execution import Execution  # noqa: E402
 
 
 def main() -> None:

@@ -69,8 +69,10 @@ def image_batches(base: np.ndarray, n: int, batch_size: int, seed: int) -> Itera
 
 def sustained(args: argparse.Namespace) -> dict:
     import subspace_jax as sj
-    from subspace_jax import backbones, methods, scoring
+    from subspace_jax import backbones
     from subspace_jax.data import synthetic
+    from subspace_jax.engine import scorer as scoring
+    from subspace_jax.methods import registry as methods
 
     backbone = backbones.load("efficientnet_lite0")
     train, test = synthetic.generate("weave", n_train=16, n_test=16, image_size=args.image_size, seed=0)

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import jax
 
-from subspace_jax import methods
 from subspace_jax._io import atomic_write_text
+from subspace_jax.configs import loading as config_files
 from subspace_jax.data.mtd import MTD, MTDNotFoundError, find_root
-from subspace_jax.runner import config_files, core, workbench
+from subspace_jax.methods import registry as methods
+from subspace_jax.runner import core, workbench
 from subspace_jax.runner.workbench import Workbench
 
 CONFIGS = Path(__file__).resolve().parent / "configs"

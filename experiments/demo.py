@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import subspace_jax as sj
-    from subspace_jax import backbones, metrics
+    from subspace_jax import backbones
+    from subspace_jax.eval import metrics
     from subspace_jax.runner import figures, results
 
     start = time.perf_counter()

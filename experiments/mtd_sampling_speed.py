@@ -17,8 +17,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from subspace_jax import scoring
-from subspace_jax.runner import config_files, core
+from subspace_jax.configs import loading as config_files
+from subspace_jax.engine import scorer as scoring
+from subspace_jax.runner import core
 from subspace_jax.runner import features as feature_io
 from subspace_jax.runner.datasets import MTD
 

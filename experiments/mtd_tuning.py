@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from subspace_jax import _io, batching, compress
+from subspace_jax import _io
+from subspace_jax.engine import batches as batching
+from subspace_jax.ops import compress
 
 KEYS = ("level1", "level2", "level3", "level4", "pooled")
 NORMS = ("tf", "imagenet")
@@ -171,7 +173,7 @@ def score_levels(model, features: dict, batch: int = 16) -> tuple[dict, np.ndarr
     import jax
     import jax.numpy as jnp
 
-    from subspace_jax import model as model_lib
+    from subspace_jax.methods.subspace import model as model_lib
 
     @jax.jit
     def run(model, feats):
@@ -205,7 +207,7 @@ def level_results(variant: Variant, cache: Path, test_index: np.ndarray) -> dict
     """Fit the variant on all training images and score the chosen test images; fit it again without
     the held-out training images and score those (nominal statistics). Returns maps, pooled residuals
     and bank bytes."""
-    from subspace_jax.model import fit_features
+    from subspace_jax.methods.subspace.model import fit_features
     from subspace_jax.runner.workbench import bank_bytes
 
     train = load_features(cache, variant.norm, "train")
@@ -286,7 +288,7 @@ def fuse(maps: dict, sigma: float = 4.0, size: int = 256) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    from subspace_jax.maps import gaussian_blur
+    from subspace_jax.ops.maps import gaussian_blur
 
     @jax.jit
     def one(parts):
@@ -308,7 +310,7 @@ def topk_mean(maps: np.ndarray, fraction: float) -> np.ndarray:
 
 
 def metrics_row(maps: np.ndarray, scores: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> dict:
-    from subspace_jax import metrics
+    from subspace_jax.eval import metrics
 
     return {
         "pixel_auroc": metrics.pixel_auroc(maps, masks),
@@ -376,7 +378,7 @@ def evaluate_variant(variant: Variant, cache: Path, half: str, fusions=FUSIONS, 
         pixel = metrics_row(maps, maps.max(axis=(1, 2)), masks, labels)
         for kind in scores:
             s = image_scores(kind, maps, res["test_pooled"], held, res["held_pooled"])
-            from subspace_jax import metrics
+            from subspace_jax.eval import metrics
 
             row = dict(pixel, image_auroc=metrics.image_auroc(s, labels))
             rows.append(
@@ -413,7 +415,7 @@ def evaluate_mode_fusion(variant: Variant, cache: Path, half: str, scores=SCORES
     """Rows of the variant's image-atom and pixel-atom maps (each fused over levels by a plain sum) and of
     their combinations (``combine_modes``), one per image score, on one half of the test set. The bank is
     the same for both modes (the reconstruction mode only changes scoring)."""
-    from subspace_jax import metrics
+    from subspace_jax.eval import metrics
 
     index = half_indices(cache, half)
     masks = np.load(cache / "meta" / "test_masks.npy", mmap_mode="r")[index]
@@ -474,7 +476,7 @@ def parse_variant(text: str) -> Variant:
 def run_baseline(name: str, cache: Path, out: Path) -> None:
     """PatchCore (1% coreset) or SPADE (levels 2+3, K=50) on the cached features of the whole test set;
     saves maps, scores and bank bytes to ``out/<name>_{maps,scores}.npy`` and ``<name>.json``."""
-    from subspace_jax import scoring
+    from subspace_jax.engine import scorer as scoring
     from subspace_jax.runner import core
     from subspace_jax.runner.workbench import bank_bytes, default_config
 
@@ -513,7 +515,7 @@ def report(maps: np.ndarray, scores: np.ndarray, cache: Path) -> dict:
     # Pooled pixel AUROC ranks every defect pixel against every defect-free pixel of the set. Per defect
     # type: its share of the defect pixels, and the AUROC of its defect pixels against all defect-free
     # pixels of the full set (the pooled AUROC is the share-weighted mean of these).
-    from subspace_jax import metrics
+    from subspace_jax.eval import metrics
 
     full = np.asarray(masks)
     normal = np.asarray(maps)[~full]
@@ -608,9 +610,9 @@ def frontier_figure(paths: list[Path], reference: dict, path: Path, labels=FRONT
 def run_config(config_file: Path, cache: Path, out: Path, name: str) -> None:
     """Fit the subspace config of ``config_file`` on the cached training features, score the whole test
     set with the library's staged scorer, save maps and scores as ``out/<name>_{maps,scores}.npy``."""
-    from subspace_jax import scoring
-    from subspace_jax.model import SCORER, fit_features
-    from subspace_jax.runner import config_files
+    from subspace_jax.configs import loading as config_files
+    from subspace_jax.engine import scorer as scoring
+    from subspace_jax.methods.subspace.model import SCORER, fit_features
     from subspace_jax.runner.workbench import bank_bytes
 
     config = config_files.load(config_file, backbone="efficientnet_lite0")

@@ -22,8 +22,9 @@ Layout:
 
 __version__ = "0.1.0"
 
-from subspace_jax import execution, sharding  # noqa: E402,F401  (sj.sharding.make_mesh, ...)
-from subspace_jax.calibration import Prediction, Thresholds, calibrate  # noqa: E402
-from subspace_jax.model import Config, Model, fit, fit_features  # noqa: E402
+from subspace_jax import sharding  # noqa: E402,F401  (sj.sharding.make_mesh, ...)
+from subspace_jax.eval.calibration import Prediction, Thresholds, calibrate  # noqa: E402
+from subspace_jax.methods.subspace.model import Config, Model, fit, fit_features  # noqa: E402
+from subspace_jax.ops import execution  # noqa: E402,F401  (sj.sharding.make_mesh, ...)
 
 __all__ = ["Config", "Model", "Prediction", "Thresholds", "calibrate", "fit", "fit_features", "__version__"]

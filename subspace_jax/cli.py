@@ -106,7 +106,7 @@ def load_config(path: str | None, namespace: argparse.Namespace, names: list[str
     """The model Config: defaults, then ``--config FILE`` (JSON, or a .py with ``get_config()``
     returning a Config or a dict), then the flags given."""
     from subspace_jax import Config
-    from subspace_jax.runner import cli as flags
+    from subspace_jax.configs import flags as flags
 
     base = Config()
     if path is not None:
@@ -134,7 +134,7 @@ def load_config(path: str | None, namespace: argparse.Namespace, names: list[str
 
 def cmd_fit(args: argparse.Namespace, config_names: list[str]) -> int:
     import subspace_jax as sj
-    from subspace_jax import checkpoint
+    from subspace_jax.serving import checkpoint
 
     config = load_config(args.config, args, config_names)
     paths = collect_images(args.train, "TRAIN")
@@ -179,7 +179,7 @@ def _load_backbone(name: str) -> Any:
 
 
 def _load_model(model_dir: str, rate: float | None) -> Any:
-    from subspace_jax import checkpoint
+    from subspace_jax.serving import checkpoint
 
     model = checkpoint.load(model_dir)
     # The process-wide cached backbone: scoring compiles once per backbone object and batch shape.
@@ -227,7 +227,8 @@ def _finish_image(
 ) -> tuple[float, bool, str, str]:
     """Write one image's mask and overlay; returns (normalised score, decision, image and overlay
     thumbnails as data URIs)."""
-    from subspace_jax import calibration, report
+    from subspace_jax.eval import calibration
+    from subspace_jax.serving import report
 
     height, width = image.shape[:2]
     full = map_to_original(score_map, config, height, width)
@@ -278,10 +279,10 @@ def predict_files(
     """
     from tqdm.auto import tqdm
 
-    from subspace_jax import report
     from subspace_jax._io import atomic_file
-    from subspace_jax.batching import pad_batch
     from subspace_jax.data.images import resize_image
+    from subspace_jax.engine.batches import pad_batch
+    from subspace_jax.serving import report
 
     thresholds = model.thresholds
     if thresholds is None:
@@ -391,7 +392,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from subspace_jax import checkpoint, export
+    from subspace_jax.serving import checkpoint, export
 
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
     model = checkpoint.load(args.model_dir)
@@ -416,7 +417,7 @@ def threshold_metrics(
     best F1 over all thresholds, i.e. with the labels), pixel precision, recall, IoU and false-alarm
     rate of the predicted masks (map > pixel threshold in images decided anomalous) and of the ungated
     masks (map > pixel threshold), and the ungated pixel false-alarm rate on defect-free images."""
-    from subspace_jax import metrics
+    from subspace_jax.eval import metrics
 
     labels = np.asarray(labels).astype(bool)
     decisions = scores > thresholds.image
@@ -465,9 +466,10 @@ def _open_dataset(name: str, root: str, category: str | None) -> Any:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from subspace_jax import calibration, metrics, report
     from subspace_jax._io import atomic_write_text
+    from subspace_jax.eval import calibration, metrics
     from subspace_jax.runner.results import jsonable
+    from subspace_jax.serving import report
 
     model = _load_model(args.model_dir, args.false_alarm_rate)
     if model.thresholds is None:
@@ -582,7 +584,7 @@ def _non_negative_int(text: str) -> int:
 def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     """The parser and the Config field names that ``fit`` takes as flags."""
     from subspace_jax import Config
-    from subspace_jax.runner import cli as flags
+    from subspace_jax.configs import flags as flags
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

@@ -34,8 +34,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from subspace_jax import execution as execution_lib
-from subspace_jax import model as model_lib
+from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax.ops import execution as execution_lib
 
 __all__ = [
     "BANK",

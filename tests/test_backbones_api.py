@@ -201,7 +201,7 @@ def test_micro_batching_matches_whole_batch():
 def test_lite0_input_normalization_is_selectable_and_part_of_the_identity(lite0):
     """ImageNet mean/std on x equals the default TF (v - 127) / 128 on v = 127 + 128 (x / 255 - m) / s, the
     numpy transform giving the same network input; the two differ on x itself and name different features."""
-    from subspace_jax.batching import check_backbone
+    from subspace_jax.engine.batches import check_backbone
     from subspace_jax.runner.features import FeatureKey
 
     imagenet = backbones.load("efficientnet_lite0", normalization="imagenet")

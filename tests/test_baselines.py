@@ -11,9 +11,11 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from subspace_jax import maps as maps_lib
-from subspace_jax import methods
-from subspace_jax.baselines import PatchCoreConfig, SpadeConfig, common, patchcore, spade
+from subspace_jax.methods import common, patchcore, spade
+from subspace_jax.methods import registry as methods
+from subspace_jax.methods.patchcore import PatchCoreConfig
+from subspace_jax.methods.spade import SpadeConfig
+from subspace_jax.ops import maps as maps_lib
 
 RNG_SEED = 1234
 
@@ -533,8 +535,9 @@ def test_fit_features_rejects_the_wrong_config_type():
 
 @pytest.mark.parametrize("method", ["patchcore", "spade"])
 def test_real_backbone_localizes_synthetic_defects(method):
-    from subspace_jax import backbones, metrics
+    from subspace_jax import backbones
     from subspace_jax.data import synthetic
+    from subspace_jax.eval import metrics
 
     module = methods.get(method)
     config_cls = module.config_cls

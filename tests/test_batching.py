@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import subspace_jax as sj
-from subspace_jax import batching
-from subspace_jax.baselines import PatchCoreConfig, patchcore
+from subspace_jax.engine import batches as batching
+from subspace_jax.methods import patchcore
+from subspace_jax.methods.patchcore import PatchCoreConfig
 
 
 @dataclasses.dataclass(frozen=True)

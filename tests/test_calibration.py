@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import subspace_jax as sj
-from subspace_jax import calibration, checkpoint
 from subspace_jax.data import synthetic
+from subspace_jax.eval import calibration
 from subspace_jax.runner.core import load_backbone
+from subspace_jax.serving import checkpoint
 
 SIZE = 64
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import subspace_jax as sj
-from subspace_jax import checkpoint
+from subspace_jax.serving import checkpoint
 
 SHA = "ab" * 32
 

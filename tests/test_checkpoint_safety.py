@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from test_checkpoint import SHA, edit_metadata, make_model, score_inputs
 
-from subspace_jax import checkpoint
 from subspace_jax._io import atomic_directory
-from subspace_jax.baselines import PatchCoreConfig, SpadeConfig, patchcore, spade
+from subspace_jax.methods import patchcore, spade
+from subspace_jax.methods.patchcore import PatchCoreConfig
+from subspace_jax.methods.spade import SpadeConfig
+from subspace_jax.serving import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,7 +155,7 @@ _KILLED_SAVE = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from test_checkpoint import make_model
-    from subspace_jax import checkpoint
+    from subspace_jax.serving import checkpoint
 
     path = Path({path!r})
     checkpoint.save(make_model(sampling="none"), path)

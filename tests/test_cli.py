@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from subspace_jax import calibration, checkpoint, cli
+from subspace_jax import cli
 from subspace_jax.data import synthetic
 from subspace_jax.data.images import read_image
+from subspace_jax.eval import calibration
+from subspace_jax.serving import checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -230,7 +232,7 @@ def test_exported_artifact_runs_with_jax_and_numpy_only(workspace, tmp_path):
 
 
 def test_export_fixed_batch_and_several_platforms(workspace):
-    from subspace_jax import export
+    from subspace_jax.serving import export
 
     model = cli._load_model(str(workspace[0] / "model"), None)
     exported = export.export_model(model, batch_size=2, platforms=("cpu", "cuda", "tpu"))

@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage
 from sklearn.decomposition import PCA
 
-from subspace_jax.compress import aggregate, kcenter, pca_projection, random_projection
+from subspace_jax.ops.compress import aggregate, kcenter, pca_projection, random_projection
 
 
 def _features(seed=0, n=6, h=4, w=5, c=9):

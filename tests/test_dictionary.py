@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import subspace_jax as sj
-from subspace_jax import checkpoint, compress, dictionary
-from subspace_jax.model import fit_features
+from subspace_jax.methods.subspace import dictionary
+from subspace_jax.methods.subspace.model import fit_features
+from subspace_jax.ops import compress
+from subspace_jax.serving import checkpoint
 
 
 def _sparse_data(seed: int, atoms: int, k: int, n: int, shape: tuple[int, ...]):
@@ -144,7 +146,7 @@ def test_a_model_with_a_dictionary_holds_m_rows_and_scores_and_round_trips(tmp_p
 
 
 def _projected(model, features):
-    from subspace_jax.model import prepare_level
+    from subspace_jax.methods.subspace.model import prepare_level
 
     return {key: prepare_level(model, key, features[key]) for key in model.banks}
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import subspace_jax as sj
-from subspace_jax import execution as execution_lib
-from subspace_jax import model as model_lib
-from subspace_jax.execution import Execution
+from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax.ops import execution as execution_lib
+from subspace_jax.ops.execution import Execution
 
 
 def _features(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from subspace_jax import backbones
-from subspace_jax import published as pub
-from subspace_jax.runner import cli, figures, results
+from subspace_jax.configs import flags as cli
 from subspace_jax.runner import features as feature_io
+from subspace_jax.runner import figures, results
+from subspace_jax.runner import published as pub
 
 # --- published numbers -----------------------------------------------------------------------------------
 
@@ -509,8 +510,8 @@ def test_mtd_defaults_are_the_papers_mtd_setting_and_every_field_is_a_flag(capsy
 
 
 def test_staged_scoring_equals_the_models_fused_scorer():
-    from subspace_jax import model as model_lib
-    from subspace_jax import scoring
+    from subspace_jax.engine import scorer as scoring
+    from subspace_jax.methods.subspace import model as model_lib
 
     rng = np.random.default_rng(0)
 

@@ -13,9 +13,11 @@ from test_baselines import BlockMeanBackbone, textured_images
 from test_checkpoint import make_model, score_inputs
 
 import subspace_jax as sj
-from subspace_jax import metrics
-from subspace_jax import model as model_lib
-from subspace_jax.baselines import PatchCoreConfig, SpadeConfig, patchcore, spade
+from subspace_jax.eval import metrics
+from subspace_jax.methods import patchcore, spade
+from subspace_jax.methods.patchcore import PatchCoreConfig
+from subspace_jax.methods.spade import SpadeConfig
+from subspace_jax.methods.subspace import model as model_lib
 
 CONFIG = sj.Config(
     backbone="resnet18", image_size=64, levels=(2, 3), sampling_level="pooled", lam=3, k=2, sigma=1.0

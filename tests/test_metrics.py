@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from subspace_jax import metrics
+from subspace_jax.eval import metrics
 
 
 def random_case(rng: np.random.Generator, n_levels: int = 8, shape=(3, 7, 6)):

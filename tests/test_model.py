@@ -14,7 +14,7 @@ import pytest
 from sklearn.linear_model import orthogonal_mp
 
 import subspace_jax as sj
-from subspace_jax import model as model_lib
+from subspace_jax.methods.subspace import model as model_lib
 
 N_TRAIN = 12
 SHAPES = {"level2": (8, 8, 6), "level3": (4, 4, 12), "pooled": (256,)}

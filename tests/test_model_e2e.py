@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 import subspace_jax as sj
-from subspace_jax import backbones, checkpoint, metrics
-from subspace_jax import model as model_lib
+from subspace_jax import backbones
 from subspace_jax.data import synthetic
+from subspace_jax.eval import metrics
+from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax.serving import checkpoint
 
 IMAGE_SIZE = 128
 

@@ -11,8 +11,8 @@ import pytest
 from sklearn.linear_model import orthogonal_mp
 
 import subspace_jax as sj
-from subspace_jax import model as model_lib
-from subspace_jax import omp as omp_lib
+from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax.ops import omp as omp_lib
 
 N_TRAIN, DIM, BATCH, LAM, K = 40, 96, 5, 12, 4  # 2·LAM <= N_TRAIN: the gathered path
 

@@ -10,7 +10,7 @@ import pytest
 import scipy.ndimage as ndimage
 
 import subspace_jax as sj
-from subspace_jax import maps as maps_lib
+from subspace_jax.ops import maps as maps_lib
 
 
 def test_config_defaults_and_roundtrip():

@@ -10,8 +10,9 @@ import scipy.ndimage
 from sklearn.decomposition import PCA
 
 import subspace_jax as sj
-from subspace_jax import checkpoint, scoring
-from subspace_jax.model import SCORER
+from subspace_jax.engine import scorer as scoring
+from subspace_jax.methods.subspace.model import SCORER
+from subspace_jax.serving import checkpoint
 
 N_TRAIN = 14
 SHAPES = {"level2": (8, 8, 6), "level3": (4, 4, 10), "pooled": (32,)}
@@ -170,7 +171,8 @@ def test_round_trip_through_dict_and_too_many_channels():
 
 
 def test_mtd_runner_default_is_the_tuned_config_and_the_paper_config_is_kept():
-    from subspace_jax.runner import config_files, datasets
+    from subspace_jax.configs import loading as config_files
+    from subspace_jax.runner import datasets
 
     default = config_files.load(datasets.MTD.configs["subspace"])
     paper = config_files.load(config_files.CONFIG_DIR / "mtd_paper.py")

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import orthogonal_mp, orthogonal_mp_gram
 
-from subspace_jax.omp import OMPResult, omp, omp_gram, reconstruct, residual
+from subspace_jax.ops.omp import OMPResult, omp, omp_gram, reconstruct, residual
 
 SETTINGS = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

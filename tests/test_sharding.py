@@ -27,8 +27,9 @@ SCRIPT = textwrap.dedent(
     jax.config.update("jax_num_cpu_devices", 8)
     import numpy as np
     import subspace_jax as sj
-    from subspace_jax import model as model_lib, sharding
-    from subspace_jax.execution import Execution
+    from subspace_jax.methods.subspace import model as model_lib
+    from subspace_jax import sharding
+    from subspace_jax.ops.execution import Execution
 
     rng = np.random.default_rng(0)
 

@@ -13,11 +13,14 @@ import pytest
 import scipy.ndimage as ndimage
 
 import subspace_jax as sj
-from subspace_jax import maps as maps_lib
-from subspace_jax import methods, scoring
-from subspace_jax import model as model_lib
-from subspace_jax.baselines import PatchCoreConfig, SpadeConfig
-from subspace_jax.runner import config_files, core, datasets
+from subspace_jax.configs import loading as config_files
+from subspace_jax.engine import scorer as scoring
+from subspace_jax.methods import registry as methods
+from subspace_jax.methods.patchcore import PatchCoreConfig
+from subspace_jax.methods.spade import SpadeConfig
+from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax.ops import maps as maps_lib
+from subspace_jax.runner import core, datasets
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"level1": (16, 16, 3), "level2": (8, 8, 4), "level3": (4, 4, 6), "pooled": (6,)}
@@ -130,7 +133,7 @@ def test_is_int_is_defined_once_in_the_repository():
         for path in (REPO / folder).rglob("*.py")
         if pattern in path.read_text()
     ]
-    assert [p.relative_to(REPO).as_posix() for p in hits] == ["subspace_jax/config_fields.py"]
+    assert [p.relative_to(REPO).as_posix() for p in hits] == ["subspace_jax/methods/base.py"]
 
 
 @pytest.mark.parametrize("field", ["backbone", "image_size", "crop", "levels", "sigma"])
@@ -244,7 +247,7 @@ def test_an_invalid_override_names_the_file(tmp_path):
 def test_the_runner_takes_a_config_file_and_flags_override_it(tmp_path, capsys):
     variant = tmp_path / "variant.py"
     variant.write_text(
-        "from subspace_jax.baselines import SpadeConfig\n\n"
+        "from subspace_jax.methods.spade import SpadeConfig\n\n"
         "def get_config():\n    return SpadeConfig(top_k_images=7, levels=(2, 3))\n"
     )
     argv = ["--config", str(variant), "--top-k-images", "4", "--image-size", "128"]

@@ -158,7 +158,7 @@ def test_compare_mtd_writes_the_table_and_keeps_the_notes(mtd_root, tmp_path):
 
 
 def test_default_config_starts_from_a_named_config_file():
-    from subspace_jax.runner import config_files
+    from subspace_jax.configs import loading as config_files
 
     paper = config_files.load(config_files.CONFIG_DIR / "mtd_paper.py")
     assert workbench.default_config("subspace", "mtd", config_file="mtd_paper") == paper

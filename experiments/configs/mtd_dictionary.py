@@ -7,7 +7,7 @@ Results: ``docs/results/mtd_tuning_efficientnet_lite0.md``.
 
 from pathlib import Path
 
-from subspace_jax.runner import config_files
+from subspace_jax.configs import loading as config_files
 
 
 def get_config():

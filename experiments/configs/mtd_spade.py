@@ -4,7 +4,7 @@ At 256 px it matches every level-1 vector against 50 x 64 x 64 gallery vectors: 
 image on a 2-core CPU, so the comparison runs the two cheaper variants by default.
 """
 
-from subspace_jax.baselines import SpadeConfig
+from subspace_jax.methods.spade import SpadeConfig
 
 
 def get_config() -> SpadeConfig:

@@ -3,7 +3,7 @@ from the candidate images' vectors in its 3x3 window (``reconstruction="pixel"``
 
 from pathlib import Path
 
-from subspace_jax.runner import config_files
+from subspace_jax.configs import loading as config_files
 
 
 def get_config():

@@ -22,8 +22,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from subspace_jax.runner import cli, config_files, figures, results
+from subspace_jax.configs import flags as cli
+from subspace_jax.configs import loading as config_files
 from subspace_jax.runner import features as feature_io
+from subspace_jax.runner import figures, results
 from subspace_jax.runner.workbench import bank_bytes
 
 
@@ -50,7 +52,7 @@ class DatasetSpec:
 
 def resolve_method(name: str) -> Any:
     """The registry entry (``subspace_jax.methods.Method``) of ``--method name``."""
-    from subspace_jax import methods
+    from subspace_jax.methods import registry as methods
 
     try:
         return methods.get(name)
@@ -201,7 +203,8 @@ def run_category(
 ) -> dict[str, Any]:
     """Fit and evaluate one category; returns its results entry (the keys of ``results.REQUIRED_KEYS``,
     described in ``docs/method.md``, "Results file", plus extras)."""
-    from subspace_jax import metrics, scoring
+    from subspace_jax.engine import scorer as scoring
+    from subspace_jax.eval import metrics
 
     reset_peak_rss()
     dataset_obj = spec.open(settings.data_root, category)
@@ -311,7 +314,7 @@ def run_category(
 def _execution(settings: RunSettings) -> Any:
     if settings.memory_budget_bytes is None:
         return None
-    from subspace_jax.execution import default_execution
+    from subspace_jax.ops.execution import default_execution
 
     return default_execution(settings.memory_budget_bytes)
 
@@ -343,7 +346,7 @@ def _gather_shares(local: np.ndarray, real: list[int]) -> np.ndarray:
 
 
 def _method_names() -> tuple[str, ...]:
-    from subspace_jax import methods
+    from subspace_jax.methods import registry as methods
 
     return methods.NAMES
 
@@ -351,7 +354,7 @@ def _method_names() -> tuple[str, ...]:
 def method_and_defaults(spec: DatasetSpec, argv: Sequence[str]) -> tuple[Any, Any]:
     """The method and its starting config from ``--config FILE`` and ``--method`` in ``argv``: the
     file's config (its class names the method), else the dataset's config for ``--method``."""
-    from subspace_jax import methods
+    from subspace_jax.methods import registry as methods
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--method", default=None, choices=_method_names())

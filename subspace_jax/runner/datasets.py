@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from subspace_jax.runner.config_files import CONFIG_DIR
+from subspace_jax.configs.loading import CONFIG_DIR
 from subspace_jax.runner.core import DatasetSpec
 
 

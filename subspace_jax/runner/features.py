@@ -32,8 +32,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from subspace_jax import batching
 from subspace_jax._io import atomic_directory
+from subspace_jax.engine import batches as batching
 
 CACHE_FORMAT = 2
 _CHUNK_BYTES = 1 << 26  # checksums read the memory-mapped arrays this much at a time

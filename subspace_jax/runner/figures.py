@@ -19,7 +19,7 @@ from subspace_jax._io import atomic_file
 
 def per_image_pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(N,H,W) maps and bool masks -> (N,) per-image pixel AUROC; NaN where a mask is empty or full."""
-    from subspace_jax import metrics
+    from subspace_jax.eval import metrics
 
     out = np.full(maps.shape[0], np.nan)
     for i in range(maps.shape[0]):

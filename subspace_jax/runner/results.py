@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from subspace_jax._io import atomic_write_text
-from subspace_jax.published import PRINTED_MEANS, TABLE_SOURCES, published
+from subspace_jax.runner.published import PRINTED_MEANS, TABLE_SOURCES, published
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS: tuple[str, ...] = (

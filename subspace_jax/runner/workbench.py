@@ -155,7 +155,8 @@ def evaluate(
 
     import jax
 
-    from subspace_jax import metrics, scoring
+    from subspace_jax.engine import scorer as scoring
+    from subspace_jax.eval import metrics
     from subspace_jax.runner import core
 
     method = core.resolve_method(method_name)
@@ -212,7 +213,8 @@ def default_config(
     """
     import dataclasses
 
-    from subspace_jax.runner import config_files, core, datasets
+    from subspace_jax.configs import loading as config_files
+    from subspace_jax.runner import core, datasets
 
     method = core.resolve_method(method_name)
     if config_file is None:

@@ -35,14 +35,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_jax import batching, compress, dictionary, scoring
-from subspace_jax import execution as execution_lib
-from subspace_jax import maps as maps_lib
-from subspace_jax import omp as omp_lib
-from subspace_jax.batching import BackboneBinding, ImageSource
-from subspace_jax.config_fields import BACKBONE_NAMES, LEVELS, BaseConfig, _is_int, level_key
-from subspace_jax.execution import Execution
-from subspace_jax.maps import FUSION_MODES
+from subspace_jax.engine import batches as batching
+from subspace_jax.engine import scorer as scoring
+from subspace_jax.engine.batches import BackboneBinding, ImageSource
+from subspace_jax.methods.base import BACKBONE_NAMES, LEVELS, BaseConfig, _is_int, level_key
+from subspace_jax.methods.subspace import dictionary
+from subspace_jax.ops import compress
+from subspace_jax.ops import execution as execution_lib
+from subspace_jax.ops import maps as maps_lib
+from subspace_jax.ops import omp as omp_lib
+from subspace_jax.ops.execution import Execution
+from subspace_jax.ops.maps import FUSION_MODES
 
 SAMPLING_MODES = ("subspace", "random", "none")
 PROJECTIONS = ("none", "pca", "random")
@@ -287,7 +290,7 @@ class Model(BackboneBinding):
 
     def with_thresholds(self, thresholds: Any) -> Model:
         """A copy of this model carrying ``thresholds`` (from ``sj.calibrate``) for ``predict``."""
-        from subspace_jax.calibration import Thresholds
+        from subspace_jax.eval.calibration import Thresholds
 
         if thresholds is not None and not isinstance(thresholds, Thresholds):
             raise ValueError(f"thresholds: expected subspace_jax.Thresholds, got {type(thresholds).__name__}")
@@ -297,7 +300,7 @@ class Model(BackboneBinding):
         """Maps, scores, normalised scores (0.5 = threshold), decisions and masks of ``images``
         under the model's thresholds: see ``subspace_jax.calibration.predict`` and ``Prediction``.
         The thresholds bound false alarms on nominal images; they do not control recall."""
-        from subspace_jax.calibration import predict
+        from subspace_jax.eval.calibration import predict
 
         return predict(self, images, batch_size, progress=progress, **kwargs)
 
@@ -484,7 +487,7 @@ def fit(
       validation: held-out defect-free images to calibrate on instead (excludes validation_fraction).
     """
     if validation is not None or validation_fraction:
-        from subspace_jax import calibration
+        from subspace_jax.eval import calibration
 
         if validation is not None and validation_fraction:
             raise ValueError("validation, validation_fraction: give one of them, not both")

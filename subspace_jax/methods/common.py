@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from subspace_jax import batching, scoring
-from subspace_jax import maps as maps_lib
-from subspace_jax.config_fields import BaseConfig, level_key
+from subspace_jax.engine import batches as batching
+from subspace_jax.engine import scorer as scoring
+from subspace_jax.methods.base import BaseConfig, level_key
+from subspace_jax.ops import maps as maps_lib
 
 __all__ = [
     "BaselineConfig",

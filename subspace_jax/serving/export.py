@@ -58,7 +58,7 @@ def export_model(
     Returns:
       the ``jax.export.Exported``; ``.serialize()`` gives the bytes ``save_exported`` writes.
     """
-    from subspace_jax.model import score_images
+    from subspace_jax.methods.subspace.model import score_images
 
     platforms = _check_platforms(platforms)
     if batch_size is not None and (

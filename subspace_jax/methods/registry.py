@@ -15,9 +15,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from subspace_jax import model as model_lib
-from subspace_jax import scoring
-from subspace_jax.baselines import patchcore, spade
+from subspace_jax.engine import scorer as scoring
+from subspace_jax.methods import patchcore, spade
+from subspace_jax.methods.subspace import model as model_lib
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,9 +51,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from subspace_jax import __version__
-from subspace_jax import model as model_lib
 from subspace_jax._io import atomic_write_text, give_default_permissions
-from subspace_jax.batching import check_backbone
+from subspace_jax.engine.batches import check_backbone
+from subspace_jax.methods.subspace import model as model_lib
 
 FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
@@ -109,7 +109,7 @@ def _spade_inputs(shapes: dict[str, list[int]], config: Any) -> dict[str, jax.Sh
 @functools.cache
 def _methods() -> dict[str, _Method]:
     """The method registry's families, with how to recover each one's fit inputs."""
-    from subspace_jax import methods
+    from subspace_jax.methods import registry as methods
 
     fit_inputs = {"subspace": _subspace_inputs, "spade": _spade_inputs}
     return {
@@ -519,7 +519,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"need {expected_static} as ints >= 1"
         )
     if "thresholds" in metadata:
-        from subspace_jax.calibration import Thresholds
+        from subspace_jax.eval.calibration import Thresholds
 
         if not any(f.name == "thresholds" for f in dataclasses.fields(method.model_cls)):
             raise CheckpointError(f"{meta_path}: {metadata['method']} models carry no thresholds")

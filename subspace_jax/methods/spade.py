@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from subspace_jax import batching, scoring
-from subspace_jax import maps as maps_lib
-from subspace_jax.baselines import common
+from subspace_jax.engine import batches as batching
+from subspace_jax.engine import scorer as scoring
+from subspace_jax.methods import common
+from subspace_jax.ops import maps as maps_lib
 
 Array = jax.Array
 

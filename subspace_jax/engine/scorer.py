@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from subspace_jax import batching
+from subspace_jax.engine import batches as batching
 
 Array = jax.Array
 Stage = tuple[str, Callable[[Any, Any], Any]]

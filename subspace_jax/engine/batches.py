@@ -22,8 +22,8 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import numpy as np
 
-from subspace_jax.config_fields import _is_int
 from subspace_jax.data.images import read_image, resize_image
+from subspace_jax.methods.base import _is_int
 
 Array = jax.Array
 ImageSource = Any  # np.ndarray (N, S, S, 3) uint8 | Iterable[np.ndarray] | Sequence[str | os.PathLike]

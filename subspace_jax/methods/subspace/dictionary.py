@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_jax import batching, compress
+from subspace_jax.engine import batches as batching
+from subspace_jax.ops import compress
 
 
 def learn_atoms(
@@ -55,7 +56,7 @@ def learn_atoms(
       relative reconstruction error of each level, sum ||x − x̂||² / sum ||x||² over the training images,
       before the first and after each update).
     """
-    from subspace_jax import model as model_lib
+    from subspace_jax.methods.subspace import model as model_lib
 
     keys = list(levels)
     n = next(iter(levels.values())).shape[0]
@@ -149,7 +150,7 @@ def _codes(model: Any, features: dict[str, np.ndarray], batch: int = 64) -> dict
 
 @jax.jit
 def _codes_jit(model: Any, features: dict[str, jax.Array]) -> dict[str, tuple]:
-    from subspace_jax import model as model_lib
+    from subspace_jax.methods.subspace import model as model_lib
 
     with jax.default_matmul_precision("highest"):
         candidates = model_lib.sample_candidates(model, features)

@@ -32,7 +32,7 @@ def load(path: str | os.PathLike, **overrides: Any) -> Any:
     Raises ValueError naming the file when it is missing, fails to run, has no ``get_config``, returns
     something that is not a method's config, or an override is invalid.
     """
-    from subspace_jax import methods
+    from subspace_jax.methods import registry as methods
 
     path = Path(path)
     if not path.is_file():
