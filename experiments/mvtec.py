@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 
 from subspace_jax.runner import main
-from subspace_jax.runner.datasets import MVTEC
 
 if __name__ == "__main__":
-    sys.exit(main(MVTEC))
+    sys.exit(main("mvtec"))

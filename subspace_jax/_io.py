@@ -7,11 +7,13 @@ run never leaves a truncated file where a good one was.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 
 def _umask() -> int:
@@ -77,12 +79,50 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_tree(path: Path, first: str | None = None) -> None:
+    """Remove the directory ``path`` (a file or a symlink is unlinked, never followed). ``first`` names
+    an entry deleted before the rest, so that a removal cut short never leaves something that looks
+    complete (a checkpoint's marker)."""
+    if path.is_dir() and not path.is_symlink():
+        if first is not None:
+            (path / first).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_directory(
+    new: Path,
+    path: Path,
+    backup: Path,
+    *,
+    still_replaceable: Callable[[Path], None] | None = None,
+    first: str | None = None,
+) -> None:
+    """Put the complete directory ``new`` at ``path`` by renames: an existing ``path`` goes to ``backup``
+    (after ``still_replaceable(path)``, which raises if it may no longer be replaced), ``new`` into
+    place, then the backup is removed (``remove_tree(backup, first)``). If the second rename fails, the
+    backup is put back. A process killed between the renames leaves both complete copies on disk."""
+    if os.path.lexists(path):
+        if still_replaceable is not None:
+            still_replaceable(path)
+        os.replace(path, backup)
+        try:
+            os.replace(new, path)
+        except BaseException:
+            os.replace(backup, path)
+            raise
+        remove_tree(backup, first)
+    else:
+        os.replace(new, path)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path``, on error it is removed.
 
     An existing ``path`` is only removed after the new directory is complete, and is kept if the
-    final rename fails.
+    final rename fails (``replace_directory``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,22 +130,23 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         give_default_permissions(tmp, 0o777)
-        if path.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            backup.rmdir()
-            os.replace(path, backup)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(backup, path)
-                raise
-            # The replaced entry may have been a file: rmtree would leave it behind as a hidden .old.
-            if backup.is_dir() and not backup.is_symlink():
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                backup.unlink(missing_ok=True)
-        else:
-            os.replace(tmp, path)
+        backup = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
+        replace_directory(tmp, path, backup)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def jsonable(value: Any) -> Any:
+    """Tuples to lists, numpy scalars to Python, non-finite floats to None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value

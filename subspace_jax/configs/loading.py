@@ -1,42 +1,60 @@
-"""Experiment variants as Python config files (as big_vision's ``configs/*.py``).
+"""The one config loader: a packaged config by name, or a config file (a ``.py`` with ``get_config()``,
+or JSON).
 
-A config file is a Python module with ``get_config()`` returning one method's frozen config
-(``subspace_jax.Config``, ``PatchCoreConfig`` or ``SpadeConfig``)::
+A config module (as in big_vision's ``configs/*.py``) has ``get_config()`` returning one method's frozen
+config (``SubspaceConfig``, ``PatchCoreConfig``, ``SpadeConfig``)::
 
-    # experiments/configs/mtd_paper.py
-    import subspace_jax as sj
+    # subspace_jax/configs/mtd_paper.py
+    from subspace_jax.methods.subspace import SubspaceConfig
 
     def get_config():
-        return sj.Config(levels=(2, 3, 4), sampling_level="pooled")
+        return SubspaceConfig(levels=(2, 3, 4), sampling_level="pooled")
 
-A file may start from another one: ``load(Path(__file__).with_name("mtd_paper.py"), reconstruction="pixel")``.
-The runners take ``--config FILE``; flags given on the command line override the file's fields.
+The named configs ship inside the package (``names()``), so an installed package has them. A JSON file
+holds a config's ``to_dict()`` (its ``method`` key picks the class; without one, the subspace method).
+``load(source, **overrides)`` replaces fields after loading; the runners and ``subspace-jax fit`` take
+``--config NAME|FILE`` and let flags override fields. Every failure is a ValueError naming the source.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
-# experiments/configs of this checkout: the runner's per-dataset defaults live there.
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+from subspace_jax.methods import registry
+
+__all__ = ["CONFIG_DIR", "from_dict", "load", "names"]
+
+CONFIG_DIR = Path(__file__).resolve().parent
+_NOT_CONFIGS = {"__init__", "loading", "flags"}
+_MAX_JSON_BYTES = 1 << 20
 
 
-def load(path: str | os.PathLike, **overrides: Any) -> Any:
-    """The config ``get_config()`` of the file ``path`` returns, with ``overrides`` replacing fields.
+def names() -> tuple[str, ...]:
+    """The packaged config names (``mtd_default``, ``mtd_paper``, ...), sorted."""
+    return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in _NOT_CONFIGS))
 
-    Raises ValueError naming the file when it is missing, fails to run, has no ``get_config``, returns
-    something that is not a method's config, or an override is invalid.
-    """
-    from subspace_jax.methods import registry as methods
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: config file not found")
+def from_dict(data: Any, source: str = "config") -> Any:
+    """The config a ``to_dict()`` mapping describes; its ``method`` picks the class (default subspace)."""
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{source}: expected a JSON object (a config's to_dict()), got {type(data).__name__}"
+        )
+    try:
+        method = registry.get(data.get("method", "subspace"))
+        return method.config_cls.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def _run_module(path: Path) -> Any:
     name = "subspace_jax_config_" + re.sub(r"\W", "_", path.stem)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -46,21 +64,63 @@ def load(path: str | os.PathLike, **overrides: Any) -> Any:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - any error in the file is reported with the file's name
         raise ValueError(f"{path}: the config file failed to run: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _get_config(module: Any, source: str) -> Any:
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
-        raise ValueError(f"{path}: defines no get_config() function")
+        raise ValueError(f"{source}: defines no get_config() function")
     try:
         config = get_config()
-    except Exception as exc:  # noqa: BLE001
-        raise ValueError(f"{path}: get_config() failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - reported with the source's name
+        raise ValueError(f"{source}: get_config() failed: {type(exc).__name__}: {exc}") from exc
     try:
-        methods.for_config(config)
+        registry.for_config(config)
     except ValueError as exc:
-        raise ValueError(f"{path}: get_config() returned no method config: {exc}") from None
+        raise ValueError(f"{source}: get_config() returned no method config: {exc}") from None
+    return config
+
+
+def load(source: str | os.PathLike, **overrides: Any) -> Any:
+    """The config named ``source`` (a packaged name such as ``"mtd_default"``, a ``.py`` file with
+    ``get_config()``, or a JSON file), with ``overrides`` replacing fields.
+
+    Raises ValueError naming the source when it is unknown or missing, fails to run, has no
+    ``get_config``, returns something that is not a method's config, or an override is invalid.
+    """
+    text = os.fspath(source)
+    path = Path(text)
+    if re.fullmatch(r"[A-Za-z_]\w*", text) and text in names():
+        config = _get_config(importlib.import_module(f"subspace_jax.configs.{text}"), text)
+        where = text
+    elif path.suffix == ".py" or path.suffix == ".json":
+        if not path.is_file():
+            raise ValueError(f"{path}: config file not found")
+        where = str(path)
+        if path.suffix == ".py":
+            config = _get_config(_run_module(path), where)
+        else:
+            if path.stat().st_size > _MAX_JSON_BYTES:
+                raise ValueError(
+                    f"{path}: a config file of {path.stat().st_size} bytes; expected at most 1 MiB"
+                )
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc})") from None
+            config = from_dict(data, where)
+    else:
+        raise ValueError(
+            f"{text}: expected a packaged config name ({', '.join(names())}) or a .py / .json config file"
+        )
     if not overrides:
         return config
     known = {field.name for field in dataclasses.fields(config)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"{path}: overrides {unknown} are not fields of {type(config).__name__}")
-    return dataclasses.replace(config, **overrides)
+        raise ValueError(f"{where}: overrides {unknown} are not fields of {type(config).__name__}")
+    try:
+        return dataclasses.replace(config, **overrides)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None

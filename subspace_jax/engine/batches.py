@@ -1,29 +1,27 @@
-"""Feeding images through a backbone in batches: shared by ``subspace_jax.model`` and the baselines.
+"""Images in fixed-size batches, for every method: the input contract, padding and host-side loops.
 
+- ``check_batch``: the input contract of every public entry point (shape, dtype, value range).
 - ``iter_batches`` / ``pad_batch`` / ``map_batches``: arrays, iterables of batches or image paths in,
   fixed-size (padded) batches out, so every jitted call has one shape and compiles once.
-- ``extract_features``: backbone features of images, batched, as host arrays.
-- ``BoundBackbone`` / ``check_backbone`` / ``BackboneBinding``: a fitted model remembers which
-  backbone (name and weights hash) built its bank; ``bind`` returns a copy carrying one after
-  checking it, and ``bound_backbone`` returns the one to score with (the bound one, or loaded by name).
+- ``first_nonfinite`` / ``check_finite_features``: NaN and inf named by image.
 
 The functions take a ``config``: any object with ``backbone``, ``image_size``, ``crop`` and
-``output_size`` (the model's ``Config`` and the baselines' configs are).
+``output_size`` (every method's config is one).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
+from subspace_jax._checks import is_int
 from subspace_jax.data.images import read_image, resize_image
-from subspace_jax.methods.base import _is_int
 
 Array = jax.Array
 ImageSource = Any  # np.ndarray (N, S, S, 3) uint8 | Iterable[np.ndarray] | Sequence[str | os.PathLike]
@@ -39,6 +37,19 @@ class InputConfig(Protocol):
 
     @property
     def output_size(self) -> int: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSize:
+    """An ``InputConfig`` for images already resized (and cropped) by the caller: S = ``image_size``."""
+
+    backbone: str
+    image_size: int
+    crop: int | None = None
+
+    @property
+    def output_size(self) -> int:
+        return self.crop if self.crop is not None else self.image_size
 
 
 def first_nonfinite(values: Any) -> int | None:
@@ -160,9 +171,9 @@ def count_images(images: ImageSource) -> int | None:
 def batch_size_for(images: ImageSource | int, batch_size: int) -> int:
     """``batch_size`` checked, lowered to the number of images (or ``images`` itself, a count) when
     fewer are given (less padding)."""
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size: expected an int >= 1, got {batch_size!r}")
-    n = int(images) if _is_int(images) else count_images(images)
+    n = int(images) if is_int(images) else count_images(images)
     return max(1, min(batch_size, n)) if n else batch_size
 
 
@@ -170,8 +181,6 @@ def progress_bar(items: Iterable, enabled: bool, desc: str, total: int | None = 
     """``items`` wrapped in a tqdm bar counting batches when ``enabled``."""
     if not enabled:
         return items
-    from tqdm.auto import tqdm
-
     return tqdm(items, desc=desc, unit="batch", total=total)
 
 
@@ -207,117 +216,3 @@ def map_batches(
     if not outputs:
         raise ValueError("images: expected at least one image, got none")
     return jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *outputs)
-
-
-class BoundBackbone(NamedTuple):
-    """A backbone with its pure form: ``apply_fn(params, images) -> features``."""
-
-    backbone: Any
-    apply_fn: Callable[[Any, Array], dict[str, Array]]
-    params: Any
-
-    @classmethod
-    def of(cls, backbone: Any) -> BoundBackbone:
-        # The jitted scorers take apply_fn as a static argument: a backbone's pure() returns its bound
-        # method, equal from call to call, so scoring compiles once per backbone and batch shape.
-        apply_fn, params = backbone.pure()
-        return cls(backbone, apply_fn, params)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def backbone_features(
-    apply_fn: Callable, keys: tuple[str, ...], params: Any, images: Array
-) -> dict[str, Array]:
-    """``apply_fn(params, images)`` restricted to ``keys`` (the others are never computed), jitted."""
-    out = apply_fn(params, images)
-    return {key: out[key] for key in keys}
-
-
-def extract_features(
-    images: ImageSource,
-    config: InputConfig,
-    backbone: Any,
-    keys: tuple[str, ...],
-    *,
-    batch_size: int = 8,
-    progress: bool = True,
-    desc: str = "features",
-) -> dict[str, np.ndarray]:
-    """Backbone features ``keys`` of ``images`` in padded batches: key -> (N, h, w, c) (or (N, c) for
-    "pooled") float32 numpy arrays. ``backbone.name`` must be ``config.backbone``."""
-    if backbone.name != config.backbone:
-        raise ValueError(
-            f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}"
-        )
-    batch_size = batch_size_for(images, batch_size)
-    bound = BoundBackbone.of(backbone)
-    keys = tuple(keys)
-    return map_batches(
-        lambda batch: backbone_features(bound.apply_fn, keys, bound.params, batch),
-        images,
-        config,
-        batch_size,
-        progress=progress,
-        desc=desc,
-    )
-
-
-def check_backbone(fitted: Any, backbone: Any) -> None:
-    """Raise ValueError unless ``backbone`` has the name and weights ``fitted``'s bank was built with
-    (``fitted.backbone_name``, ``fitted.weights_sha256``)."""
-    name = getattr(backbone, "name", None)
-    sha = getattr(backbone, "weights_sha256", None)
-    if name != fitted.backbone_name:
-        raise ValueError(f"backbone: the model was fit with {fitted.backbone_name!r}, got {name!r}")
-    if fitted.weights_sha256 is None:
-        raise ValueError("backbone: the model records no weights_sha256, so its backbone cannot be verified")
-    if sha != fitted.weights_sha256:
-        raise ValueError(
-            f"backbone: {name!r} weights differ from the ones the bank was built with "
-            f"(sha256 {sha} != {fitted.weights_sha256}); refit the model with these weights"
-        )
-
-
-@functools.lru_cache(maxsize=4)
-def _load_backbone(name: str) -> Any:
-    """``backbones.load(name)``, kept for later calls (loading converts and folds the weights)."""
-    from subspace_jax import backbones
-
-    return backbones.load(name)
-
-
-class BackboneBinding:
-    """Mixin for fitted models (frozen dataclasses with ``backbone_name`` and ``weights_sha256``).
-
-    Fitted models are values: ``bind(backbone)`` checks a backbone and returns a copy of the model
-    that carries it (outside the pytree: it is no field, so ``jit`` and ``tree_map`` ignore it); the
-    model it was called on is unchanged. ``bound_backbone(backbone)`` is what ``score`` runs:
-    ``backbone`` if given (checked), else the bound one, else the backbone loaded by name (checked).
-    """
-
-    def bind(self, backbone: Any) -> Any:
-        """A copy of this model bound to ``backbone``, after checking it built the bank."""
-        check_backbone(self, backbone)
-        bound = dataclasses.replace(self)
-        # The copy is new and not yet shared, so attaching the binding changes no existing value.
-        object.__setattr__(bound, "_backbone", BoundBackbone.of(backbone))
-        return bound
-
-    def bound_backbone(self, backbone: Any = None) -> BoundBackbone:
-        """The backbone to score with: ``backbone`` (checked), the bound one, or loaded by name."""
-        if backbone is not None:
-            check_backbone(self, backbone)
-            return BoundBackbone.of(backbone)
-        bound = getattr(self, "_backbone", None)
-        if bound is not None:
-            return bound
-        cls = type(self).__name__
-        if self.weights_sha256 is None:
-            raise ValueError(
-                f"{cls}.score: this model was fit from features with weights_sha256=None, so no "
-                f"backbone can be checked against it; pass weights_sha256 to fit_features, bind a "
-                f"backbone, or use {cls}.score_features"
-            )
-        loaded = _load_backbone(self.backbone_name)
-        check_backbone(self, loaded)
-        return BoundBackbone.of(loaded)

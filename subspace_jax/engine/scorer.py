@@ -1,11 +1,19 @@
-"""Staged scoring in fixed-size batches, for every method: one scorer, one timer, one score dtype.
+"""Scoring in fixed-size batches, for every method: one staged scorer, one timer, one loop, one score dtype.
 
-A method describes how it scores with a ``StagedScorer``: its stages, each ``fn(model, carry) ->
-carry`` calling one jitted function, from a feature dict to ``(maps, scores)``; the feature keys its
-first stage reads; and its fused pure scorer on images (backbone included). ``score_in_batches`` feeds
-it images or precomputed features in padded batches of one size (one compilation) and, when given a
-``timings`` dict, runs the stages one by one and adds each one's wall-clock seconds under its name
-(``"backbone"`` first when it starts from images). Stage names per method:
+A method describes how it scores with a ``StagedScorer``, set on its model class as ``scorer``:
+
+- ``check_features(model, features)``: the feature dict the method reads, checked (keys, shapes,
+  finiteness), before any batch is cut;
+- ``stages``: (name, fn) pairs, each ``fn(model, carry, *, execution) -> carry`` calling one jitted
+  function, from a feature dict to ``(maps, scores)``;
+- ``score_features(model, features, *, execution)``: the same stages fused into one pure function,
+  for a user's ``jax.jit`` and for ``shard_map``;
+- ``score_images(model, apply_fn, params, images, *, execution)``: the backbone and ``score_features``.
+
+``score_in_batches(model, inputs)`` feeds a fitted model images or precomputed features in padded
+batches of one size (one compilation). With a ``timings`` dict it runs the backbone and the stages one
+by one and adds each one's wall-clock seconds under its name; with a mesh it scores each batch on the
+mesh (``subspace_jax.sharding``). Stage names per method:
 
 - subspace: sampling, reconstruction, maps
 - patchcore, spade: matching (nearest-neighbour search), maps
@@ -22,10 +30,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from subspace_jax.engine import batches as batching
+from subspace_jax import sharding
+from subspace_jax.engine import batches, features
+from subspace_jax.ops import execution as execution_lib
 
 Array = jax.Array
-Stage = tuple[str, Callable[[Any, Any], Any]]
+Stage = tuple[str, Callable[..., Any]]
 SCORE_DTYPE = np.float32
 
 
@@ -42,33 +52,47 @@ def timed(timings: dict[str, float] | None, stage: str, fn: Callable, *args: Any
 
 @dataclasses.dataclass(frozen=True)
 class StagedScorer:
-    """How one method scores.
+    """How one method scores (module docstring).
 
     Attributes:
-      stages: (name, fn) pairs; ``fn(model, carry) -> carry`` calls one jitted function. The first
+      feature_keys: model -> the backbone feature keys the method reads.
+      check_features: (model, features) -> the checked dict of those keys (ValueError naming the key
+        and image otherwise).
+      stages: (name, fn) pairs; ``fn(model, carry, *, execution)`` calls one jitted function. The first
         takes the feature dict, the last returns (maps (B, H, W), scores (B,)).
-      feature_keys: model -> the backbone feature keys the stages read.
-      score_images: the fused pure scorer, jitted with ``apply_fn`` static:
-        ``(model, apply_fn, params, images (B, S, S, 3)) -> (maps, scores)``.
+      score_features: the fused pure scorer ``(model, features, *, execution) -> (maps, scores)``.
+      supports_bank_axis: whether ``score_features`` runs with the model's bank rows sharded over a
+        mesh axis (``execution.bank_axis``); methods without it score on a mesh's data axis only.
     """
 
-    stages: tuple[Stage, ...]
     feature_keys: Callable[[Any], tuple[str, ...]]
-    score_images: Callable[..., tuple[Array, Array]]
+    check_features: Callable[[Any, Mapping[str, Any]], dict[str, Any]]
+    stages: tuple[Stage, ...]
+    score_features: Callable[..., tuple[Array, Array]]
+    supports_bank_axis: bool = False
 
     @property
     def stage_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.stages)
 
+    def score_images(self, model: Any, apply_fn: Callable, params: Any, images: Array, **options: Any):
+        """Pure: ``apply_fn(params, images)`` (uint8 (B, S, S, 3) in), then ``score_features``."""
+        keys = tuple(self.feature_keys(model))
+        out = apply_fn(params, images)
+        return self.score_features(model, {key: out[key] for key in keys}, **options)
+
+    @functools.cached_property
+    def score_features_jit(self) -> Callable[..., tuple[Array, Array]]:
+        return jax.jit(self.score_features, static_argnames=("execution",))
+
+    @functools.cached_property
+    def score_images_jit(self) -> Callable[..., tuple[Array, Array]]:
+        return jax.jit(self.score_images, static_argnums=(1,), static_argnames=("execution",))
+
     def run_stages(
-        self,
-        model: Any,
-        features: Mapping[str, Array],
-        timings: dict[str, float] | None = None,
-        **options: Any,
+        self, model: Any, features: Mapping[str, Array], timings: dict[str, float] | None = None, **options
     ) -> tuple[Array, Array]:
-        """The stages one after another on one batch of features; each timed into ``timings``.
-        ``options`` (the subspace model's ``execution``) go to every stage."""
+        """The stages one after another on one batch of features; each timed into ``timings``."""
         carry: Any = features
         for name, fn in self.stages:
             carry = timed(timings, name, functools.partial(fn, **options), model, carry)
@@ -76,31 +100,20 @@ class StagedScorer:
 
 
 def _feature_batches(
-    features: Mapping[str, Any], keys: tuple[str, ...], n: int, batch_size: int
+    features: Mapping[str, Any], n: int, batch_size: int
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """(block, n real rows) per batch; a short last block is padded with copies of its last row."""
     for start in range(0, n, batch_size):
-        block = {key: np.asarray(features[key][start : start + batch_size]) for key in keys}
+        block = {key: np.asarray(value[start : start + batch_size]) for key, value in features.items()}
         real = min(batch_size, n - start)
-        yield {key: batching.pad_batch(value, batch_size) for key, value in block.items()}, real
+        yield {key: batches.pad_batch(value, batch_size) for key, value in block.items()}, real
 
 
-def _feature_rows(
-    scorer: StagedScorer, model: Any, features: Mapping[str, Any]
-) -> tuple[tuple[str, ...], int]:
-    """The feature keys ``model`` reads and the number N >= 1 of images ``features`` holds."""
-    keys = tuple(scorer.feature_keys(model))
-    missing = [key for key in keys if key not in features]
-    if missing:
-        raise ValueError(f"features: missing {missing}; this model reads {list(keys)}")
-    n = int(np.shape(features[keys[0]])[0])
-    if n == 0:
-        raise ValueError("features: expected at least one image, got none")
-    return keys, n
+def _as_scores(out: tuple[Any, Any], real: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(out[0][:real], SCORE_DTYPE), np.asarray(out[1][:real], SCORE_DTYPE)
 
 
 def score_in_batches(
-    scorer: StagedScorer,
     model: Any,
     inputs: Any,
     *,
@@ -110,110 +123,79 @@ def score_in_batches(
     progress: bool = True,
     desc: str = "score",
     mesh: Any = None,
-    execution: Any = None,
+    execution: execution_lib.Execution | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps and image scores of ``inputs``, scored in batches of ``batch_size``.
 
     Args:
-      scorer: the method's ``StagedScorer``.
-      model: a fitted model of that method (a pytree with ``config``).
-      inputs: images (a uint8 (N, S, S, 3) array, an iterable of batches or image paths, as for
-        ``Model.score``), or precomputed features (a dict level key -> (N, ...) arrays; extra keys
-        are ignored).
+      model: a fitted model (its class's ``scorer`` says how it scores).
+      inputs: images (a uint8 (N, S, S, 3) array, an iterable of batches or image paths), or
+        precomputed features (a dict level key -> (N, ...) arrays; extra keys are ignored).
       batch_size: rows per compiled call (lowered to N when fewer); the last batch is padded.
-      backbone: for images, the backbone to use (default: the model's bound one, else loaded by name);
-        checked against the weights the model was fit with. Unused for features.
+      backbone: for images, the backbone to use, checked against the weights the model was fit with
+        (default: the cached backbone of that identity, ``subspace_jax.backbones.for_weights``).
       timings: when given, the backbone (images only) and each stage run as separately jitted calls
         and their seconds are added under the stage names (the first call includes compilation).
-        Otherwise images go through the fused ``score_images`` and features through the model's
-        ``score_features``.
+        Otherwise one fused function runs per batch.
       progress, desc: a progress bar over batches.
-      mesh: a ``jax.sharding.Mesh`` from ``subspace_jax.sharding.make_mesh`` (subspace model only):
-        the model is placed on it (``shard_model``) unless it is already, each batch of
-        ``batch_size`` (rounded up to a multiple of the data axis) is split over ``"data"``, and
-        the fused sharded scorer runs (with ``timings``: one stage, "scoring", after "backbone").
-        With several processes, ``inputs`` are this process's share, every process must pass
-        the same number of them, and the results are this process's rows.
-      execution: ``subspace_jax.execution.Execution`` layout options of the subspace scorer
-        (memory budget, gathered/masked choice); None: the backend's default.
+      mesh: a ``jax.sharding.Mesh`` from ``subspace_jax.sharding.make_mesh``: the model is placed on it
+        (``sharding.shard_model``) unless it is already, each batch of ``batch_size`` (rounded up to a
+        multiple of the data axis) is split over ``"data"``, and the fused sharded scorer runs (with
+        ``timings``: one stage, "scoring", after nothing else). With several processes, ``inputs`` are
+        this process's share, every process passes as many, and the results are this process's rows.
+      execution: layout options of the scorer (``subspace_jax.ops.execution``); None: the backend's.
 
     Returns:
       maps (N, S, S) float32 and scores (N,) float32, numpy.
     """
+    # Thresholds are static metadata the scorer never reads: strip them so that calibrated and
+    # uncalibrated models share one compiled scorer.
+    model = model.with_thresholds(None)
+    scorer = model.scorer
+    options = {"execution": execution}
     if mesh is not None:
-        return _score_on_mesh(
-            scorer, model, inputs, mesh, batch_size, backbone, timings, progress, desc, execution
-        )
-    # Layout options reach the subspace scorer only (the baselines have none).
-    options = {} if execution is None else {"execution": execution}
+        model = sharding.placed(model, mesh)
+        batch_size = sharding.local_batch_size(batch_size, mesh)
     if isinstance(inputs, Mapping):
-        keys, n = _feature_rows(scorer, model, inputs)
-        batch_size = batching.batch_size_for(n, batch_size)
+        checked = scorer.check_features(model, inputs)
+        n = int(np.shape(next(iter(checked.values())))[0])
+        if mesh is None:
+            batch_size = batches.batch_size_for(n, batch_size)
         maps, scores = [], []
-        batches = _feature_batches(inputs, keys, n, batch_size)
-        for block, real in batching.progress_bar(batches, progress, desc, -(-n // batch_size)):
-            if timings is None:
-                out = model.score_features(block, **options)
+        blocks = _feature_batches(checked, n, batch_size)
+        for block, real in batches.progress_bar(blocks, progress, desc, -(-n // batch_size)):
+            if mesh is not None:
+                score = functools.partial(sharding.score_block, execution=execution)
+                out = timed(timings, "scoring", score, model, block, mesh)
+            elif timings is None:
+                out = scorer.score_features_jit(model, block, **options)
             else:
                 out = scorer.run_stages(model, block, timings, **options)
-            maps.append(np.asarray(out[0][:real], SCORE_DTYPE))
-            scores.append(np.asarray(out[1][:real], SCORE_DTYPE))
+            block_maps, block_scores = _as_scores(out, real)
+            maps.append(block_maps)
+            scores.append(block_scores)
         return np.concatenate(maps), np.concatenate(scores)
 
-    batch_size = batching.batch_size_for(inputs, batch_size)
-    bound = model.bound_backbone(backbone)
+    net = features.backbone_for(model, backbone)
+    apply_fn, params = net.pure()
     keys = tuple(scorer.feature_keys(model))
+    if mesh is None:
+        batch_size = batches.batch_size_for(inputs, batch_size)
+    else:
+        params = sharding.replicate(params, mesh)
 
     def score_batch(batch: np.ndarray) -> tuple[Array, Array]:
+        if mesh is not None:
+            score = functools.partial(
+                sharding.score_block, apply_fn=apply_fn, params=params, execution=execution
+            )
+            return timed(timings, "scoring", score, model, batch, mesh)
         if timings is None:
-            return scorer.score_images(model, bound.apply_fn, bound.params, batch, **options)
-        features = timed(
-            timings, "backbone", batching.backbone_features, bound.apply_fn, keys, bound.params, batch
-        )
-        return scorer.run_stages(model, features, timings, **options)
+            return scorer.score_images_jit(model, apply_fn, params, batch, **options)
+        feats = timed(timings, "backbone", features.backbone_features, apply_fn, keys, params, batch)
+        return scorer.run_stages(model, feats, timings, **options)
 
-    maps, scores = batching.map_batches(
+    maps, scores = batches.map_batches(
         score_batch, inputs, model.config, batch_size, progress=progress, desc=desc
-    )
-    return maps.astype(SCORE_DTYPE, copy=False), scores.astype(SCORE_DTYPE, copy=False)
-
-
-def _score_on_mesh(
-    scorer: StagedScorer,
-    model: Any,
-    inputs: Any,
-    mesh: Any,
-    batch_size: int,
-    backbone: Any,
-    timings: dict[str, float] | None,
-    progress: bool,
-    desc: str,
-    execution: Any,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``score_in_batches`` on a mesh (see there): this process's rows of every global batch."""
-    from subspace_jax import sharding
-
-    model = sharding.placed(model, mesh)
-    local = sharding.local_batch_size(batch_size, mesh)
-    if isinstance(inputs, Mapping):
-        keys, n = _feature_rows(scorer, model, inputs)
-        maps, scores = [], []
-        batches = _feature_batches(inputs, keys, n, local)
-        for block, real in batching.progress_bar(batches, progress, desc, -(-n // local)):
-            score = functools.partial(sharding.score_block, execution=execution)
-            out = timed(timings, "scoring", score, model, block, mesh)
-            maps.append(np.asarray(out[0][:real], SCORE_DTYPE))
-            scores.append(np.asarray(out[1][:real], SCORE_DTYPE))
-        return np.concatenate(maps), np.concatenate(scores)
-
-    bound = model.bound_backbone(backbone)
-    bound = bound._replace(params=sharding.replicate(bound.params, mesh))
-
-    def score_batch(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        score = functools.partial(sharding.score_block, bound=bound, execution=execution)
-        return timed(timings, "scoring", score, model, batch, mesh)
-
-    maps, scores = batching.map_batches(
-        score_batch, inputs, model.config, local, progress=progress, desc=desc
     )
     return maps.astype(SCORE_DTYPE, copy=False), scores.astype(SCORE_DTYPE, copy=False)

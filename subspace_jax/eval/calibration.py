@@ -1,4 +1,4 @@
-"""Thresholds from defect-free images only: ``calibrate``, ``Thresholds`` and ``predict``.
+"""Thresholds from defect-free images only: ``calibrate``, ``Thresholds`` and the decision rule ``decide``.
 
 A user with good parts and no labelled defects chooses a false-alarm rate r; the image threshold is
 set so that at most a fraction r of defect-free images are called anomalous, and the pixel threshold
@@ -237,16 +237,15 @@ def decide(maps: np.ndarray, scores: np.ndarray, thresholds: Thresholds) -> Pred
     return Prediction(maps, scores, normalize(scores, thresholds.image), decisions, masks)
 
 
-def predict(model: Any, images: Any, batch_size: int = 8, *, progress: bool = True, **kwargs) -> Prediction:
-    """``model.score`` then the model's thresholds (``decide``); ValueError if it has none."""
+def require_thresholds(model: Any) -> Thresholds:
+    """``model.thresholds``; ValueError saying how to get them when the model has none."""
     thresholds = getattr(model, "thresholds", None)
     if thresholds is None:
         raise ValueError(
             "model: it has no thresholds; fit it with validation_fraction > 0 or a validation set, or "
             "attach sj.calibrate(model, nominal_images) with model.with_thresholds(...)"
         )
-    maps, scores = model.score(images, batch_size, progress=progress, **kwargs)
-    return decide(maps, scores, thresholds)
+    return thresholds
 
 
 def holdout_split(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

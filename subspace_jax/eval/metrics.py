@@ -11,10 +11,15 @@ the defective pixels, usually a few percent, are arg-sorted (PRO needs their reg
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import scipy.ndimage
 
-__all__ = ["evaluate", "f1_max", "image_auroc", "pixel_ap", "pixel_auroc", "pro"]
+from subspace_jax.eval import calibration
+
+__all__ = ["evaluate", "f1_max", "image_auroc", "pixel_ap", "pixel_auroc", "pro", "threshold_metrics"]
 
 # 8-connectivity within each image, none across images: labelling the (N, H, W) stack at once with this
 # structure is the same as labelling every mask separately with a 3x3 block of ones.
@@ -273,3 +278,42 @@ def evaluate(maps, scores, masks, labels) -> dict[str, float | None]:
         "pixel_ap": _average_precision(tp, fp, positives.size),
         "f1_max": _best_f1(tp, fp, positives.size),
     }
+
+
+def threshold_metrics(
+    maps: np.ndarray, scores: np.ndarray, masks: np.ndarray, labels: np.ndarray, thresholds: Any
+) -> dict:
+    """Image false-alarm rate, recall, precision and F1 at the image threshold, the F1-max oracle (the
+    best F1 over all thresholds, i.e. with the labels), pixel precision, recall, IoU and false-alarm
+    rate of the predicted masks (map > pixel threshold in images decided anomalous) and of the ungated
+    masks (map > pixel threshold), and the ungated pixel false-alarm rate on defect-free images."""
+    labels = np.asarray(labels).astype(bool)
+    masks = np.asarray(masks).astype(bool)
+    decided = calibration.decide(maps, scores, thresholds)
+    decisions = decided.decisions
+    out: dict[str, Any] = {"image_threshold": thresholds.image, "pixel_threshold": thresholds.pixel}
+    out["false_alarm_rate_target"] = thresholds.false_alarm_rate
+    out["false_alarm_rate"] = float(decisions[~labels].mean()) if (~labels).any() else math.nan
+    tp = int((decisions & labels).sum())
+    fp = int((decisions & ~labels).sum())
+    out["recall"] = tp / max(int(labels.sum()), 1)
+    out["precision"] = tp / max(tp + fp, 1)
+    out["f1"] = 2 * tp / max(tp + fp + int(labels.sum()), 1)
+    if labels.any() and (~labels).any():
+        out["f1_max_oracle"] = f1_max(scores[:, None, None], labels[:, None, None])
+    for name, predicted in (
+        ("pixel", decided.masks),
+        ("pixel_ungated", maps > thresholds.pixel),
+    ):
+        ptp = int((predicted & masks).sum())
+        pfp = int((predicted & ~masks).sum())
+        pfn = int((~predicted & masks).sum())
+        out[f"{name}_precision"] = ptp / max(ptp + pfp, 1)
+        out[f"{name}_recall"] = ptp / max(ptp + pfn, 1)
+        out[f"{name}_iou"] = ptp / max(ptp + pfp + pfn, 1)
+        out[f"{name}_false_alarm_rate"] = pfp / max(int((~masks).sum()), 1)
+    # What the pixel threshold controls: the fraction of pixels of defect-free images above it (pixels
+    # around defects in defective images are not like the calibration pixels: smoothing spreads the defect).
+    if (~labels).any():
+        out["pixel_false_alarm_rate_nominal_images"] = float((maps[~labels] > thresholds.pixel).mean())
+    return out

@@ -1,33 +1,42 @@
-"""The config fields every method shares, and their validators, defined once.
+"""What every method shares: its config's common fields and their validators, and the fitted-model base.
 
-``BaseConfig`` holds what every method's config has (the backbone, the input size, the levels and
-the map smoothing) and checks it; ``subspace_jax.Config`` and the baselines' configs extend it. Its
-``_check_*`` helpers are the one place a config field is validated, so every config names the field
-and the expected value the same way: ``Config.k: expected an int >= 1, got 0``.
+- ``BaseConfig`` holds what every method's config has (the backbone, the input size, the levels and the
+  map smoothing) and checks it; ``SubspaceConfig`` and the baselines' configs extend it. Its ``_check_*``
+  helpers are the one place a config field is validated, so every config names the field and the
+  expected value the same way: ``SubspaceConfig.k: expected an int in [1, 2147483647], got 0``.
+- ``BaselineConfig`` adds the nearest-neighbour search's block sizes of PatchCore and SPADE.
+- ``FittedModel`` is the base of every fitted model (a frozen dataclass pytree whose arrays are leaves
+  and whose config, backbone identity and thresholds are static): ``score``, ``predict``,
+  ``with_thresholds``, ``partition_specs`` (what ``subspace_jax.sharding`` splits over a mesh) and
+  ``nbytes``. Its class's ``scorer`` (``subspace_jax.engine.scorer.StagedScorer``) says how it scores.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
+from subspace_jax._checks import MAX_INT, is_int
 from subspace_jax.backbones.registry import NORMALIZATIONS
 from subspace_jax.backbones.registry import REGISTRY as _BACKBONE_REGISTRY
 from subspace_jax.backbones.registry import get_spec as _backbone_spec
+from subspace_jax.engine import batches
+from subspace_jax.engine import scorer as scorer_lib
+from subspace_jax.eval import calibration
+from subspace_jax.eval.calibration import Thresholds
+from subspace_jax.ops import execution as execution_lib
+from subspace_jax.ops import maps as maps_lib
 
 BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 LEVELS = (1, 2, 3, 4)
-MAX_INT = 2**31 - 1  # int fields become int32 shapes, indices and loop bounds under jit
 SEED_RANGE = (-(2**63), 2**63 - 1)  # what jax.random.key accepts
-
-
-def _is_int(value: Any) -> bool:
-    """True for Python and numpy integers; False for bools (``True`` is no image size)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def level_key(level: int | str) -> str:
@@ -73,13 +82,13 @@ class BaseConfig:
                 f"from {tuple(NORMALIZATIONS)}",
             )
         self._check_int("image_size", 32)
-        if self.crop is not None and (not _is_int(self.crop) or not 32 <= self.crop <= self.image_size):
+        if self.crop is not None and (not is_int(self.crop) or not 32 <= self.crop <= self.image_size):
             self._fail("crop", f"None or an int in [32, image_size={self.image_size}]")
-        levels = (self.levels,) if _is_int(self.levels) else self.levels
+        levels = (self.levels,) if is_int(self.levels) else self.levels
         if (
             not isinstance(levels, (tuple, list))
             or not levels
-            or not all(_is_int(level) and level in LEVELS for level in levels)
+            or not all(is_int(level) and level in LEVELS for level in levels)
             or len(set(levels)) != len(levels)
         ):
             self._fail("levels", "a non-empty sequence of distinct levels from {1, 2, 3, 4}")
@@ -99,14 +108,14 @@ class BaseConfig:
         """An int in [minimum, MAX_INT] (sizes, counts and loop bounds become int32 under jit);
         stored as a Python int."""
         value = getattr(self, name)
-        if not _is_int(value) or not minimum <= value <= MAX_INT:
+        if not is_int(value) or not minimum <= value <= MAX_INT:
             self._fail(name, f"an int in [{minimum}, {MAX_INT}]")
         object.__setattr__(self, name, int(value))
 
     def _check_seed(self, name: str) -> None:
         """An int ``jax.random.key`` accepts (the int64 range); stored as a Python int."""
         value = getattr(self, name)
-        if not _is_int(value) or not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        if not is_int(value) or not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
             self._fail(name, f"an int in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (jax.random.key takes an int64)")
         object.__setattr__(self, name, int(value))
 
@@ -161,3 +170,165 @@ class BaseConfig:
         if isinstance(values.get("levels"), list):
             values["levels"] = tuple(values["levels"])
         return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig(BaseConfig):
+    """Fields and checks PatchCore and SPADE share (frozen, hashable: static under jit).
+
+    Attributes:
+      backbone: one of ``BACKBONE_NAMES``.
+      image_size, crop: input resolution, as for ``SubspaceConfig`` (maps are ``crop or image_size``).
+      levels: backbone levels used (1..4); any sequence of distinct levels, stored sorted.
+      sigma: Gaussian smoothing of the maps in output pixels (0 disables it).
+      query_chunk, bank_chunk: nearest-neighbour search block sizes; the search never holds more than a
+        (query_chunk, bank_chunk) float32 distance block.
+    """
+
+    query_chunk: int = 2048
+    bank_chunk: int = 8192
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check_int("query_chunk", 1)
+        self._check_int("bank_chunk", 1)
+
+
+class FittedModel:
+    """Base of every fitted model: a frozen dataclass registered as a pytree, with the static fields
+    ``config``, ``backbone_name``, ``weights_sha256`` (None when unknown) and ``thresholds``.
+
+    A fitted model is a value: nothing is attached to it after fitting, and ``with_thresholds`` returns
+    a copy. The backbone that built it is identified by name and weights hash and travels beside it:
+    ``score`` takes it as ``backbone=``, else uses the cached backbone of that identity.
+    """
+
+    scorer: ClassVar[Any]  # the method's subspace_jax.engine.scorer.StagedScorer
+    n_train: int  # a field or property of every model: N, the number of training images (bank rows)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every array the model holds (its banks, Gram matrices, coresets, projections)."""
+        return int(sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(self) if hasattr(leaf, "nbytes")))
+
+    def partition_specs(self) -> Any:
+        """This model with a ``PartitionSpec`` in place of each array: ``P("bank")`` for arrays split by
+        rows over a mesh's bank axis, ``P()`` for replicated ones. By default everything is replicated."""
+        return jax.tree_util.tree_map(lambda _: P(), self)
+
+    def with_thresholds(self, thresholds: Any) -> Any:
+        """A copy of this model carrying ``thresholds`` (``subspace_jax.Thresholds`` from
+        ``sj.calibrate``, or None) for ``predict``; the scorer never reads them."""
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise ValueError(f"thresholds: expected subspace_jax.Thresholds, got {type(thresholds).__name__}")
+        if thresholds is self.thresholds:
+            return self
+        return dataclasses.replace(self, thresholds=thresholds)
+
+    def score(
+        self,
+        inputs: Any,
+        batch_size: int = 8,
+        *,
+        backbone: Any = None,
+        timings: dict[str, float] | None = None,
+        progress: bool = True,
+        mesh: Any = None,
+        memory_budget_bytes: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Anomaly maps and image scores, in batches (``subspace_jax.engine.scorer.score_in_batches``).
+
+        Args:
+          inputs: uint8 (B, S, S, 3) images, an iterable of such batches, a list of image paths (read,
+            resized to ``image_size`` and centre-cropped), or backbone features (a dict level key ->
+            (B, ...) arrays); S = ``config.output_size``.
+          batch_size: images per compiled call; the last batch is padded, so there is one compilation.
+          backbone: the backbone to use (checked against the weights the model was fit with); default:
+            the cached backbone of that identity (``subspace_jax.backbones.for_weights``).
+          timings: when given, the backbone and each stage run as separately jitted functions and their
+            wall-clock seconds are added under the stage names (the first call includes compilation).
+          progress: show a progress bar over batches.
+          mesh: a ``jax.sharding.Mesh`` (``subspace_jax.sharding.make_mesh(data, bank)``): images are split
+            over its "data" axis and, for models that shard their bank, bank rows over its "bank" axis.
+            With several processes each passes its own share of the images and gets its own rows back.
+          memory_budget_bytes: transient bytes one vectorised step may hold (``subspace_jax.ops.execution``);
+            None: the backend's default. Results do not depend on it.
+
+        Returns:
+          maps (B, S, S) float32 and scores (B,) float32, as numpy arrays.
+        """
+        execution = None
+        if memory_budget_bytes is not None:
+            execution = execution_lib.default_execution(memory_budget_bytes)
+        return scorer_lib.score_in_batches(
+            self,
+            inputs,
+            batch_size=batch_size,
+            backbone=backbone,
+            timings=timings,
+            progress=progress,
+            desc=f"{self.config.method} score",
+            mesh=mesh,
+            execution=execution,
+        )
+
+    def predict(self, images: Any, batch_size: int = 8, *, progress: bool = True, **kwargs: Any) -> Any:
+        """Maps, scores, normalised scores (0.5 = threshold), decisions and masks of ``images`` under the
+        model's thresholds (``subspace_jax.eval.calibration.Prediction``); ValueError without thresholds.
+        The thresholds bound false alarms on nominal images; they do not control recall."""
+        thresholds = calibration.require_thresholds(self)
+        maps, scores = self.score(images, batch_size, progress=progress, **kwargs)
+        return calibration.decide(maps, scores, thresholds)
+
+
+def check_features(
+    features: Mapping[str, Any], keys: Sequence[str], *, name: str = "features"
+) -> dict[str, Any]:
+    """A backbone feature dict holding ``keys`` with one batch size, as float32 arrays; level maps must
+    be (N, h, w, c) and "pooled" (N, c); NaN and inf are refused naming the key and image."""
+    if not isinstance(features, Mapping):
+        raise ValueError(f"{name}: expected a dict of backbone features, got {type(features).__name__}")
+    missing = [k for k in keys if k not in features]
+    if missing:
+        raise ValueError(f"{name}: missing {missing}; has {sorted(features)}")
+    out = {k: jnp.asarray(features[k], dtype=jnp.float32) for k in keys}
+    sizes = {k: v.shape[0] if v.ndim else None for k, v in out.items()}
+    for k, v in out.items():
+        want = 2 if k == "pooled" else 4
+        if v.ndim != want:
+            shape = "(N, c)" if want == 2 else "(N, h, w, c)"
+            raise ValueError(f"{name}[{k!r}]: expected shape {shape}, got {v.shape}")
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"{name}: all entries must have the same batch size, got {sizes}")
+    if next(iter(sizes.values())) == 0:
+        raise ValueError(f"{name}: expected at least one image, got an empty batch")
+    batches.check_finite_features(out, name)
+    return out
+
+
+def baseline_scorer(
+    match: Callable[[Any, Mapping[str, Any]], tuple[dict[str, Any], Any]],
+    fusion: str,
+    feature_keys: Callable[[Any], Sequence[str]],
+    check: Callable[[Any, Mapping[str, Any]], dict[str, Any]],
+    score_features: Callable[..., tuple[Any, Any]],
+) -> scorer_lib.StagedScorer:
+    """A nearest-neighbour method's two scoring stages: "matching", ``match(model, features) -> (level
+    maps {"level<l>": (B, h_l, w_l)}, scores (B,))`` jitted, then "maps", the level maps fused into
+    (B, S, S) by ``subspace_jax.ops.maps.fuse_maps`` (``fusion``, the config's sigma)."""
+    match_jit = jax.jit(match)
+
+    def matching(model: Any, features: Mapping[str, Any], *, execution: Any = None) -> Any:
+        return match_jit(model, features)
+
+    def maps(model: Any, carry: tuple[dict[str, Any], Any], *, execution: Any = None) -> Any:
+        level_maps, scores = carry
+        size = (model.config.output_size, model.config.output_size)
+        return maps_lib.fuse_maps_jit(level_maps, size, fusion=fusion, sigma=model.config.sigma), scores
+
+    return scorer_lib.StagedScorer(
+        feature_keys=lambda model: tuple(feature_keys(model.config)),
+        check_features=check,
+        stages=(("matching", matching), ("maps", maps)),
+        score_features=score_features,
+    )

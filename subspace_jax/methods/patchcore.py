@@ -26,29 +26,41 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from functools import partial
 from typing import Any, ClassVar
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from subspace_jax.engine import batches as batching
-from subspace_jax.engine import scorer as scoring
-from subspace_jax.methods import common
+from subspace_jax._checks import is_number
+from subspace_jax.methods import registry
+from subspace_jax.methods.base import BaselineConfig, FittedModel, baseline_scorer, check_features, level_key
 from subspace_jax.ops import maps as maps_lib
+from subspace_jax.ops.aggregation import aggregate
+from subspace_jax.ops.kcenter import kcenter
+from subspace_jax.ops.neighbors import nearest_neighbor, squared_distances
+from subspace_jax.ops.projection import random_projection
+
+__all__ = [
+    "METHOD",
+    "PatchCoreConfig",
+    "PatchCoreModel",
+    "fit_features",
+    "patch_embeddings",
+    "select_coreset",
+]
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class PatchCoreConfig(common.BaselineConfig):
+class PatchCoreConfig(BaselineConfig):
     """PatchCore settings. Defaults follow the paper (WRN50, levels 2+3, 10% coreset, sigma 4).
 
     Shared fields (backbone, image_size, crop, levels, sigma, query_chunk, bank_chunk) are described in
-    `common.BaselineConfig`; coarser levels are upsampled to the first (finest) one. Own fields:
+    `subspace_jax.methods.base.BaselineConfig`; coarser levels are upsampled to the first (finest) one.
+    Own fields:
 
     Attributes:
       coreset_ratio: fraction of training patches kept in the memory bank, in (0, 1].
@@ -69,10 +81,9 @@ class PatchCoreConfig(common.BaselineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        ratio = self.coreset_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+        if not is_number(self.coreset_ratio) or not 0.0 < self.coreset_ratio <= 1.0:
             self._fail("coreset_ratio", "a number in (0, 1]")
-        object.__setattr__(self, "coreset_ratio", float(ratio))
+        object.__setattr__(self, "coreset_ratio", float(self.coreset_ratio))
         if self.projection_dim is not None:
             self._check_int("projection_dim", 1)
         self._check_bool("reweight")
@@ -83,27 +94,21 @@ class PatchCoreConfig(common.BaselineConfig):
 # --- patch embedding ------------------------------------------------------------------------------------
 
 
-def local_average(feature_map: Array) -> Array:
-    """3x3 mean over each position's neighbourhood, zero padding counted: (B, h, w, c) -> (B, h, w, c)."""
-    summed = lax.reduce_window(
-        feature_map,
-        jnp.array(0.0, feature_map.dtype),
-        lax.add,
-        window_dimensions=(1, 3, 3, 1),
-        window_strides=(1, 1, 1, 1),
-        padding=((0, 0), (1, 1), (1, 1), (0, 0)),
-    )
-    return summed / 9.0
-
-
 def patch_embeddings(features: Mapping[str, Array], levels: tuple[int, ...]) -> Array:
     """Locally aware patch features: (B, h, w, sum of c_l) on the grid of the first level in `levels`.
+
+    Each level's map is averaged over its 3x3 neighbourhood with the padded zeros counted
+    (`subspace_jax.ops.aggregation.aggregate(..., include_padding=True)`), coarser levels are upsampled
+    bilinearly to the first level's grid, and the levels are concatenated along channels.
 
     Args:
       features: backbone dict with "level<l>" maps (B, h_l, w_l, c_l) for every l in `levels`.
       levels: strictly increasing level numbers.
     """
-    maps = [local_average(jnp.asarray(features[common.level_key(level)], jnp.float32)) for level in levels]
+    maps = [
+        aggregate(jnp.asarray(features[level_key(level)], jnp.float32), 3, include_padding=True)
+        for level in levels
+    ]
     batch, height, width, _ = maps[0].shape
     resized = [
         m
@@ -117,43 +122,6 @@ def patch_embeddings(features: Mapping[str, Array], levels: tuple[int, ...]) -> 
 # --- coreset --------------------------------------------------------------------------------------------
 
 
-def random_projection(key: Array, in_dim: int, out_dim: int) -> Array:
-    """Gaussian JL matrix (in_dim, out_dim) with N(0, 1/out_dim) entries (norms preserved on average)."""
-    return jax.random.normal(key, (in_dim, out_dim), jnp.float32) / jnp.sqrt(jnp.float32(out_dim))
-
-
-@partial(jax.jit, static_argnames=("n_select",))
-def greedy_coreset(points: Array, n_select: int, start_index: Array | int) -> Array:
-    """Greedy k-center selection: (M, d) points -> (n_select,) int32 indices, the first `start_index`.
-
-    Each further pick is the point farthest (Euclidean) from everything picked so far; the distance to
-    the picked set is kept per point and updated with the newest pick only (min of old and new). Ties go
-    to the lowest index.
-
-    Distances to a pick come from ||p||^2 + ||x||^2 - 2 P x on points centred at their mean, a
-    full-precision matrix-vector product: one pass over the points per pick, about 3x faster on CPU than
-    differencing (measured at 779k x 128), and its rounding only matters between near-equal distances.
-    """
-    points = jnp.asarray(points, jnp.float32)
-    points = points - jnp.mean(points, axis=0)
-    sq_norms = jnp.sum(points * points, axis=-1)
-    start = jnp.asarray(start_index, jnp.int32)
-
-    def sq_dist_to(index: Array) -> Array:
-        cross = jnp.matmul(points, points[index], precision=lax.Precision.HIGHEST)
-        return jnp.maximum(sq_norms + sq_norms[index] - 2.0 * cross, 0.0)
-
-    selected = jnp.zeros((n_select,), jnp.int32).at[0].set(start)
-
-    def pick(i, carry):
-        selected, min_dist = carry
-        nxt = jnp.argmax(min_dist).astype(jnp.int32)
-        return selected.at[i].set(nxt), jnp.minimum(min_dist, sq_dist_to(nxt))
-
-    selected, _ = lax.fori_loop(1, n_select, pick, (selected, sq_dist_to(start)))
-    return selected
-
-
 def coreset_size(n_points: int, ratio: float) -> int:
     """Number of bank patches kept: int(n_points * ratio), at least 1."""
     return max(1, int(n_points * ratio))
@@ -164,7 +132,8 @@ def select_coreset(points: Array, ratio: float, projection_dim: int | None, seed
 
     The key `jax.random.key(seed)` splits into (start key, projection key); the start is
     `randint(start key, 0, M)` and the projection `random_projection(projection key, d, projection_dim)`,
-    skipped when `projection_dim` is None or >= d. A ratio giving n = M returns arange(M).
+    skipped when `projection_dim` is None or >= d; the selection is the one greedy k-center
+    (`subspace_jax.ops.kcenter`). A ratio giving n = M returns arange(M).
     """
     n_points, dim = points.shape
     n_select = coreset_size(n_points, ratio)
@@ -176,7 +145,7 @@ def select_coreset(points: Array, ratio: float, projection_dim: int | None, seed
         points = jnp.matmul(
             points, random_projection(proj_key, dim, projection_dim), precision=lax.Precision.HIGHEST
         )
-    return greedy_coreset(points, n_select, start)
+    return kcenter(points, n_select, start)
 
 
 # --- scoring --------------------------------------------------------------------------------------------
@@ -201,13 +170,13 @@ def reweighted_scores(
     s_star = jnp.take_along_axis(patch_scores, worst[:, None], axis=1)[:, 0]
     m_test = jnp.take_along_axis(embeddings, worst[:, None, None], axis=1)[:, 0]
     m_star = bank[jnp.take_along_axis(nearest, worst[:, None], axis=1)[:, 0]]
-    _, support = lax.top_k(-common.squared_distances(m_star, bank), b)  # (B, b)
+    _, support = lax.top_k(-squared_distances(m_star, bank), b)  # (B, b)
     support_dist = jnp.sqrt(jnp.sum((bank[support] - m_test[:, None, :]) ** 2, axis=-1))  # (B, b)
     weight = 1.0 - jnp.exp(s_star - jax.nn.logsumexp(support_dist, axis=1))
     return weight * s_star
 
 
-def match(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[dict[str, Array], Array]:
+def match(model: Any, features: Mapping[str, Array]) -> tuple[dict[str, Array], Array]:
     """The matching stage: each test patch's distance to its nearest bank patch.
 
     Args:
@@ -221,16 +190,14 @@ def match(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[dict[st
     emb = patch_embeddings(features, config.levels)
     batch, height, width, channels = emb.shape
     if channels != bank.shape[1]:  # static: caught at trace time, before the distance products
-        keys = [common.level_key(level) for level in config.levels]
+        keys = [level_key(level) for level in config.levels]
         found = {key: tuple(features[key].shape) for key in keys}
         raise ValueError(
             f"features: the levels' channels sum to {channels} but the memory bank holds {bank.shape[1]}-"
             f"dimensional patches; got {found}: were they made by the backbone the model was fit with?"
         )
     flat = emb.reshape(batch * height * width, channels)
-    dist, nearest = common.nearest_neighbor(
-        flat, bank, query_chunk=config.query_chunk, bank_chunk=config.bank_chunk
-    )
+    dist, nearest = nearest_neighbor(flat, bank, query_chunk=config.query_chunk, bank_chunk=config.bank_chunk)
     patch_scores = dist.reshape(batch, height * width)
     if config.reweight:
         scores = reweighted_scores(
@@ -242,15 +209,18 @@ def match(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[dict[st
         )
     else:
         scores = jnp.max(patch_scores, axis=1)
-    return {common.level_key(config.levels[0]): patch_scores.reshape(batch, height, width)}, scores
+    return {level_key(config.levels[0]): patch_scores.reshape(batch, height, width)}, scores
 
 
-def score_features(model: PatchCoreModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
+def score_features(
+    model: Any, features: Mapping[str, Array], *, execution: Any = None
+) -> tuple[Array, Array]:
     """Pure scorer: fitted model (a pytree) and backbone features of B images -> maps, scores.
 
     Args:
       model: a fitted `PatchCoreModel`; its config is static.
       features: {"level<l>": (B, h_l, w_l, c_l)} for the config's levels.
+      execution: unused (PatchCore has no layout options); accepted like every method's scorer.
     Returns:
       maps (B, S, S) float32 (S = config.output_size) and scores (B,) float32.
     """
@@ -260,22 +230,15 @@ def score_features(model: PatchCoreModel, features: Mapping[str, Array]) -> tupl
     return maps_lib.fuse_maps(patch_map, size, fusion="sum", sigma=model.config.sigma), scores
 
 
-def score_images(model: PatchCoreModel, apply_fn: Any, params: Any, images: Array) -> tuple[Array, Array]:
-    """Pure scorer on images, backbone included (`apply_fn, params = backbone.pure()`), for a user's jit.
-
-    images: (B, S, S, 3) uint8 or float in [0, 255] -> maps (B, S, S) float32, scores (B,) float32.
-    """
-    chex.assert_rank(images, 4)
-    return score_features(model, apply_fn(params, images))
+def _feature_keys(config: PatchCoreConfig) -> tuple[str, ...]:
+    return tuple(level_key(level) for level in config.levels)
 
 
-def _feature_keys(config: PatchCoreConfig) -> list[str]:
-    return [common.level_key(level) for level in config.levels]
+def _check(model: Any, features: Mapping[str, Any]) -> dict[str, Array]:
+    return check_features(features, _feature_keys(model.config))
 
 
-_score_features_jit = jax.jit(score_features)
-_score_images_jit = jax.jit(score_images, static_argnums=(1,))
-SCORER = common.staged_scorer(jax.jit(match), "sum", _feature_keys, _score_images_jit)
+SCORER = baseline_scorer(match, "sum", _feature_keys, _check, score_features)
 
 
 # --- model ----------------------------------------------------------------------------------------------
@@ -283,16 +246,16 @@ SCORER = common.staged_scorer(jax.jit(match), "sum", _feature_keys, _score_image
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class PatchCoreModel(batching.BackboneBinding):
+class PatchCoreModel(FittedModel):
     """A fitted PatchCore, a pytree: the memory bank (leaf) plus static metadata.
 
     Attributes:
       bank: (M, C) float32 coreset of training patch embeddings, C = sum of the levels' channels.
       config: the `PatchCoreConfig` (static).
       backbone_name, weights_sha256: the backbone that produced the features (static); a
-        weights_sha256 of None means unknown, and `score(images)` then needs `bind(backbone)` first
-        or fails, as for the subspace model.
+        weights_sha256 of None means unknown, and scoring images then needs ``backbone=``.
       n_train: number of training images (static).
+      thresholds: ``Thresholds`` for ``predict``, None until calibrated (static).
     """
 
     bank: Array
@@ -300,38 +263,9 @@ class PatchCoreModel(batching.BackboneBinding):
     backbone_name: str = dataclasses.field(metadata=dict(static=True))
     weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
     n_train: int = dataclasses.field(metadata=dict(static=True))
+    thresholds: Any = dataclasses.field(default=None, metadata=dict(static=True))
 
-    def score_features(self, features: Mapping[str, Any]) -> tuple[Array, Array]:
-        """Backbone features of B images -> (maps (B, S, S) float32, scores (B,) float32); jitted."""
-        return _score_features_jit(self, common.check_features(features, _feature_keys(self.config)))
-
-    def score(
-        self,
-        images: Any,
-        batch_size: int = 8,
-        *,
-        backbone: Any = None,
-        timings: dict[str, float] | None = None,
-        progress: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Maps (N, S, S) float32 and scores (N,) float32 of `images`, in batches, as numpy arrays.
-
-        `images`: uint8 (N, S, S, 3) array, an iterable of batches or image paths, as for
-        `subspace_jax.Model.score`. `backbone`: default the one `fit` bound, else loaded by name and
-        checked against `weights_sha256`. `timings`: when given, the backbone, the matching and the maps run
-        as separately jitted stages and their seconds are added to `timings["backbone" | "matching" |
-        "maps"]` (`subspace_jax.scoring.score_in_batches`).
-        """
-        return scoring.score_in_batches(
-            SCORER,
-            self,
-            images,
-            batch_size=batch_size,
-            backbone=backbone,
-            timings=timings,
-            progress=progress,
-            desc="PatchCore score",
-        )
+    scorer: ClassVar[Any] = SCORER
 
 
 def fit_features(
@@ -347,8 +281,7 @@ def fit_features(
     """
     if not isinstance(config, PatchCoreConfig):
         raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
-    keys = [common.level_key(level) for level in config.levels]
-    checked = common.check_features(features, keys)
+    checked = check_features(features, _feature_keys(config))
     emb = patch_embeddings(checked, config.levels)
     flat = emb.reshape(-1, emb.shape[-1])
     indices = select_coreset(flat, config.coreset_ratio, config.projection_dim, config.seed)
@@ -361,18 +294,13 @@ def fit_features(
     )
 
 
-def fit(
-    images: Any, config: PatchCoreConfig, backbone: Any = None, *, batch_size: int = 8, progress: bool = True
-) -> PatchCoreModel:
-    """Fits on nominal `images` (uint8 (N, S, S, 3), iterable of batches, or paths); returns the model
-    bound to `backbone` (loaded by `config.backbone` when None)."""
-    if not isinstance(config, PatchCoreConfig):
-        raise ValueError(f"config: expected a PatchCoreConfig, got {type(config).__name__}")
-    keys = [common.level_key(level) for level in config.levels]
-    features, backbone = common.extract_features(
-        images, config, backbone, keys, batch_size, progress, "PatchCore fit"
+METHOD = registry.register(
+    registry.Method(
+        name="patchcore",
+        config_cls=PatchCoreConfig,
+        model_cls=PatchCoreModel,
+        fit_features=fit_features,
+        feature_keys=_feature_keys,
+        fit_inputs=None,  # the bank keeps a coreset of patches, not the feature maps it came from
     )
-    model = fit_features(
-        features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256
-    )
-    return model.bind(backbone)
+)

@@ -1,12 +1,13 @@
-"""The method registry: every model family the runner, the workbench and the scripts can use, by name.
+"""The one method registry: every model family the library, the command, the runners and checkpoints know.
 
-Each ``Method`` has its frozen config class, ``fit`` (images) and ``fit_features`` (precomputed
-backbone features), the pure ``score_images`` for a user's ``jax.jit``, and its ``StagedScorer``
-(the stages ``subspace_jax.scoring.score_in_batches`` runs and times):
+Each method module registers its ``Method`` when it is imported (``subspace_jax.methods`` imports them
+all): ``subspace``, ``patchcore``, ``spade``. A ``Method`` names the family's config class, model class and
+``fit_features``, the backbone feature keys a config reads, and, for checkpoints, how to recover the
+shapes of ``fit_features``' inputs from a stored model. How a model scores is its class's ``scorer``.
 
-- ``subspace``: ``subspace_jax.Config``, stages sampling, reconstruction, maps
-- ``patchcore``: ``PatchCoreConfig``, stages matching, maps
-- ``spade``: ``SpadeConfig``, stages matching, maps
+Adding a method: a module under ``subspace_jax/methods/`` with a config (``BaseConfig`` subclass whose
+``method`` names it), a model (``FittedModel`` subclass, a pytree dataclass) with its ``scorer``, a
+``fit_features``, and ``register(Method(...))``; then import it in ``subspace_jax/methods/__init__.py``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from subspace_jax.engine import scorer as scoring
-from subspace_jax.methods import patchcore, spade
-from subspace_jax.methods.subspace import model as model_lib
+__all__ = ["Method", "for_config", "for_model", "get", "names", "register"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,69 +24,71 @@ class Method:
     """One model family.
 
     Attributes:
-      name: the ``--method`` name.
-      config_cls: its frozen config dataclass (``config_cls.method == name``).
-      model_cls: the fitted model's class (a pytree).
-      fit: ``fit(images, config, backbone=None, *, batch_size, progress) -> model`` (bound to the backbone).
-      fit_features: ``fit_features(features, config, *, backbone_name, weights_sha256) -> model``.
-      score_images: pure ``(model, apply_fn, params, images) -> (maps, scores)``.
-      scorer: the staged scorer of ``subspace_jax.scoring``.
+      name: the ``--method`` name (``config_cls.method == name``).
+      config_cls: its frozen config dataclass.
+      model_cls: the fitted model's class (a ``FittedModel`` pytree dataclass with a ``scorer``).
+      fit_features: ``(features, config, *, backbone_name=None, weights_sha256=None) -> model``.
+      feature_keys: config -> the backbone feature keys ``fit_features`` and the scorer read.
+      fit_inputs: for checkpoints, ``(stored array shapes by "field/key", config) -> {feature key:
+        jax.ShapeDtypeStruct}`` of the inputs ``fit_features`` would turn into those arrays; None where
+        they cannot be recovered from the model (a coreset keeps no feature maps).
     """
 
     name: str
     config_cls: type
     model_cls: type
-    fit: Callable[..., Any]
     fit_features: Callable[..., Any]
-    score_images: Callable[..., Any]
-    scorer: scoring.StagedScorer
+    feature_keys: Callable[[Any], tuple[str, ...]]
+    fit_inputs: Callable[[dict[str, list[int]], Any], dict[str, Any] | None] | None = None
+
+    @property
+    def scorer(self) -> Any:
+        """The model class's ``subspace_jax.engine.scorer.StagedScorer``."""
+        return self.model_cls.scorer
 
 
-METHODS: dict[str, Method] = {
-    "subspace": Method(
-        "subspace",
-        model_lib.Config,
-        model_lib.Model,
-        model_lib.fit,
-        model_lib.fit_features,
-        model_lib.score_images,
-        model_lib.SCORER,
-    ),
-    "patchcore": Method(
-        "patchcore",
-        patchcore.PatchCoreConfig,
-        patchcore.PatchCoreModel,
-        patchcore.fit,
-        patchcore.fit_features,
-        patchcore.score_images,
-        patchcore.SCORER,
-    ),
-    "spade": Method(
-        "spade",
-        spade.SpadeConfig,
-        spade.SpadeModel,
-        spade.fit,
-        spade.fit_features,
-        spade.score_images,
-        spade.SCORER,
-    ),
-}
-NAMES = tuple(METHODS)
+_METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry (once per name); returns it."""
+    if method.name in _METHODS and _METHODS[method.name] != method:
+        raise ValueError(f"method: {method.name!r} is registered already")
+    if method.config_cls.method != method.name:
+        raise ValueError(f"method: {method.config_cls.__name__}.method is not {method.name!r}")
+    _METHODS[method.name] = method
+    return method
+
+
+def names() -> tuple[str, ...]:
+    """The registered method names, in registration order."""
+    return tuple(_METHODS)
 
 
 def get(name: str) -> Method:
     """The method called ``name``; ValueError listing the known names otherwise."""
-    if name not in METHODS:
-        raise ValueError(f"method: expected one of {', '.join(NAMES)}, got {name!r}")
-    return METHODS[name]
+    if name not in _METHODS:
+        raise ValueError(f"method: expected one of {', '.join(_METHODS)}, got {name!r}")
+    return _METHODS[name]
 
 
 def for_config(config: Any) -> Method:
     """The method whose config class ``config`` is an instance of."""
-    for method in METHODS.values():
+    for method in _METHODS.values():
         if type(config) is method.config_cls:
             return method
     raise ValueError(
-        f"config: expected a config of one of the methods {', '.join(NAMES)} "
-        f"({', '.join(m.config_cls.__name__ for m in METHODS.values())}), got {type(config).__name__}"
+        f"config: expected a config of one of the methods {', '.join(_METHODS)} "
+        f"({', '.join(m.config_cls.__name__ for m in _METHODS.values())}), got {type(config).__name__}"
+    )
+
+
+def for_model(model: Any) -> Method:
+    """The method whose model class ``model`` is an instance of."""
+    for method in _METHODS.values():
+        if type(model) is method.model_cls:
+            return method
+    raise ValueError(
+        f"model: expected a fitted model ({', '.join(m.model_cls.__name__ for m in _METHODS.values())}), "
+        f"got {type(model).__name__}"
     )

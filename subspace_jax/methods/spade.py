@@ -19,23 +19,24 @@ from typing import Any, ClassVar
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from subspace_jax.engine import batches as batching
-from subspace_jax.engine import scorer as scoring
-from subspace_jax.methods import common
+from subspace_jax.methods import registry
+from subspace_jax.methods.base import BaselineConfig, FittedModel, baseline_scorer, check_features, level_key
 from subspace_jax.ops import maps as maps_lib
+from subspace_jax.ops.neighbors import nearest_neighbor, squared_distances
+
+__all__ = ["METHOD", "SpadeConfig", "SpadeModel", "fit_features", "nearest_images"]
 
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class SpadeConfig(common.BaselineConfig):
+class SpadeConfig(BaselineConfig):
     """SPADE settings. Defaults follow the SPADE paper: K = 50 images, levels 1-3, sigma 4.
 
     Shared fields (backbone, image_size, crop, levels, sigma, query_chunk, bank_chunk) are described in
-    `common.BaselineConfig`; the levels' distance maps are averaged. Own field:
+    `subspace_jax.methods.base.BaselineConfig`; the levels' distance maps are averaged. Own field:
 
     Attributes:
       top_k_images: K, the number of nearest training images (by pooled features) in each test image's
@@ -62,13 +63,13 @@ def nearest_images(test_pooled: Array, train_pooled: Array, k: int) -> tuple[Arr
     """
     test_pooled = jnp.asarray(test_pooled, jnp.float32)
     train_pooled = jnp.asarray(train_pooled, jnp.float32)
-    _, idx = lax.top_k(-common.squared_distances(test_pooled, train_pooled), k)
+    _, idx = lax.top_k(-squared_distances(test_pooled, train_pooled), k)
     # Reported distances directly, not by the expansion: a test image equal to a training one gives 0.
     dist = jnp.sqrt(jnp.sum((train_pooled[idx] - test_pooled[:, None, :]) ** 2, axis=-1))
     return dist, idx.astype(jnp.int32)
 
 
-def match(model: SpadeModel, features: Mapping[str, Array]) -> tuple[dict[str, Array], Array]:
+def match(model: Any, features: Mapping[str, Array]) -> tuple[dict[str, Array], Array]:
     """The matching stage: per level, each test pixel's distance to its nearest gallery feature.
 
     Args:
@@ -85,14 +86,14 @@ def match(model: SpadeModel, features: Mapping[str, Array]) -> tuple[dict[str, A
 
     level_maps = {}
     for level in config.levels:
-        key = common.level_key(level)
+        key = level_key(level)
         _, height, width, channels = features[key].shape
 
         def one_image(args, key=key, height=height, width=width, channels=channels):
             idx, test_map = args
             # One test image at a time, so only one gallery of k images is gathered at once.
             gallery = train[key][idx].reshape(-1, channels)  # (k * h * w, c)
-            dist, _ = common.nearest_neighbor(
+            dist, _ = nearest_neighbor(
                 test_map.reshape(height * width, channels),
                 gallery,
                 query_chunk=config.query_chunk,
@@ -104,50 +105,62 @@ def match(model: SpadeModel, features: Mapping[str, Array]) -> tuple[dict[str, A
     return level_maps, jnp.mean(knn_dist, axis=1)
 
 
-def score_features(model: SpadeModel, features: Mapping[str, Array]) -> tuple[Array, Array]:
+def score_features(
+    model: Any, features: Mapping[str, Array], *, execution: Any = None
+) -> tuple[Array, Array]:
     """Pure scorer: fitted model (a pytree) and backbone features of B images -> maps, scores.
 
     Args:
       model: a fitted `SpadeModel`; its config is static.
       features: {"pooled": (B, c), "level<l>": (B, h_l, w_l, c_l)} for the config's levels.
+      execution: unused (SPADE has no layout options); accepted like every method's scorer.
     Returns:
       maps (B, S, S) float32 (S = config.output_size; per-level distance maps upsampled, averaged and
       smoothed) and scores (B,) float32 (mean distance to the K nearest training images).
     """
     chex.assert_rank(features["pooled"], 2)
-    chex.assert_rank([features[common.level_key(level)] for level in model.config.levels], 4)
+    chex.assert_rank([features[level_key(level)] for level in model.config.levels], 4)
     level_maps, scores = match(model, features)
     size = (model.config.output_size, model.config.output_size)
     return maps_lib.fuse_maps(level_maps, size, fusion="mean", sigma=model.config.sigma), scores
 
 
-def score_images(model: SpadeModel, apply_fn: Any, params: Any, images: Array) -> tuple[Array, Array]:
-    """Pure scorer on images, backbone included (`apply_fn, params = backbone.pure()`), for a user's jit.
-
-    images: (B, S, S, 3) uint8 or float in [0, 255] -> maps (B, S, S) float32, scores (B,) float32.
-    """
-    chex.assert_rank(images, 4)
-    return score_features(model, apply_fn(params, images))
+def _feature_keys(config: SpadeConfig) -> tuple[str, ...]:
+    return ("pooled", *(level_key(level) for level in config.levels))
 
 
-_score_features_jit = jax.jit(score_features)
-_score_images_jit = jax.jit(score_images, static_argnums=(1,))
+def _check(model: Any, features: Mapping[str, Any]) -> dict[str, Array]:
+    keys = _feature_keys(model.config)
+    checked = check_features(features, keys)
+    for key in keys:
+        if checked[key].shape[1:] != model.train_features[key].shape[1:]:
+            raise ValueError(
+                f"features[{key!r}]: expected per-image shape {model.train_features[key].shape[1:]} "
+                f"as in training, got {checked[key].shape[1:]}"
+            )
+    return checked
+
+
+SCORER = baseline_scorer(match, "mean", _feature_keys, _check, score_features)
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class SpadeModel(batching.BackboneBinding):
+class SpadeModel(FittedModel):
     """A fitted SPADE, a pytree: the training features it matches against (leaves) plus static metadata.
 
     Attributes:
       train_features: {"pooled": (N, c), "level<l>": (N, h_l, w_l, c_l)} float32.
-      config, backbone_name, weights_sha256: static, as for `PatchCoreModel`.
+      config, backbone_name, weights_sha256, thresholds: static, as for `PatchCoreModel`.
     """
 
     train_features: dict[str, Array]
     config: SpadeConfig = dataclasses.field(metadata=dict(static=True))
     backbone_name: str = dataclasses.field(metadata=dict(static=True))
     weights_sha256: str | None = dataclasses.field(metadata=dict(static=True))
+    thresholds: Any = dataclasses.field(default=None, metadata=dict(static=True))
+
+    scorer: ClassVar[Any] = SCORER
 
     @property
     def n_train(self) -> int:
@@ -159,48 +172,13 @@ class SpadeModel(batching.BackboneBinding):
         """The gallery size actually used: min(config.top_k_images, n_train)."""
         return min(self.config.top_k_images, self.n_train)
 
-    def score_features(self, features: Mapping[str, Any]) -> tuple[Array, Array]:
-        """Backbone features of B images -> (maps (B, S, S) float32, scores (B,) float32); jitted."""
-        keys = _feature_keys(self.config)
-        checked = common.check_features(features, keys)
-        for key in keys:
-            if checked[key].shape[1:] != self.train_features[key].shape[1:]:
-                raise ValueError(
-                    f"features[{key!r}]: expected per-image shape {self.train_features[key].shape[1:]} "
-                    f"as in training, got {checked[key].shape[1:]}"
-                )
-        return _score_features_jit(self, checked)
 
-    def score(
-        self,
-        images: Any,
-        batch_size: int = 8,
-        *,
-        backbone: Any = None,
-        timings: dict[str, float] | None = None,
-        progress: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Maps (N, S, S) float32 and scores (N,) float32 of `images`, in batches, as numpy arrays.
-
-        `images`, `backbone` and `timings` as for `PatchCoreModel.score`.
-        """
-        return scoring.score_in_batches(
-            SCORER,
-            self,
-            images,
-            batch_size=batch_size,
-            backbone=backbone,
-            timings=timings,
-            progress=progress,
-            desc="SPADE score",
-        )
-
-
-def _feature_keys(config: SpadeConfig) -> list[str]:
-    return ["pooled", *(common.level_key(level) for level in config.levels)]
-
-
-SCORER = common.staged_scorer(jax.jit(match), "mean", _feature_keys, _score_images_jit)
+def _fit_inputs(shapes: dict[str, list[int]], config: SpadeConfig) -> dict[str, jax.ShapeDtypeStruct]:
+    """For checkpoints: the features ``fit_features`` stores as arrays of these ``shapes``."""
+    return {
+        key: jax.ShapeDtypeStruct(tuple(shapes[f"train_features/{key}"]), jnp.float32)
+        for key in _feature_keys(config)
+    }
 
 
 def fit_features(
@@ -214,24 +192,20 @@ def fit_features(
     if not isinstance(config, SpadeConfig):
         raise ValueError(f"config: expected a SpadeConfig, got {type(config).__name__}")
     return SpadeModel(
-        train_features=common.check_features(features, _feature_keys(config)),
+        train_features=check_features(features, _feature_keys(config)),
         config=config,
         backbone_name=config.backbone if backbone_name is None else backbone_name,
         weights_sha256=weights_sha256,
     )
 
 
-def fit(
-    images: Any, config: SpadeConfig, backbone: Any = None, *, batch_size: int = 8, progress: bool = True
-) -> SpadeModel:
-    """Fits on nominal `images` (uint8 (N, S, S, 3), iterable of batches, or paths); returns the model
-    bound to `backbone` (loaded by `config.backbone` when None)."""
-    if not isinstance(config, SpadeConfig):
-        raise ValueError(f"config: expected a SpadeConfig, got {type(config).__name__}")
-    features, backbone = common.extract_features(
-        images, config, backbone, _feature_keys(config), batch_size, progress, "SPADE fit"
+METHOD = registry.register(
+    registry.Method(
+        name="spade",
+        config_cls=SpadeConfig,
+        model_cls=SpadeModel,
+        fit_features=fit_features,
+        feature_keys=_feature_keys,
+        fit_inputs=_fit_inputs,
     )
-    model = fit_features(
-        features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256
-    )
-    return model.bind(backbone)
+)

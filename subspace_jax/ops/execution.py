@@ -24,6 +24,8 @@ from typing import Any
 
 import jax
 
+from subspace_jax._checks import check_int
+
 __all__ = ["Execution", "default_execution", "image_width", "pixel_widths"]
 
 # Measured on the 2-core development VM (benchmarks/cpu_throughput.md): on MTD's level 2 (N = 761,
@@ -55,9 +57,9 @@ class Execution:
     bank_axis: str | None = None
 
     def __post_init__(self) -> None:
-        budget = self.memory_budget_bytes
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise ValueError(f"memory_budget_bytes: expected an int >= 1, got {budget!r}")
+        object.__setattr__(
+            self, "memory_budget_bytes", check_int("memory_budget_bytes", self.memory_budget_bytes, 1, 2**62)
+        )
         if self.gather_below is not None and not 0.0 <= self.gather_below <= 1.0:
             raise ValueError(f"gather_below: expected None or a number in [0, 1], got {self.gather_below!r}")
 

@@ -4,7 +4,7 @@ Per-level maps (B, h_l, w_l) are upsampled bilinearly (half-pixel centres, edges
 ``interpolate(mode="bilinear", align_corners=False)``) to the output size (H, W), fused by sum, mean
 or product, and smoothed by a Gaussian equal to ``scipy.ndimage.gaussian_filter(mode="reflect",
 truncate=4)``. The arguments are explicit (no method config), so ``maps_and_scores_jit`` compiles once
-per (output size, fusion, sigma) and batch shape, whatever a method's other settings are.
+per (output size, fusion, sigma, score fraction) and batch shape, whatever a method's other settings are.
 """
 
 from __future__ import annotations
@@ -94,10 +94,18 @@ def fuse_maps(
     return gaussian_blur(fused, sigma)
 
 
-def image_scores(maps: Array) -> Array:
-    """(B, H, W) maps -> (B,) image scores, the maximum of each map."""
+def image_scores(maps: Array, fraction: float = 0.0) -> Array:
+    """(B, H, W) maps -> (B,) image scores: each map's maximum (``fraction = 0``, the paper's score) or the
+    mean of its highest ``max(1, round(fraction·H·W))`` pixels (a top-fraction score resists single-pixel
+    noise)."""
     chex.assert_rank(maps, 3)
-    return jnp.max(maps, axis=(1, 2))
+    if fraction == 0:
+        return jnp.max(maps, axis=(1, 2))
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction: expected a number in [0, 1], got {fraction!r}")
+    flat = maps.reshape(maps.shape[0], -1)
+    count = max(1, int(round(fraction * flat.shape[1])))
+    return jnp.mean(jax.lax.top_k(flat, count)[0], axis=-1)
 
 
 def maps_and_scores(
@@ -106,12 +114,16 @@ def maps_and_scores(
     *,
     fusion: str,
     sigma: float,
+    score_fraction: float = 0.0,
 ) -> tuple[Array, Array]:
-    """``fuse_maps`` and the image scores of the fused maps: (B, H, W) float32, (B,) float32."""
+    """``fuse_maps`` and the ``image_scores`` of the fused maps: (B, H, W) float32, (B,) float32."""
     maps = fuse_maps(level_maps, out_size, fusion=fusion, sigma=sigma)
-    return maps, image_scores(maps)
+    return maps, image_scores(maps, score_fraction)
 
 
-# The map stages of staged scoring: static in (out_size, fusion, sigma) only, never a method's config.
-maps_and_scores_jit = jax.jit(maps_and_scores, static_argnums=(1,), static_argnames=("fusion", "sigma"))
+# The map stages of staged scoring: static in (out_size, fusion, sigma, score_fraction), never a whole
+# method config, so another k or λ reuses the compiled map stage.
+maps_and_scores_jit = jax.jit(
+    maps_and_scores, static_argnums=(1,), static_argnames=("fusion", "sigma", "score_fraction")
+)
 fuse_maps_jit = jax.jit(fuse_maps, static_argnums=(1,), static_argnames=("fusion", "sigma"))

@@ -1,17 +1,20 @@
-"""The experiment runner behind ``experiments/mvtec.py``, ``btad.py`` and ``mtd.py``.
+"""The benchmark runner behind ``experiments/*.py``, the notebooks and the comparison scripts.
 
-cli           command-line flags generated from a Config dataclass
-config_files  experiment variants as config files (experiments/configs/*.py with get_config())
-features      batched backbone features and their on-disk .npy cache
-figures       image | ground truth | heat-map PNGs of the best and worst test images
-results       results.json (keys in docs/method.md, "Results file") and results.md, with
-              the paper's numbers beside ours
-core          the per-category loop, resume, timings and peak memory
-datasets      MVTec AD, BTAD and MTD as DatasetSpec values
+main           the benchmark command: flags, resume, one line per error (``main("mtd", argv)``)
+run            one category: features, fit, score, metrics, figures, timings, peak memory
+evaluation     the one fit → score → metrics path; each dataset's default config per method
+workbench      one category's splits and cached features (notebooks, comparisons, the runner)
+feature_cache  backbone features as .npy files, keyed by content and backbone identity
+results        results.json / results.md, with the paper's numbers beside ours
+figures        image | ground truth | heat-map PNGs of the best and worst test images
+published      the paper's published per-class numbers
 """
 
 from __future__ import annotations
 
-from subspace_jax.runner.core import DatasetSpec, RunSettings, main, run_category
+from subspace_jax.runner.evaluation import default_config, evaluate, fit_and_score
+from subspace_jax.runner.main import main
+from subspace_jax.runner.run import RunSettings, run_category
+from subspace_jax.runner.workbench import Workbench
 
-__all__ = ["DatasetSpec", "RunSettings", "main", "run_category"]
+__all__ = ["RunSettings", "Workbench", "default_config", "evaluate", "fit_and_score", "main", "run_category"]

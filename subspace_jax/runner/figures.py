@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from subspace_jax._io import atomic_file
+from subspace_jax.eval import metrics
 
 
 def per_image_pixel_auroc(maps: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(N,H,W) maps and bool masks -> (N,) per-image pixel AUROC; NaN where a mask is empty or full."""
-    from subspace_jax.eval import metrics
-
     out = np.full(maps.shape[0], np.nan)
     for i in range(maps.shape[0]):
         positives = int(masks[i].sum())
@@ -50,9 +51,6 @@ def save_figure(
     """One 3-panel PNG: image (H,W,3) uint8 | mask (H,W) bool | heat map (H,W) over the image."""
     # A Figure on its own Agg canvas, never pyplot: switching pyplot's backend would break a notebook's
     # inline figures, and pyplot would keep every figure it made until closed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(9, 3.3))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)

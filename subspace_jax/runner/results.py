@@ -13,11 +13,10 @@ an image AUROC that cannot be computed (one class only) is null.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Mapping
 
-from subspace_jax._io import atomic_write_text
+from subspace_jax._io import atomic_write_text, jsonable
 from subspace_jax.runner.published import PRINTED_MEANS, TABLE_SOURCES, published
 
 SCHEMA_VERSION = 1
@@ -38,21 +37,6 @@ _DISPLAY = {"patchcore": "PatchCore", "spade": "SPADE", "padim": "PaDiM"}
 
 class ResultsError(ValueError):
     """A results file that cannot be read or resumed (names the file and what is wrong)."""
-
-
-def jsonable(value: Any) -> Any:
-    """Tuples to lists, numpy scalars to Python, non-finite floats to None (JSON has no NaN)."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def category_means(categories: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

@@ -40,20 +40,22 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
-from subspace_jax import __version__
-from subspace_jax._io import atomic_write_text, give_default_permissions
-from subspace_jax.engine.batches import check_backbone
-from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax import backbones
+from subspace_jax._io import atomic_write_text, give_default_permissions, remove_tree, replace_directory
+from subspace_jax._version import __version__
+from subspace_jax.engine.features import check_backbone
+from subspace_jax.eval.calibration import Thresholds
+from subspace_jax.methods import registry
 
 FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
@@ -71,51 +73,6 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------------------------------------
 # Methods and trees
-
-
-class _Method(NamedTuple):
-    model_cls: type
-    config_cls: type
-    fit_features: Callable[..., Any]
-    # Stored array specs (name -> shape) and config -> the features fit_features takes, as
-    # ShapeDtypeStructs; None where the fit inputs cannot be recovered from the model (PatchCore
-    # keeps a coreset of patches, not the feature maps).
-    fit_inputs: Callable[[dict[str, list[int]], Any], dict[str, jax.ShapeDtypeStruct]] | None
-
-
-def _spec_shape(shapes: dict[str, list[int]], name: str) -> tuple[int, ...]:
-    if name not in shapes:
-        raise KeyError(name)
-    return tuple(shapes[name])
-
-
-def _subspace_inputs(shapes: dict[str, list[int]], config: Any) -> dict[str, jax.ShapeDtypeStruct]:
-    keys = [model_lib.level_key(level) for level in config.levels]
-    inputs = {key: _spec_shape(shapes, f"banks/{key}") for key in keys}
-    if config.sampling == "subspace":
-        sampling_key = model_lib.level_key(config.sampling_level)
-        if sampling_key not in inputs:
-            inputs[sampling_key] = _spec_shape(shapes, "sampling_bank")
-    return {key: jax.ShapeDtypeStruct(shape, jnp.float32) for key, shape in inputs.items()}
-
-
-def _spade_inputs(shapes: dict[str, list[int]], config: Any) -> dict[str, jax.ShapeDtypeStruct]:
-    keys = ["pooled", *(model_lib.level_key(level) for level in config.levels)]
-    return {
-        key: jax.ShapeDtypeStruct(_spec_shape(shapes, f"train_features/{key}"), jnp.float32) for key in keys
-    }
-
-
-@functools.cache
-def _methods() -> dict[str, _Method]:
-    """The method registry's families, with how to recover each one's fit inputs."""
-    from subspace_jax.methods import registry as methods
-
-    fit_inputs = {"subspace": _subspace_inputs, "spade": _spade_inputs}
-    return {
-        name: _Method(method.model_cls, method.config_cls, method.fit_features, fit_inputs.get(name))
-        for name, method in methods.METHODS.items()
-    }
 
 
 def _static_fields(cls: type) -> list[str]:
@@ -153,7 +110,7 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def _build(method: _Method, flat: Mapping[str, Any], config: Any, metadata: Mapping[str, Any]) -> Any:
+def _build(method: registry.Method, flat: Mapping[str, Any], config: Any, metadata: Mapping[str, Any]) -> Any:
     """The model of class ``method.model_cls`` with array fields from ``flat`` (arrays or
     ShapeDtypeStructs) and static fields from the metadata."""
     nested = _nest(flat)
@@ -166,14 +123,6 @@ def _build(method: _Method, flat: Mapping[str, Any], config: Any, metadata: Mapp
         **metadata["static"],
         **({"thresholds": metadata["thresholds"]} if "thresholds" in metadata else {}),
     )
-
-
-def _method_name(model: Any) -> str:
-    for name, method in _methods().items():
-        if type(model) is method.model_cls:
-            return name
-    known = ", ".join(m.model_cls.__name__ for m in _methods().values())
-    raise ValueError(f"model: expected a fitted model ({known}), got {type(model).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,11 +283,7 @@ def _newest_complete(candidates: list[Path]) -> Path | None:
 
 def _remove(folder: Path) -> None:
     # The marker goes first, so a removal cut short never leaves something that looks complete.
-    if folder.is_dir() and not folder.is_symlink():
-        (folder / MARKER_FILE).unlink(missing_ok=True)
-        shutil.rmtree(folder, ignore_errors=True)
-    else:
-        folder.unlink(missing_ok=True)
+    remove_tree(folder, first=MARKER_FILE)
 
 
 def _recover_and_clean(path: Path) -> None:
@@ -383,13 +328,11 @@ def save(model: Any, path: str | os.PathLike) -> Path:
     """Save a fitted model to the directory ``path`` and return the absolute path.
 
     Args:
-      model: a ``subspace_jax.Model``, ``PatchCoreModel`` or ``SpadeModel``.
+      model: a fitted model of a registered method (``SubspaceModel``, ``PatchCoreModel``, ``SpadeModel``).
       path: a new directory, or an existing checkpoint to replace (atomically). Anything else there
         (a file, a folder of other things) is refused with ``CheckpointError`` and left untouched.
     """
-    import orbax.checkpoint as ocp
-
-    method = _method_name(model)
+    method = registry.for_model(model).name
     path = Path(os.path.abspath(path))
     flat = _flat_arrays(model)
     metadata = {
@@ -425,17 +368,8 @@ def save(model: Any, path: str | os.PathLike) -> Path:
         atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         _seal(tmp, metadata)
         give_default_permissions(tmp, 0o777)  # mkdir honours the umask already; keep it explicit
-        if os.path.lexists(path):
-            _check_overwritable(path)  # it may have changed while we wrote
-            os.replace(path, old)
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
-            _remove(old)
-        else:
-            os.replace(tmp, path)
+        # The target may have changed while we wrote: it is checked again just before the swap.
+        replace_directory(tmp, path, old, still_replaceable=_check_overwritable, first=MARKER_FILE)
     except BaseException:
         if tmp.exists():
             _remove(tmp)
@@ -484,11 +418,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     missing = [key for key in required if key not in metadata]
     if missing:
         raise CheckpointError(f"{meta_path}: corrupted metadata, missing {missing}")
-    method = _methods().get(metadata["method"]) if isinstance(metadata["method"], str) else None
-    if method is None:
-        raise CheckpointError(
-            f"{meta_path}: unknown method {metadata['method']!r}; known: {sorted(_methods())}"
-        )
+    known = registry.names()
+    if not isinstance(metadata["method"], str) or metadata["method"] not in known:
+        raise CheckpointError(f"{meta_path}: unknown method {metadata['method']!r}; known: {sorted(known)}")
+    method = registry.get(metadata["method"])
     try:
         config = method.config_cls.from_dict(metadata["config"])
     except (TypeError, ValueError) as error:
@@ -519,8 +452,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"need {expected_static} as ints >= 1"
         )
     if "thresholds" in metadata:
-        from subspace_jax.eval.calibration import Thresholds
-
         if not any(f.name == "thresholds" for f in dataclasses.fields(method.model_cls)):
             raise CheckpointError(f"{meta_path}: {metadata['method']} models carry no thresholds")
         try:
@@ -533,7 +464,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return metadata
 
 
-def _check_array_specs(meta_path: Path, method: _Method, metadata: dict[str, Any], config: Any) -> None:
+def _check_array_specs(
+    meta_path: Path, method: registry.Method, metadata: dict[str, Any], config: Any
+) -> None:
     """The stored arrays are the leaves of a model of this method and config: each spec well formed,
     the abstract model buildable, and (where the fit inputs are recoverable) equal to
     ``jax.eval_shape`` of ``fit_features``."""
@@ -561,19 +494,19 @@ def _check_array_specs(meta_path: Path, method: _Method, metadata: dict[str, Any
         for name, spec in specs.items()
     }
     template = _build(method, abstract, config, metadata)
-    # Projections, coresets, aggregation and dictionaries are fitted on the host (numpy PCA, k-center,
-    # least squares), which eval_shape cannot trace; such models are checked against the abstract model
-    # only.
-    host_fitted = (
-        getattr(config, "projection", "none") != "none"
-        or getattr(config, "coreset", 0)
-        or (getattr(config, "aggregate", 1) > 1)
-        or getattr(config, "dictionary", 0)
-    )
-    if method.fit_inputs is not None and not host_fitted:
-        shapes = {name: spec["shape"] for name, spec in specs.items()}
+    # Where the method can say which features its fit turns into these arrays, the arrays must be exactly
+    # what fitting such features gives (jax.eval_shape); otherwise they are checked against the abstract
+    # model only.
+    shapes = {name: spec["shape"] for name, spec in specs.items()}
+    try:
+        inputs = None if method.fit_inputs is None else method.fit_inputs(shapes, config)
+    except KeyError as error:
+        raise CheckpointError(
+            f"{meta_path}: corrupted metadata, arrays {sorted(specs)} do not fit the config "
+            f"(array {error.args[0]!r} is missing)"
+        ) from None
+    if inputs is not None:
         try:
-            inputs = method.fit_inputs(shapes, config)
             fitted = jax.eval_shape(
                 functools.partial(
                     method.fit_features,
@@ -583,9 +516,6 @@ def _check_array_specs(meta_path: Path, method: _Method, metadata: dict[str, Any
                 ),
                 inputs,
             )
-        except KeyError as error:
-            fitted = None
-            reason = f"array {error.args[0]!r} is missing"
         except (ValueError, TypeError) as error:
             fitted = None
             reason = str(error)
@@ -619,17 +549,16 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Any:
     Args:
       path: the checkpoint directory.
       backbone: optionally the backbone to score with; it must have the stored name and weights
-        sha256 (else CheckpointError) and is bound to the model for ``score``. Without it,
-        ``score`` loads the backbone by name and makes the same check.
+        sha256 (else CheckpointError) and is remembered (``subspace_jax.backbones.remember``), so the
+        model's ``score`` uses it. Without it, ``score`` loads the backbone by name and makes the same
+        check.
 
     Returns:
-      the model (``Model``, ``PatchCoreModel`` or ``SpadeModel``, as saved).
+      the model (``SubspaceModel``, ``PatchCoreModel`` or ``SpadeModel``, as saved).
     """
-    import orbax.checkpoint as ocp
-
     metadata = read_metadata(path)
     path = metadata["path"]
-    method = _methods()[metadata["method"]]
+    method = registry.get(metadata["method"])
     config = metadata["config"]
     arrays_path = path / ARRAYS_DIR
     if not arrays_path.is_dir():
@@ -683,5 +612,5 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Any:
             check_backbone(model, backbone)
         except ValueError as error:
             raise CheckpointError(f"{path}: {error}") from error
-        model = model.bind(backbone)
+        backbones.remember(backbone)  # the model's score() finds it by its identity
     return model

@@ -1,9 +1,9 @@
 """The whole scorer as one serialized StableHLO program (``jax.export``), runnable with jax alone.
 
-``export_model(model)`` closes ``score_images`` over the fitted model and the backbone's parameters,
-so the bank, the Gram matrices and the network weights become constants of the program: uint8
+``export_model(model)`` closes the model's pure ``score_images`` over the fitted model and the backbone's
+parameters, so the bank, the Gram matrices and the network weights become constants of the program: uint8
 (B, S, S, 3) images in, (maps (B, S, S) float32, scores (B,) float32) out. The artifact is the same
-pure function ``Model.score`` runs, not a re-implementation, which is what keeps the two in agreement.
+pure function ``model.score`` runs, not a re-implementation, which is what keeps the two in agreement.
 On the inspection machine::
 
     import jax, numpy as np
@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from subspace_jax._io import atomic_write_bytes
+from subspace_jax.engine import features
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
@@ -48,34 +49,31 @@ def export_model(
     """``jax.export`` of the scorer of ``model`` with everything inside.
 
     Args:
-      model: a fitted ``Model`` (its bound backbone is used, else ``backbone``, else loaded by name).
+      model: a fitted model of any method (``backbone``, checked, or else the cached backbone of the
+        model's identity, ``subspace_jax.backbones.for_weights``).
       batch_size: a fixed batch size B, or None for a symbolic batch dimension ("b"): then the
         program accepts any batch size, and the backbone runs on the whole batch at once (no CPU
         micro-batching, whose loop needs a known size).
       platforms: lowering platforms; one artifact can hold several ("cpu", "cuda", "tpu").
-      backbone: the backbone to use when none is bound (checked against the model's weights hash).
 
     Returns:
       the ``jax.export.Exported``; ``.serialize()`` gives the bytes ``save_exported`` writes.
     """
-    from subspace_jax.methods.subspace.model import score_images
-
     platforms = _check_platforms(platforms)
     if batch_size is not None and (
         isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
     ):
         raise ValueError(f"batch_size: expected None or an int >= 1, got {batch_size!r}")
-    bound = model.bound_backbone(backbone)
-    net = bound.backbone
+    net = features.backbone_for(model, backbone)
     if batch_size is None and getattr(net, "micro_batch", None) is not None:
         net = copy.copy(net)  # the copy's _apply reads micro_batch at trace time
         net.micro_batch = None
     apply_fn, params = net.pure()
-    scorer = model._scorer()
+    fitted = model.with_thresholds(None)  # the scorer reads no thresholds
     size = model.config.output_size
 
     def score(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return score_images(scorer, apply_fn, params, images)
+        return model.scorer.score_images(fitted, apply_fn, params, images)
 
     if batch_size is None:
         shape = jax.export.symbolic_shape(f"b, {size}, {size}, 3")

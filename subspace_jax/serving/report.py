@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import heapq
 import html
 import io
@@ -21,22 +22,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from PIL import Image
 
 from subspace_jax._io import atomic_write_text
 
-_JET: np.ndarray | None = None
 
-
+@functools.cache
 def _jet_lut() -> np.ndarray:
     """(256, 3) uint8 colours of matplotlib's "jet" colormap (built once)."""
-    global _JET
-    if _JET is None:
-        import matplotlib
-
-        _JET = (matplotlib.colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
-    return _JET
+    return (matplotlib.colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:

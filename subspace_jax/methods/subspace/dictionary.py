@@ -5,7 +5,7 @@ those N images by M < N *atoms*, each one synthetic image (a map per reconstruct
 vector), chosen so that the model's own pursuit rebuilds the training images from them as well as it
 can. The model then stores M rows per bank instead of N, and scoring is unchanged.
 
-Learning alternates, from the k-center coreset of M training images (``compress.kcenter`` on the
+Learning alternates, from the k-center coreset of M training images (``subspace_jax.ops.kcenter`` on the
 sampling features), ``steps`` times:
 
 1. *codes*: every training image is coded exactly as the scorer codes a test image (candidates by the
@@ -29,8 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from subspace_jax.engine import batches as batching
-from subspace_jax.ops import compress
+from subspace_jax.engine import batches
+from subspace_jax.methods.subspace.model import SubspaceModel
+from subspace_jax.methods.subspace.pursuit import image_pursuit, sample_candidates
+from subspace_jax.ops.kcenter import kcenter
 
 
 def learn_atoms(
@@ -56,8 +58,6 @@ def learn_atoms(
       relative reconstruction error of each level, sum ||x − x̂||² / sum ||x||² over the training images,
       before the first and after each update).
     """
-    from subspace_jax.methods.subspace import model as model_lib
-
     keys = list(levels)
     n = next(iter(levels.values())).shape[0]
     if not 1 <= atoms <= n:
@@ -68,7 +68,7 @@ def learn_atoms(
     x = {key: np.asarray(levels[key], np.float64).reshape(n, -1) / scale[key] for key in keys}
     energy = {key: float(np.sum(x[key] ** 2)) * scale[key] ** 2 for key in keys}  # sum ||x||², raw units
     seeds = sampling if sampling is not None else levels[keys[-1]]
-    start = np.sort(compress.kcenter(np.asarray(seeds, np.float32).reshape(n, -1), atoms))
+    start = np.sort(np.asarray(kcenter(np.asarray(seeds, np.float32).reshape(n, -1), atoms)))
     learned = {key: x[key][start] for key in keys}
     sampling_x = None if sampling is None else np.asarray(sampling, np.float64).reshape(n, -1)
     sampling_atoms = None if sampling_x is None else sampling_x[start]
@@ -100,7 +100,10 @@ def learn_atoms(
 
     history = []
     for step in range(steps + 1):
-        model = model_lib.fit_features(as_features(learned, sampling_atoms), plain)
+        current = as_features(learned, sampling_atoms)
+        model = SubspaceModel.from_levels(
+            {key: current[key] for key in keys}, current.get("pooled"), {}, plain, plain.backbone, None
+        )
         codes = _codes(model, train)
         history.append({key: float(codes[key][2].sum() / energy[key]) for key in keys})
         if step == steps:
@@ -141,7 +144,7 @@ def _codes(model: Any, features: dict[str, np.ndarray], batch: int = 64) -> dict
         size = min(batch, n - begin)
         # One compiled shape: the short last chunk is padded with copies of its last row, dropped below.
         chunk = {
-            key: batching.pad_batch(value[begin : begin + batch], batch) for key, value in features.items()
+            key: batches.pad_batch(value[begin : begin + batch], batch) for key, value in features.items()
         }
         out = _codes_jit(model, chunk)
         parts.append({key: tuple(np.asarray(a)[:size] for a in value) for key, value in out.items()})
@@ -150,16 +153,12 @@ def _codes(model: Any, features: dict[str, np.ndarray], batch: int = 64) -> dict
 
 @jax.jit
 def _codes_jit(model: Any, features: dict[str, jax.Array]) -> dict[str, tuple]:
-    from subspace_jax.methods.subspace import model as model_lib
-
     with jax.default_matmul_precision("highest"):
-        candidates = model_lib.sample_candidates(model, features)
+        candidates = sample_candidates(model, features)
         out = {}
         for key, bank in model.banks.items():
             targets = features[key].reshape(features[key].shape[0], -1).astype(jnp.float32)
             rows = bank.reshape(bank.shape[0], -1)
-            result, residual = model_lib.image_pursuit(
-                rows, model.grams[key], targets, candidates, model.config
-            )
+            result, residual = image_pursuit(rows, model.grams[key], targets, candidates, model.config)
             out[key] = (result.support, result.coef, jnp.sum(residual * residual, axis=-1))
         return out

@@ -29,55 +29,34 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
 import numpy as np
 
 from subspace_jax._io import atomic_directory
-from subspace_jax.engine import batches as batching
+from subspace_jax.engine.batches import InputSize
+from subspace_jax.engine.features import extract_features
 
 CACHE_FORMAT = 2
 _CHUNK_BYTES = 1 << 26  # checksums read the memory-mapped arrays this much at a time
 
 
-def extract_features(
+def features_of_images(
     backbone: Any, images: np.ndarray, batch_size: int = 16, progress: bool = True, desc: str = "features"
 ) -> tuple[dict[str, np.ndarray], float]:
-    """Run ``backbone`` over uint8 images (N,H,W,3) in batches of ``batch_size``: every level it returns.
-
-    The batching (last batch padded, so the jitted forward pass compiles once) is the model's own
-    (``subspace_jax.batching``). Returns ({level: (N, ...) float32 array on the host}, wall seconds).
-    """
+    """Every feature key of ``backbone`` for uint8 images (N, S, S, 3) already at their final size, by
+    ``subspace_jax.engine.features.extract_features``; returns (features, wall seconds)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
         raise ValueError(f"images: expected (N,H,W,3) square images, got shape {images.shape}")
-    if images.shape[0] == 0:
-        raise ValueError("images: expected at least one image, got none")
-    bound = batching.BoundBackbone.of(backbone)
-    keys = tuple(jax.eval_shape(bound.apply_fn, bound.params, images[:1]))  # every level, nothing computed
     start = time.perf_counter()
-    features = batching.map_batches(
-        lambda batch: batching.backbone_features(bound.apply_fn, keys, bound.params, batch),
+    features = extract_features(
         images,
-        _ImageSize(backbone.name, images.shape[1]),
-        batching.batch_size_for(images, batch_size),
+        InputSize(backbone.name, images.shape[1]),
+        backbone,
+        batch_size=batch_size,
         progress=progress,
         desc=desc,
     )
-    seconds = time.perf_counter() - start
-    return {level: np.asarray(value, np.float32) for level, value in features.items()}, seconds
-
-
-@dataclasses.dataclass(frozen=True)
-class _ImageSize:
-    """The input size of images already loaded at their final size (``batching.InputConfig``)."""
-
-    backbone: str
-    image_size: int
-    crop: None = None
-
-    @property
-    def output_size(self) -> int:
-        return self.image_size
+    return features, time.perf_counter() - start
 
 
 def _safe(part: str) -> str:

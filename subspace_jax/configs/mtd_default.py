@@ -8,11 +8,11 @@ and a top-1% image score, chosen on half A of MTD's test set (``experiments/mtd_
 - ``score_fraction=0.01``: the image score is the mean of the top 1% of the map instead of its maximum.
 """
 
-import subspace_jax as sj
+from subspace_jax.methods.subspace import SubspaceConfig
 
 
-def get_config() -> sj.Config:
-    return sj.Config(
+def get_config() -> SubspaceConfig:
+    return SubspaceConfig(
         levels=(2, 3, 4),
         sampling_level="pooled",
         k=20,

@@ -4,8 +4,8 @@ pooled last level (one vector per image); every other field is ``subspace_jax.Co
 The default of ``experiments/mtd.py`` (``--method subspace``), and the comparison's image-atom row.
 """
 
-import subspace_jax as sj
+from subspace_jax.methods.subspace import SubspaceConfig
 
 
-def get_config() -> sj.Config:
-    return sj.Config(levels=(2, 3, 4), sampling_level="pooled")
+def get_config() -> SubspaceConfig:
+    return SubspaceConfig(levels=(2, 3, 4), sampling_level="pooled")

@@ -1,0 +1,86 @@
+"""Fitting any registered method: features of nominal images in, a fitted model out (nothing trains).
+
+``fit(images, config)`` runs the backbone over the images (``subspace_jax.engine.features``) and calls the
+method's ``fit_features``; with ``validation_fraction`` (or ``validation=``) it first holds defect-free
+images out of the bank and calibrates the model's thresholds on them (``subspace_jax.eval.calibration``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from subspace_jax import backbones
+from subspace_jax.engine import features as features_lib
+from subspace_jax.eval import calibration
+from subspace_jax.methods import registry
+
+__all__ = ["fit", "fit_features"]
+
+
+def fit_features(
+    features: Mapping[str, Any],
+    config: Any,
+    *,
+    backbone_name: str | None = None,
+    weights_sha256: str | None = None,
+) -> Any:
+    """The model of ``config``'s method from precomputed backbone features of the N training images
+    (level key -> (N, ...) arrays; extra keys are ignored). ``weights_sha256`` identifies the backbone
+    the features came from (needed to score images and to save checkpoints that verify it)."""
+    method = registry.for_config(config)
+    return method.fit_features(features, config, backbone_name=backbone_name, weights_sha256=weights_sha256)
+
+
+def fit(
+    images: Any,
+    config: Any,
+    backbone: Any = None,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    validation_fraction: float = 0.0,
+    validation: Any = None,
+    false_alarm_rate: float = 0.01,
+    seed: int = 0,
+) -> Any:
+    """Extract features of the nominal ``images`` and build the model of ``config``'s method.
+
+    Args:
+      images: uint8 (N, S, S, 3) array with S = ``config.output_size``, an iterable of such batches, or
+        a list of image paths (read and resized like the dataset loaders).
+      config: a registered method's config (``SubspaceConfig``, ``PatchCoreConfig``, ``SpadeConfig``).
+      backbone: a loaded backbone whose ``name`` is ``config.backbone``; default: the cached one.
+        It is remembered (``subspace_jax.backbones.remember``), so the model scores with it later.
+      batch_size: images per backbone call.
+      progress: show a progress bar.
+      validation_fraction: when > 0, this fraction of ``images`` (an array or a list of paths), drawn
+        with ``seed``, is held out of the bank and calibrates thresholds at ``false_alarm_rate``. They
+        bound false alarms, not recall.
+      validation: held-out defect-free images to calibrate on instead (excludes validation_fraction).
+    """
+    method = registry.for_config(config)
+    if validation is not None or validation_fraction:
+        if validation is not None and validation_fraction:
+            raise ValueError("validation, validation_fraction: give one of them, not both")
+        if validation is None:
+            images, validation = calibration.split_images(images, validation_fraction, seed)
+        model = fit(images, config, backbone, batch_size=batch_size, progress=progress)
+        thresholds = calibration.calibrate(
+            model, validation, false_alarm_rate=false_alarm_rate, batch_size=batch_size, progress=progress
+        )
+        return model.with_thresholds(thresholds)
+    backbone = backbones.load_cached(config.backbone) if backbone is None else backbone
+    backbones.remember(backbone)
+    features = features_lib.extract_features(
+        images,
+        config,
+        backbone,
+        tuple(method.feature_keys(config)),
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"{method.name} fit",
+    )
+    return method.fit_features(
+        features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256
+    )
