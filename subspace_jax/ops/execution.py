@@ -23,10 +23,11 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 
 from subspace_jax._checks import check_int
 
-__all__ = ["Execution", "default_execution", "image_width", "pixel_widths"]
+__all__ = ["Execution", "default_execution", "image_width", "is_concrete", "pixel_widths"]
 
 # Measured on the 2-core development VM (benchmarks/cpu_throughput.md): on MTD's level 2 (N = 761,
 # λ = 50, d = 40960, an 8.2 MB block per image) one or two images at once ran alike and four (33 MB)
@@ -63,11 +64,12 @@ class Execution:
         if self.gather_below is not None and not 0.0 <= self.gather_below <= 1.0:
             raise ValueError(f"gather_below: expected None or a number in [0, 1], got {self.gather_below!r}")
 
-    def gathers(self, batch: int, m: int, n: int) -> bool:
-        """Whether image mode gathers m candidate rows per image rather than masking all n rows."""
-        if self.gather_below is None:
+    def gathers(self, batch: Any, m: int, n: int) -> bool:
+        """Whether image mode gathers m candidate rows per image rather than masking all n rows. A
+        symbolic batch (``jax.export``) cannot be compared: it gathers when m ≤ N/2, the CPU rule."""
+        if self.gather_below is None and is_concrete(batch):
             return batch * m < n
-        return m <= self.gather_below * n
+        return m <= (CPU_GATHER_BELOW if self.gather_below is None else self.gather_below) * n
 
 
 def default_execution(memory_budget_bytes: int | None = None, device: Any = None) -> Execution:
@@ -93,8 +95,16 @@ def resolve(execution: Execution | None) -> Execution:
     return default_execution() if execution is None else execution
 
 
-def image_width(budget: int, batch: int, bytes_per_image: int) -> int:
-    """Test images whose candidate blocks fit the budget at once: in [1, batch]."""
+def is_concrete(dim: Any) -> bool:
+    """Whether an array dimension is a known int (not a symbolic size of ``jax.export``)."""
+    return isinstance(dim, (int, np.integer))
+
+
+def image_width(budget: int, batch: Any, bytes_per_image: int) -> int:
+    """Test images whose candidate blocks fit the budget at once: in [1, batch] (1 for a symbolic batch,
+    which is mapped one image at a time)."""
+    if not is_concrete(batch):
+        return 1
     return int(max(1, min(batch, budget // max(1, bytes_per_image))))
 
 

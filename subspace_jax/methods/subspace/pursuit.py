@@ -200,8 +200,12 @@ def _omp_on_bank(
 def _map_in_chunks(fn: Callable, xs: Any, width: int) -> Any:
     """``fn`` maps a chunk (leading axis ``width``) of the pytree ``xs`` (leading axis B) to a pytree
     with the same leading axis; apply it to ``ceil(B / width)`` chunks one after another (``lax.map``),
-    the last one padded with copies of the first rows (results dropped)."""
+    the last one padded with copies of the first rows (results dropped). A symbolic B (``jax.export``
+    with any batch size) is mapped one row at a time: no padding to a multiple of an unknown size."""
     batch = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if not execution_lib.is_concrete(batch):
+        one = jax.lax.map(lambda x: fn(jax.tree_util.tree_map(lambda a: a[None], x)), xs)
+        return jax.tree_util.tree_map(lambda y: y[:, 0], one)
     width = max(1, min(width, batch))
     if width == batch:
         return fn(xs)
