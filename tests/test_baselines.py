@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +12,19 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from subspace_jax.methods import common, patchcore, spade
+import subspace_jax as sj
+from subspace_jax import backbones
+from subspace_jax.data import synthetic
+from subspace_jax.eval import metrics
+from subspace_jax.methods import patchcore, spade
 from subspace_jax.methods import registry as methods
+from subspace_jax.methods.base import check_features
 from subspace_jax.methods.patchcore import PatchCoreConfig
 from subspace_jax.methods.spade import SpadeConfig
 from subspace_jax.ops import maps as maps_lib
+from subspace_jax.ops.aggregation import aggregate
+from subspace_jax.ops.kcenter import kcenter
+from subspace_jax.ops.neighbors import nearest_neighbor
 
 RNG_SEED = 1234
 
@@ -61,7 +70,7 @@ def test_nearest_neighbor_matches_cdist(n_query, n_bank, query_chunk, bank_chunk
     g = rng(1)
     queries = g.normal(size=(n_query, 6)).astype(np.float32)
     bank = g.normal(size=(n_bank, 6)).astype(np.float32)
-    dist, idx = common.nearest_neighbor(queries, bank, query_chunk=query_chunk, bank_chunk=bank_chunk)
+    dist, idx = nearest_neighbor(queries, bank, query_chunk=query_chunk, bank_chunk=bank_chunk)
     full = cdist(queries.astype(np.float64), bank.astype(np.float64))
     np.testing.assert_array_equal(np.asarray(idx), full.argmin(axis=1))
     np.testing.assert_allclose(np.asarray(dist), full.min(axis=1), rtol=1e-5, atol=1e-5)
@@ -71,7 +80,7 @@ def test_nearest_neighbor_is_accurate_far_from_the_origin():
     g = rng(20)
     bank = (100.0 + g.normal(size=(80, 32))).astype(np.float32)
     queries = np.concatenate([bank[[3, 41]], bank[:5] + 1e-3 * g.normal(size=(5, 32))]).astype(np.float32)
-    dist, idx = common.nearest_neighbor(queries, bank, query_chunk=4, bank_chunk=16)
+    dist, idx = nearest_neighbor(queries, bank, query_chunk=4, bank_chunk=16)
     full = cdist(queries.astype(np.float64), bank.astype(np.float64))
     np.testing.assert_array_equal(np.asarray(idx), [3, 41, 0, 1, 2, 3, 4])
     assert np.asarray(dist)[:2].tolist() == [0.0, 0.0]
@@ -82,8 +91,8 @@ def test_nearest_neighbor_small_chunks_equal_one_big_chunk():
     g = rng(2)
     queries = g.normal(size=(300, 12)).astype(np.float32)
     bank = g.normal(size=(410, 12)).astype(np.float32)
-    small = common.nearest_neighbor(queries, bank, query_chunk=16, bank_chunk=32)
-    big = common.nearest_neighbor(queries, bank, query_chunk=300, bank_chunk=410)
+    small = nearest_neighbor(queries, bank, query_chunk=16, bank_chunk=32)
+    big = nearest_neighbor(queries, bank, query_chunk=300, bank_chunk=410)
     np.testing.assert_array_equal(np.asarray(small[1]), np.asarray(big[1]))
     np.testing.assert_allclose(np.asarray(small[0]), np.asarray(big[0]), rtol=1e-6, atol=1e-6)
 
@@ -94,7 +103,7 @@ def test_nearest_neighbor_chunks_bound_compiled_memory():
     full_matrix_bytes = 4096 * 4096 * 4  # 64 MiB
 
     def temp_bytes(query_chunk: int, bank_chunk: int) -> int:
-        compiled = common.nearest_neighbor.lower(
+        compiled = nearest_neighbor.lower(
             queries, bank, query_chunk=query_chunk, bank_chunk=bank_chunk
         ).compile()
         return compiled.memory_analysis().temp_size_in_bytes
@@ -108,22 +117,22 @@ def test_nearest_neighbor_chunks_bound_compiled_memory():
 
 def test_nearest_neighbor_rejects_mismatched_bank():
     with pytest.raises(ValueError, match="bank"):
-        common.nearest_neighbor(np.zeros((3, 4), np.float32), np.zeros((5, 3), np.float32))
+        nearest_neighbor(np.zeros((3, 4), np.float32), np.zeros((5, 3), np.float32))
 
 
 def test_feature_dict_errors_name_the_key():
     good = np.zeros((2, 4, 4, 3), np.float32)
     with pytest.raises(ValueError, match="missing \\['level3'\\]"):
-        common.check_features({"level2": good}, ["level2", "level3"])
+        check_features({"level2": good}, ["level2", "level3"])
     with pytest.raises(ValueError, match=r"features\['level2'\].*\(N, h, w, c\)"):
-        common.check_features({"level2": good[0]}, ["level2"])
+        check_features({"level2": good[0]}, ["level2"])
     with pytest.raises(ValueError, match="same batch size"):
-        common.check_features({"level2": good, "pooled": np.zeros((3, 3))}, ["level2", "pooled"])
+        check_features({"level2": good, "pooled": np.zeros((3, 3))}, ["level2", "pooled"])
 
 
 @pytest.mark.parity
 def test_level_maps_are_upsampled_averaged_and_smoothed_like_torch_and_scipy():
-    import torch
+    import torch  # the parity extra
     import torch.nn.functional as F
 
     g = rng(3)
@@ -149,13 +158,16 @@ def test_level_maps_are_upsampled_averaged_and_smoothed_like_torch_and_scipy():
 def test_local_average_counts_padding_zeros():
     x = rng(4).normal(size=(2, 5, 7, 3)).astype(np.float32)
     np.testing.assert_allclose(
-        np.asarray(patchcore.local_average(jnp.asarray(x))), numpy_local_average(x), rtol=1e-5, atol=1e-6
+        np.asarray(aggregate(jnp.asarray(x), 3, include_padding=True)),
+        numpy_local_average(x),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
 @pytest.mark.parity
 def test_patch_embeddings_match_torch_pool_and_interpolate():
-    import torch
+    import torch  # the parity extra
     import torch.nn.functional as F
 
     g = rng(5)
@@ -180,14 +192,14 @@ def test_patch_embeddings_match_torch_pool_and_interpolate():
 )
 def test_greedy_coreset_matches_numpy_reference(n_points, n_select, start, offset):
     points = (offset + rng(6).normal(size=(n_points, 8))).astype(np.float32)
-    ours = patchcore.greedy_coreset(jnp.asarray(points), n_select, start)
+    ours = kcenter(jnp.asarray(points), n_select, start)
     assert ours.dtype == jnp.int32
     assert np.asarray(ours).tolist() == numpy_greedy_k_center(points, n_select, start)
 
 
 def test_greedy_coreset_of_all_distinct_points_is_a_permutation():
     points = rng(7).normal(size=(40, 3)).astype(np.float32)
-    chosen = np.asarray(patchcore.greedy_coreset(jnp.asarray(points), 40, 5))
+    chosen = np.asarray(kcenter(jnp.asarray(points), 40, 5))
     assert sorted(chosen.tolist()) == list(range(40))
 
 
@@ -256,7 +268,7 @@ def test_patchcore_scores_match_brute_force_reference():
     )
     model = patchcore.fit_features(train, config)
     assert model.bank.shape == (3 * 32 * 32, 5)
-    maps, scores = model.score_features(test)
+    maps, scores = model.score(test, progress=False)
     bank = numpy_local_average(train["level2"]).reshape(-1, 5).astype(np.float64)
     queries = numpy_local_average(test["level2"]).reshape(-1, 5).astype(np.float64)
     expected = cdist(queries, bank).min(axis=1).reshape(2, 32, 32)
@@ -298,7 +310,7 @@ def test_patchcore_map_peaks_at_out_of_distribution_patch(reweight):
     assert model.bank.shape == (int(4 * 16 * 16 * 0.25), 6 + 8)
     clean = {k: v[:1] for k, v in train.items()}
     defective = with_outlier_patch(clean, row=5, col=10)
-    maps, scores = model.score_features({k: np.concatenate([clean[k], defective[k]]) for k in clean})
+    maps, scores = model.score({k: np.concatenate([clean[k], defective[k]]) for k in clean}, progress=False)
     peak = np.unravel_index(int(np.argmax(maps[1])), maps[1].shape)
     # Level-2 cell (5, 10) covers output pixels [20, 24) x [40, 44); stride 4.
     assert abs(peak[0] // 4 - 5) <= 1 and abs(peak[1] // 4 - 10) <= 1, peak
@@ -342,7 +354,7 @@ def test_spade_scores_match_brute_force_reference():
     config = SpadeConfig(
         image_size=32, levels=(1, 2), top_k_images=k, sigma=0.0, query_chunk=200, bank_chunk=500
     )
-    maps, scores = spade.fit_features(train, config).score_features(test)
+    maps, scores = spade.fit_features(train, config).score(test, progress=False)
     pooled = cdist(test["pooled"], train["pooled"])
     for i in range(2):
         gallery = np.argsort(pooled[i])[:k]
@@ -361,7 +373,7 @@ def test_spade_map_peaks_at_out_of_distribution_patch():
     assert model.top_k == 6  # fewer training images than K: all of them
     clean = {k: v[:1] for k, v in train.items()}
     defective = with_outlier_patch(clean, row=9, col=3)
-    maps, scores = model.score_features({k: np.concatenate([clean[k], defective[k]]) for k in clean})
+    maps, scores = model.score({k: np.concatenate([clean[k], defective[k]]) for k in clean}, progress=False)
     assert maps.shape == (2, 64, 64)
     peak = np.unravel_index(int(np.argmax(maps[1])), maps[1].shape)
     assert abs(peak[0] // 4 - 9) <= 1 and abs(peak[1] // 4 - 3) <= 1, peak
@@ -375,7 +387,7 @@ def test_spade_rejects_features_of_another_resolution():
     model = spade.fit_features(train, SpadeConfig(image_size=64))
     bad = dict(train, level1=np.zeros((3, 16, 16, 4), np.float32))
     with pytest.raises(ValueError, match="level1"):
-        model.score_features(bad)
+        model.score(bad, progress=False)
 
 
 # --- fit / score on images ----------------------------------------------------------------------------------
@@ -422,12 +434,12 @@ def test_fit_and_score_images_in_batches(method):
     train = textured_images(5, seed=60)
     test = textured_images(3, seed=61)
     test[2, 8:16, 40:48] = (255, 0, 255)
-    model = module.fit(train, config, backbone, batch_size=2, progress=False)
+    model = sj.fit(train, config, backbone, batch_size=2, progress=False)
     assert model.backbone_name == "resnet18" and model.weights_sha256 == backbone.weights_sha256
     maps, scores = model.score(test, batch_size=2, progress=False)  # last batch padded
     assert maps.shape == (3, 64, 64) and maps.dtype == np.float32 and scores.shape == (3,)
     # Batching changes nothing: one pass over all features gives the same answer.
-    direct = module.fit_features(backbone(train), config).score_features(backbone(test))
+    direct = module.scorer.score_features(module.fit_features(backbone(train), config), backbone(test))
     np.testing.assert_allclose(maps, np.asarray(direct[0]), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scores, np.asarray(direct[1]), rtol=1e-5, atol=1e-5)
     timings: dict[str, float] = {}
@@ -441,7 +453,7 @@ def test_fit_and_score_images_in_batches(method):
         model.score(test[:, :32], progress=False)
     # A jitted pure scorer composes with the backbone's pure function.
     apply_fn, params = backbone.pure()
-    pure_maps, _ = jax.jit(module.score_images, static_argnums=1)(model, apply_fn, params, test)
+    pure_maps, _ = jax.jit(module.scorer.score_images, static_argnums=1)(model, apply_fn, params, test)
     np.testing.assert_allclose(np.asarray(pure_maps), maps, rtol=1e-5, atol=1e-5)
 
 
@@ -452,13 +464,13 @@ def test_scoring_images_checks_the_backbone(method):
     config = config_cls(backbone="resnet18", image_size=64, levels=(2, 3))
     images = textured_images(2, seed=70)
     unknown = module.fit_features(BlockMeanBackbone()(images), config)
-    with pytest.raises(ValueError, match="weights_sha256=None"):
+    with pytest.raises(ValueError, match="records no weights_sha256"):
         unknown.score(images, progress=False)
-    model = module.fit(images, config, BlockMeanBackbone(), progress=False)
+    model = sj.fit(images, config, BlockMeanBackbone(), progress=False)
     with pytest.raises(ValueError, match="weights differ"):
         model.score(images, backbone=BlockMeanBackbone(gain=2.0), progress=False)
     with pytest.raises(ValueError, match="config.backbone is 'resnet18'"):
-        module.fit(images, config, BlockMeanBackbone(name="resnet50"), progress=False)
+        sj.fit(images, config, BlockMeanBackbone(name="resnet50"), progress=False)
 
 
 # --- configuration ----------------------------------------------------------------------------------------
@@ -510,8 +522,6 @@ def test_configs_are_frozen_hashable_and_have_paper_defaults():
 
 
 def test_config_dict_round_trip_and_errors():
-    import json
-
     pc = PatchCoreConfig(crop=224, reweight=True, projection_dim=None)
     data = json.loads(json.dumps(pc.to_dict()))
     assert data["method"] == "patchcore" and data["levels"] == [2, 3]
@@ -535,16 +545,12 @@ def test_fit_features_rejects_the_wrong_config_type():
 
 @pytest.mark.parametrize("method", ["patchcore", "spade"])
 def test_real_backbone_localizes_synthetic_defects(method):
-    from subspace_jax import backbones
-    from subspace_jax.data import synthetic
-    from subspace_jax.eval import metrics
-
     module = methods.get(method)
     config_cls = module.config_cls
     train, test = synthetic.generate("shape", n_train=12, n_test=8, image_size=128, seed=0)
     backbone = backbones.load("efficientnet_lite0")
     config = config_cls(backbone="efficientnet_lite0", image_size=128)
-    model = module.fit(train.images, config, backbone, batch_size=4, progress=False)
+    model = sj.fit(train.images, config, backbone, batch_size=4, progress=False)
     maps, scores = model.score(test.images, batch_size=4, progress=False)
     assert maps.shape == (8, 128, 128) and np.isfinite(maps).all()
     assert metrics.pixel_auroc(maps, test.masks) > 0.9

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import subspace_jax as sj
+from subspace_jax import backbones
 from subspace_jax.data import synthetic
 from subspace_jax.eval import calibration
-from subspace_jax.runner.core import load_backbone
 from subspace_jax.serving import checkpoint
 
 SIZE = 64
@@ -82,7 +82,7 @@ def calibrated():
         model = sj.fit(
             train.images,
             config,
-            load_backbone(config.backbone),
+            backbones.load_cached(config.backbone),
             validation_fraction=0.25,
             seed=3,
             progress=False,
@@ -94,7 +94,9 @@ def test_fit_holds_out_a_seeded_validation_set_and_calibrates_on_it(calibrated):
     train, _, model = calibrated
     keep, held = calibration.holdout_split(len(train.images), 0.25, 3)
     assert model.n_train == len(keep) == 15 and model.thresholds.n_images == len(held) == 5
-    reference = sj.fit(train.images[keep], model.config, load_backbone(model.config.backbone), progress=False)
+    reference = sj.fit(
+        train.images[keep], model.config, backbones.load_cached(model.config.backbone), progress=False
+    )
     np.testing.assert_array_equal(np.asarray(model.grams["level2"]), np.asarray(reference.grams["level2"]))
     maps, scores = reference.score(train.images[held], batch_size=5, progress=False)
     with warnings.catch_warnings():
@@ -152,7 +154,7 @@ def test_validation_needs_a_splittable_input():
 def test_fit_with_an_explicit_validation_set_gives_the_same_thresholds(calibrated):
     train, _, model = calibrated
     keep, held = calibration.holdout_split(len(train.images), 0.25, 3)
-    backbone = load_backbone(model.config.backbone)
+    backbone = backbones.load_cached(model.config.backbone)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         explicit = sj.fit(

@@ -1,13 +1,17 @@
-"""Channel projections and the image coreset against independent numpy references."""
+"""Channel projections, the k-center coreset and local aggregation (``subspace_jax.ops``) against
+independent numpy, scipy and sklearn references."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import scipy.ndimage
 from sklearn.decomposition import PCA
 
-from subspace_jax.ops.compress import aggregate, kcenter, pca_projection, random_projection
+from subspace_jax.ops.aggregation import aggregate
+from subspace_jax.ops.kcenter import kcenter
+from subspace_jax.ops.projection import pca_projection, random_projection
 
 
 def _features(seed=0, n=6, h=4, w=5, c=9):
@@ -35,15 +39,17 @@ def test_pca_projection_with_svd_of_centred_pixels():
 
 
 def test_random_projection_is_seeded_and_scaled():
-    a, b = random_projection(300, 50, seed=1), random_projection(300, 50, seed=1)
+    key = jax.random.key(1)
+    a, b = np.asarray(random_projection(key, 300, 50)), np.asarray(random_projection(key, 300, 50))
+    assert a.shape == (300, 50) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, random_projection(300, 50, seed=2))
+    assert not np.array_equal(a, np.asarray(random_projection(jax.random.key(2), 300, 50)))
     np.testing.assert_allclose(np.var(a), 1 / 50, rtol=0.1)
 
 
-def _kcenter_reference(points, m):
+def _kcenter_reference(points, m, start=0):
     # Written from the definition: the next center maximises the distance to its nearest chosen center.
-    chosen = [0]
+    chosen = [start]
     while len(chosen) < m:
         best, best_d = None, -1.0
         for i in range(len(points)):
@@ -57,7 +63,11 @@ def _kcenter_reference(points, m):
 def test_kcenter_matches_a_direct_greedy_reference():
     points = np.random.default_rng(3).standard_normal((40, 7))
     for m in (1, 5, 17):
-        assert kcenter(points, m).tolist() == _kcenter_reference(points, m)
+        picked = kcenter(points, m)
+        assert picked.shape == (m,) and picked.dtype == np.int32
+        assert picked.tolist() == _kcenter_reference(points, m)
+    # PatchCore starts from a drawn row: the same greedy rule from there.
+    assert kcenter(points, 9, start=13).tolist() == _kcenter_reference(points, 9, start=13)
 
 
 def test_kcenter_picks_every_cluster_first():
@@ -84,6 +94,17 @@ def test_aggregate_is_the_mean_over_the_window_inside_the_map(size):
     total = scipy.ndimage.uniform_filter(feats.astype(np.float64), box, mode="constant") * size**2
     count = scipy.ndimage.uniform_filter(np.ones((1, 6, 7, 1)), box, mode="constant") * size**2
     np.testing.assert_allclose(np.asarray(aggregate(feats, size)), total / count, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+def test_aggregate_with_padding_counted_divides_by_the_full_window(size):
+    feats = _features(seed=5, n=2, h=6, w=7, c=3)
+    # PatchCore's local average (torch avg_pool2d with count_include_pad=True): zeros outside the map
+    # count, so it is scipy's box filter with zero padding, not divided by the count inside.
+    box = [1, size, size, 1]
+    reference = scipy.ndimage.uniform_filter(feats.astype(np.float64), box, mode="constant")
+    ours = np.asarray(aggregate(feats, size, include_padding=True))
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("bad", [0, 2, 3.0])

@@ -1,5 +1,6 @@
-"""Learned dictionaries (``Config.dictionary``, ``subspace_jax.dictionary``) against independent references:
-scikit-learn's dictionary learning and OMP, numpy least squares, and the model's own save/load."""
+"""Learned dictionaries (``Config.dictionary``, ``subspace_jax.methods.subspace.dictionary``) against
+independent references: scikit-learn's dictionary learning and OMP, numpy least squares, and the model's
+own save/load."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.decomposition import DictionaryLearning
+from sklearn.linear_model import orthogonal_mp
 
 import subspace_jax as sj
 from subspace_jax.methods.subspace import dictionary
-from subspace_jax.methods.subspace.model import fit_features
-from subspace_jax.ops import compress
+from subspace_jax.methods.subspace.fit import fit_features
+from subspace_jax.methods.subspace.pursuit import prepare_level
+from subspace_jax.ops.kcenter import kcenter
 from subspace_jax.serving import checkpoint
 
 
@@ -28,8 +32,6 @@ def _sparse_data(seed: int, atoms: int, k: int, n: int, shape: tuple[int, ...]):
 
 def _omp_error(atoms: np.ndarray, x: np.ndarray, k: int) -> float:
     """Relative error of x's k-sparse OMP codes over ``atoms`` (rows), by scikit-learn's OMP."""
-    from sklearn.linear_model import orthogonal_mp
-
     with warnings.catch_warnings():  # a data point among the atoms is rebuilt by one atom exactly
         warnings.filterwarnings("ignore", "Orthogonal matching pursuit ended prematurely")
         codes = orthogonal_mp(atoms.T, x.T, n_nonzero_coefs=k)
@@ -40,8 +42,6 @@ def test_learned_atoms_beat_their_k_center_start_and_match_sklearn_dictionary_le
     """10 generating atoms, 3-sparse codes: scikit-learn's DictionaryLearning (OMP transform) reaches the
     noise floor; the library's learning from the k-center start must come within 1% of the data's energy
     of it, where the start is at about 30%."""
-    from sklearn.decomposition import DictionaryLearning
-
     m, k = 10, 3
     x, maps = _sparse_data(0, m, k, 300, (3, 3, 4))
     pooled = maps.mean(axis=(1, 2))
@@ -52,7 +52,7 @@ def test_learned_atoms_beat_their_k_center_start_and_match_sklearn_dictionary_le
     ).fit(x)
     reference_error = _omp_error(reference.components_, x, k)
     assert reference_error < 0.01
-    start_error = _omp_error(x[np.sort(compress.kcenter(pooled, m))], x, k)
+    start_error = _omp_error(x[np.sort(np.asarray(kcenter(pooled, m)))], x, k)
     assert start_error > 0.2
 
     atoms, sampling, history = dictionary.learn_atoms({"level4": maps}, pooled, config, m, steps=40)
@@ -132,7 +132,7 @@ def test_a_model_with_a_dictionary_holds_m_rows_and_scores_and_round_trips(tmp_p
     bank = np.asarray(model.banks["level4"], np.float32).reshape(8, -1)
     np.testing.assert_allclose(np.asarray(model.grams["level4"]), bank @ bank.T, rtol=2e-2, atol=2e-2)
     test = _features(5, seed=3)
-    maps, scores = model.score_features(test)
+    maps, scores = model.score(test, progress=False)
     assert maps.shape == (5, 256, 256) and np.all(np.isfinite(np.asarray(maps)))
     # Learning lowers the training images' reconstruction error against the k-center start.
     _, _, history = dictionary.learn_atoms(
@@ -142,12 +142,10 @@ def test_a_model_with_a_dictionary_holds_m_rows_and_scores_and_round_trips(tmp_p
     checkpoint.save(model, tmp_path / "model")
     loaded = checkpoint.load(tmp_path / "model")
     assert loaded.config == config
-    np.testing.assert_allclose(np.asarray(loaded.score_features(test)[0]), np.asarray(maps), atol=1e-6)
+    np.testing.assert_allclose(loaded.score(test, progress=False)[0], np.asarray(maps), atol=1e-6)
 
 
 def _projected(model, features):
-    from subspace_jax.methods.subspace.model import prepare_level
-
     return {key: prepare_level(model, key, features[key]) for key in model.banks}
 
 

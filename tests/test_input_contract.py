@@ -17,7 +17,7 @@ from subspace_jax.eval import metrics
 from subspace_jax.methods import patchcore, spade
 from subspace_jax.methods.patchcore import PatchCoreConfig
 from subspace_jax.methods.spade import SpadeConfig
-from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax.methods.subspace import scorer as subspace_scorer
 
 CONFIG = sj.Config(
     backbone="resnet18", image_size=64, levels=(2, 3), sampling_level="pooled", lam=3, k=2, sigma=1.0
@@ -81,7 +81,7 @@ def test_non_finite_features_are_refused_at_fit_and_score():
     features = {key: np.array(value) for key, value in score_inputs().items()}
     features["level3"][1, 0, 0, 0] = -np.inf
     with pytest.raises(ValueError, match=r"features\['level3'\]: image 1 holds NaN or inf"):
-        make_model().score_features(features)
+        make_model().score(features, progress=False)
     train = {key: np.concatenate([value] * 3) for key, value in score_inputs().items()}
     train["pooled"][5, 3] = np.nan
     with pytest.raises(ValueError, match=r"features\['pooled'\]: image 5 holds NaN or inf"):
@@ -148,7 +148,7 @@ def test_config_accepts_numpy_numbers_and_the_full_seed_range():
         {key: np.concatenate([v] * 3) for key, v in score_inputs().items()},
         dataclasses.replace(model.config, sampling="random", seed=2**40),
     )
-    maps, _ = random.score_features(score_inputs())
+    maps, _ = random.score(score_inputs(), progress=False)
     assert np.isfinite(np.asarray(maps)).all()
 
 
@@ -163,21 +163,21 @@ def test_features_of_the_wrong_size_name_the_argument():
     good = score_inputs()
     wrong_level = {**good, "level2": np.ones((2, 5, 4, 5), np.float32)}
     with pytest.raises(ValueError, match=r"features\['level2'\]: expected \(B, 4, 4, 5\) like the bank"):
-        model.score_features(wrong_level)
+        model.score(wrong_level, progress=False)
     wrong_pooled = {**good, "pooled": np.ones((2, 17), np.float32)}
     with pytest.raises(ValueError, match=r"features\['pooled'\]: expected 16 values per image"):
-        model.score_features(wrong_pooled)
+        model.score(wrong_pooled, progress=False)
     with pytest.raises(ValueError, match=r"features\['pooled'\]: expected 16 values per image"):
-        jax.jit(model_lib.score_features)(model, wrong_pooled)
+        jax.jit(subspace_scorer.score_features)(model, wrong_pooled)
     wrong_batch = {**good, "pooled": np.ones((3, 16), np.float32)}
     with pytest.raises(ValueError, match="features: every key needs the same batch size"):
-        model.score_features(wrong_batch)
+        model.score(wrong_batch, progress=False)
     base = {f"level{i}": np.ones((3, 2 ** (4 - i), 2 ** (4 - i), 2), np.float32) for i in (1, 2, 3)}
     fitted = patchcore.fit_features(base, PatchCoreConfig(backbone="resnet18", image_size=32))
     with pytest.raises(
         ValueError, match="features: the levels' channels sum to 6 but the memory bank holds 4"
     ):
-        fitted.score_features({**base, "level2": np.ones((3, 4, 4, 4), np.float32)})
+        fitted.score({**base, "level2": np.ones((3, 4, 4, 4), np.float32)}, progress=False)
 
 
 @pytest.mark.parametrize("fpr_limit", ["0.3", math.nan, True, 0, 1.5, None])

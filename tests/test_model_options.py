@@ -4,14 +4,17 @@ numpy/scipy/sklearn code written here, not by the package."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import scipy.ndimage
 from sklearn.decomposition import PCA
 
 import subspace_jax as sj
+from subspace_jax import backbones, configs
 from subspace_jax.engine import scorer as scoring
-from subspace_jax.methods.subspace.model import SCORER
+from subspace_jax.ops.projection import random_projection
+from subspace_jax.runner import evaluation
 from subspace_jax.serving import checkpoint
 
 N_TRAIN = 14
@@ -49,9 +52,9 @@ def test_aggregate_equals_the_plain_model_on_box_filtered_features():
     train, test = features(0, N_TRAIN), features(1, 3)
     model = sj.fit_features(train, config(aggregate=3))
     plain = sj.fit_features({k: box_mean(v, 3) if v.ndim == 4 else v for k, v in train.items()}, config())
-    maps, scores = model.score_features(test)
-    ref_maps, ref_scores = plain.score_features(
-        {k: box_mean(v, 3) if v.ndim == 4 else v for k, v in test.items()}
+    maps, scores = model.score(test, progress=False)
+    ref_maps, ref_scores = plain.score(
+        {k: box_mean(v, 3) if v.ndim == 4 else v for k, v in test.items()}, progress=False
     )
     np.testing.assert_allclose(maps, ref_maps, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
@@ -66,8 +69,8 @@ def test_pca_projection_equals_the_plain_model_on_sklearn_projected_features():
     # PCA directions are defined up to sign; residual norms do not depend on it.
     project = {**train, "level2": train["level2"] @ components}
     plain = sj.fit_features(project, config())
-    maps, _ = model.score_features(test)
-    ref_maps, _ = plain.score_features({**test, "level2": test["level2"] @ components})
+    maps, _ = model.score(test, progress=False)
+    ref_maps, _ = plain.score({**test, "level2": test["level2"] @ components}, progress=False)
     np.testing.assert_allclose(maps, ref_maps, rtol=1e-3, atol=1e-3)
 
 
@@ -79,6 +82,9 @@ def test_random_projection_is_a_seeded_gaussian_and_changes_with_the_seed():
     np.testing.assert_array_equal(a.projections["level3"], b.projections["level3"])
     assert not np.array_equal(a.projections["level3"], c.projections["level3"])
     assert a.projections["level3"].shape == (10, 5)
+    # The documented key scheme: random_projection(fold_in(key(seed), level), c, c').
+    expected = random_projection(jax.random.fold_in(jax.random.key(0), 3), 10, 5)
+    np.testing.assert_array_equal(np.asarray(a.projections["level3"]), np.asarray(expected))
     np.testing.assert_allclose(
         np.asarray(a.banks["level3"]),
         train["level3"] @ np.asarray(a.projections["level3"]),
@@ -102,30 +108,33 @@ def test_coreset_keeps_the_greedy_kcenter_images_of_the_sampling_level():
     assert model.n_train == 8
     np.testing.assert_array_equal(np.asarray(model.banks["level3"]), train["level3"][keep])
     plain = sj.fit_features({k: v[keep] for k, v in train.items()}, config())
-    np.testing.assert_allclose(model.score_features(test)[0], plain.score_features(test)[0], rtol=1e-5)
+    np.testing.assert_allclose(
+        model.score(test, progress=False)[0], plain.score(test, progress=False)[0], rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.25])
 def test_score_fraction_is_the_mean_of_the_top_pixels(fraction):
     train, test = features(7, N_TRAIN), features(8, 3)
-    maps, scores = sj.fit_features(train, config(score_fraction=fraction)).score_features(test)
+    maps, scores = sj.fit_features(train, config(score_fraction=fraction)).score(test, progress=False)
     maps = np.asarray(maps)
     count = max(1, round(fraction * maps[0].size))
     expected = [np.sort(m.ravel())[::-1][:count].mean() for m in maps]
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
     # The maps themselves do not depend on the image score.
-    np.testing.assert_allclose(maps, sj.fit_features(train, config()).score_features(test)[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        maps, sj.fit_features(train, config()).score(test, progress=False)[0], rtol=1e-6
+    )
 
 
 def test_staged_scoring_applies_the_switches_like_the_fused_scorer():
     train, test = features(9, N_TRAIN), features(10, 4)
     cfg = config(aggregate=3, projection="pca", projection_channels=(2, 4), coreset=10, score_fraction=0.05)
     model = sj.fit_features(train, cfg)
-    fused = model.score_features(test)
+    fused = sj.score_features(model, test)
     timings: dict = {}
-    maps, scores = scoring.score_in_batches(
-        SCORER, model, test, batch_size=2, timings=timings, progress=False
-    )
+    maps, scores = scoring.score_in_batches(model, test, batch_size=2, timings=timings, progress=False)
+    assert set(timings) == {"sampling", "reconstruction", "maps"}
     np.testing.assert_allclose(maps, fused[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scores, fused[1], rtol=1e-5, atol=1e-6)
 
@@ -138,7 +147,7 @@ def test_checkpoint_round_trip_keeps_the_projections(tmp_path):
     checkpoint.save(model, tmp_path / "ckpt")
     loaded = checkpoint.load(tmp_path / "ckpt")
     np.testing.assert_array_equal(loaded.projections["level2"], model.projections["level2"])
-    np.testing.assert_array_equal(loaded.score_features(test)[0], model.score_features(test)[0])
+    np.testing.assert_array_equal(loaded.score(test, progress=False)[0], model.score(test, progress=False)[0])
 
 
 @pytest.mark.parametrize(
@@ -171,12 +180,11 @@ def test_round_trip_through_dict_and_too_many_channels():
 
 
 def test_mtd_runner_default_is_the_tuned_config_and_the_paper_config_is_kept():
-    from subspace_jax.configs import loading as config_files
-    from subspace_jax.runner import datasets
-
-    default = config_files.load(datasets.MTD.configs["subspace"])
-    paper = config_files.load(config_files.CONFIG_DIR / "mtd_paper.py")
-    assert datasets.MTD.configs["subspace"].name == "mtd_default.py"
+    assert evaluation.DATASET_CONFIGS["mtd"]["subspace"] == "mtd_default"
+    default = configs.load("mtd_default")
+    assert evaluation.default_config("subspace", "mtd") == default
+    paper = configs.load(configs.CONFIG_DIR / "mtd_paper.py")
+    assert paper == configs.load("mtd_paper")
     # The paper's MTD setting: today's behaviour, none of issue 14's switches.
     assert (paper.levels, paper.sampling_level, paper.k, paper.lam) == ((2, 3, 4), "pooled", 5, 50)
     assert (paper.projection, paper.aggregate, paper.coreset, paper.score_fraction) == ("none", 1, 0, 0.0)
@@ -189,13 +197,11 @@ def test_mtd_runner_default_is_the_tuned_config_and_the_paper_config_is_kept():
 def test_input_normalization_in_config_backbone_selects_the_backbone_and_keeps_fitted_models_apart():
     """Config.backbone "efficientnet_lite0:imagenet" feeds ImageNet mean/std; the default stays the TF
     (x - 127) / 128, and a model fit with one normalisation refuses a backbone with the other."""
-    from subspace_jax import backbones
-
     assert config().backbone == "efficientnet_lite0"
     assert config(backbone="efficientnet_lite0:tf").backbone == "efficientnet_lite0"
     imagenet_config = config(backbone="efficientnet_lite0:imagenet", levels=(3,))
     assert sj.Config.from_dict(imagenet_config.to_dict()) == imagenet_config
-    with pytest.raises(ValueError, match="^Config.backbone: expected"):
+    with pytest.raises(ValueError, match="^SubspaceConfig.backbone: expected"):
         config(backbone="efficientnet_lite0:caffe")
     tf_net = backbones.load("efficientnet_lite0", "random", seed=2)
     imagenet_net = backbones.load("efficientnet_lite0:imagenet", "random", seed=2)
@@ -213,4 +219,4 @@ def test_input_normalization_in_config_backbone_selects_the_backbone_and_keeps_f
     with pytest.raises(ValueError, match="config.backbone"):
         sj.fit(images, imagenet_config, tf_net, progress=False)
     with pytest.raises(ValueError, match="was fit with"):
-        fitted.bind(tf_net)
+        fitted.score(images, backbone=tf_net, progress=False)
