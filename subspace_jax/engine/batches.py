@@ -12,6 +12,7 @@ The functions take a ``config``: any object with ``backbone``, ``image_size``, `
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from subspace_jax._checks import is_int
+from subspace_jax._checks import is_int, is_number
 from subspace_jax.data.images import read_image, resize_image
 
 Array = jax.Array
@@ -81,13 +82,29 @@ def check_finite_features(features: Any, what: str = "features") -> None:
             )
 
 
-def check_batch(batch: Any, config: InputConfig, what: str, first_index: int = 0) -> np.ndarray:
-    """``batch`` as a (B, S, S, 3) numpy array, S = ``config.output_size``; else ValueError.
+def check_value_range(value_range: Any) -> tuple[float, float] | None:
+    """None, or ``(lo, hi)`` finite numbers with lo < hi; ValueError naming ``value_range`` otherwise."""
+    if value_range is None:
+        return None
+    ok = isinstance(value_range, (tuple, list)) and len(value_range) == 2
+    if ok:
+        lo, hi = value_range
+        ok = is_number(lo) and is_number(hi) and np.isfinite([lo, hi]).all() and float(lo) < float(hi)
+    if not ok:
+        raise ValueError(f"value_range: expected (lo, hi) with finite lo < hi, got {value_range!r}")
+    return float(lo), float(hi)
 
-    The input contract of every public entry point: uint8 images (the normal path), or float images
-    on the same [0, 255] scale. Float batches are refused when they hold NaN or inf (naming the image,
-    counted from ``first_index``), values outside [0, 255], or only values <= 1 (images scaled to
-    [0, 1] would silently score as almost black: multiply them by 255 or convert them to uint8).
+
+def check_batch(
+    batch: Any, config: InputConfig, what: str, first_index: int = 0, value_range: Any = None
+) -> np.ndarray:
+    """``batch`` as a (B, S, S, 3) numpy array on the [0, 255] scale, S = ``config.output_size``; else
+    ValueError naming ``what`` and the image (counted from ``first_index``).
+
+    The input contract of every public entry point: uint8 images need nothing. Float images need their
+    ``value_range=(lo, hi)`` (e.g. ``(0, 1)`` or ``(0, 255)``): nothing about the values says which scale
+    they are on, so it is never guessed. Every value must lie in [lo, hi] (NaN and inf never do); the
+    batch is then mapped linearly onto [0, 255] (float32).
     """
     batch = np.asarray(batch)
     size = config.output_size
@@ -96,60 +113,99 @@ def check_batch(batch: Any, config: InputConfig, what: str, first_index: int = 0
             f"{what}: expected images of shape (B, {size}, {size}, 3) (config image_size/crop), got "
             f"{batch.shape}; load datasets with subspace_jax.data at this size or pass image paths"
         )
+    value_range = check_value_range(value_range)
     if batch.dtype == np.uint8:
+        if value_range not in (None, (0.0, 255.0)):
+            raise ValueError(
+                f"value_range: uint8 images are on (0, 255), got {value_range}; drop value_range"
+            )
         return batch
     if not np.issubdtype(batch.dtype, np.floating):
-        raise ValueError(f"{what}: expected uint8 (or float in [0, 255]) images, got dtype {batch.dtype}")
-    bad = first_nonfinite(batch)
-    if bad is not None:
-        raise ValueError(f"{what}: image {first_index + bad} holds NaN or inf values")
-    if batch.size:
-        low, high = float(batch.min()), float(batch.max())
-        if low < 0.0 or high > 255.0:
-            raise ValueError(
-                f"{what}: float images must hold values in [0, 255] (the uint8 scale), got values in "
-                f"[{low:g}, {high:g}]; pass raw pixels, not normalised ones (the backbone normalises)"
-            )
-        if high <= 1.0:
-            raise ValueError(
-                f"{what}: float images must be on the [0, 255] scale, but every value is <= 1 (max "
-                f"{high:g}), which looks like [0, 1] images; multiply them by 255 or convert them to uint8"
-            )
-    return batch
-
-
-def iter_batches(images: ImageSource, config: InputConfig, batch_size: int) -> Iterator[np.ndarray]:
-    """Yield (b, S, S, 3) batches, b <= batch_size, from an array, an iterable of batches or paths.
-
-    Paths are read and resized like the dataset loaders (``read_image`` then
-    ``resize_image(image, image_size, crop)``).
-    """
-    if isinstance(images, (str, os.PathLike)):
+        raise ValueError(f"{what}: expected uint8 or float images, got dtype {batch.dtype}")
+    if value_range is None:
         raise ValueError(
-            "images: expected an array, an iterable of batches or a list of paths, got a single path"
+            f"{what}: float images need value_range=(lo, hi), the range their pixels are on (e.g. (0, 1) "
+            "or (0, 255)); it is never guessed. Or pass uint8 images"
+        )
+    lo, hi = value_range
+    values = batch.reshape(batch.shape[0], -1)
+    inside = np.isfinite(values).all(axis=1) & (values.min(axis=1, initial=lo) >= lo)
+    inside &= values.max(axis=1, initial=hi) <= hi
+    bad = np.flatnonzero(~inside)
+    if bad.size:
+        image = values[bad[0]]
+        found = f"[{np.nanmin(image):g}, {np.nanmax(image):g}]" if np.isfinite(image).any() else "NaN/inf"
+        if not np.isfinite(image).all():
+            found += " with NaN or inf"
+        raise ValueError(
+            f"{what}: image {first_index + bad[0]} holds values {found} outside value_range {value_range}"
+        )
+    if value_range == (0.0, 255.0):
+        return batch
+    return ((batch.astype(np.float32) - np.float32(lo)) * np.float32(255.0 / (hi - lo))).astype(np.float32)
+
+
+def _is_path(item: Any) -> bool:
+    return isinstance(item, (str, bytes, os.PathLike))
+
+
+def _path_batches(paths: Iterator[Any], config: InputConfig, batch_size: int) -> Iterator[np.ndarray]:
+    chunk: list[Any] = []
+    for index, path in enumerate(paths):
+        if not _is_path(path):
+            raise ValueError(
+                f"images: item {index} is a {type(path).__name__}, but the first items are paths; give "
+                "image paths or image batches, not both"
+            )
+        chunk.append(path)
+        if len(chunk) == batch_size:
+            yield np.stack([resize_image(read_image(p), config.image_size, config.crop) for p in chunk])
+            chunk = []
+    if chunk:
+        yield np.stack([resize_image(read_image(p), config.image_size, config.crop) for p in chunk])
+
+
+def iter_batches(
+    images: ImageSource, config: InputConfig, batch_size: int, value_range: Any = None
+) -> Iterator[np.ndarray]:
+    """Yield (b, S, S, 3) batches on the [0, 255] scale, b <= batch_size, from an array, an iterable of
+    batches, or an iterable of image paths (str, bytes or ``os.PathLike``: a list, a generator such as
+    ``glob.iglob``...). Paths are read and resized like the dataset loaders (``read_image`` then
+    ``resize_image(image, image_size, crop)``); arrays follow ``check_batch`` with ``value_range``.
+    """
+    if _is_path(images):
+        raise ValueError(
+            "images: expected an array, an iterable of batches or of image paths, got a single path"
         )
     if isinstance(images, (np.ndarray, jax.Array)):
-        images = check_batch(images, config, "images")
+        images = check_batch(images, config, "images", value_range=value_range)
         for start in range(0, images.shape[0], batch_size):
             yield images[start : start + batch_size]
         return
-    if (
-        isinstance(images, (list, tuple))
-        and images
-        and all(isinstance(p, (str, os.PathLike)) for p in images)
-    ):
-        for start in range(0, len(images), batch_size):
-            paths = images[start : start + batch_size]
-            yield np.stack([resize_image(read_image(p), config.image_size, config.crop) for p in paths])
-        return
     if not isinstance(images, Iterable):
         raise ValueError(
-            "images: expected an array, an iterable of batches or a list of paths, got "
+            "images: expected an array, an iterable of batches or of image paths, got "
             f"{type(images).__name__}"
         )
+    items = iter(images)
+    first = next(items, None)
+    if first is None:
+        return
+    if _is_path(first):
+        if value_range is not None:
+            check_value_range(value_range)
+        yield from _path_batches(itertools.chain([first], items), config, batch_size)
+        return
     seen = 0
-    for index, batch in enumerate(images):
-        batch = check_batch(batch, config, f"images (batch {index})", first_index=seen)
+    for index, batch in enumerate(itertools.chain([first], items)):
+        if _is_path(batch):
+            raise ValueError(
+                f"images: item {index} is a path, but the first items are image batches; give image "
+                "paths or image batches, not both"
+            )
+        batch = check_batch(
+            batch, config, f"images (batch {index})", first_index=seen, value_range=value_range
+        )
         seen += batch.shape[0]
         for start in range(0, batch.shape[0], batch_size):
             yield batch[start : start + batch_size]
@@ -177,11 +233,10 @@ def batch_size_for(images: ImageSource | int, batch_size: int) -> int:
     return max(1, min(batch_size, n)) if n else batch_size
 
 
-def progress_bar(items: Iterable, enabled: bool, desc: str, total: int | None = None) -> Iterable:
-    """``items`` wrapped in a tqdm bar counting batches when ``enabled``."""
-    if not enabled:
-        return items
-    return tqdm(items, desc=desc, unit="batch", total=total)
+def progress_bar(enabled: bool, desc: str, total: int | None = None) -> tqdm:
+    """A tqdm bar counting images (rate in images/s and the time left when ``total`` is known);
+    disabled when not ``enabled``."""
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
 
 
 def map_batches(
@@ -192,27 +247,32 @@ def map_batches(
     *,
     progress: bool = True,
     desc: str = "batches",
+    value_range: Any = None,
 ) -> Any:
     """Apply ``fn`` to fixed-size batches of ``images`` and concatenate its outputs on the host.
 
     Args:
-      fn: (batch_size, S, S, 3) images -> a pytree of arrays with the batch axis first.
-      images: an array, an iterable of batches or a list of paths (see ``iter_batches``).
+      fn: ((batch_size, S, S, 3) images, index of the batch's first image) -> a pytree of arrays with
+        the batch axis first.
+      images: an array, an iterable of batches or of image paths (see ``iter_batches``).
       config: gives the input size.
       batch_size: images per call (an int >= 1, at most the number of images: use
         ``batch_size_for``); the last batch is padded and the padding is dropped from the outputs.
-      progress, desc: a progress bar over batches.
+      progress, desc: a progress bar over images (rate and time left).
+      value_range: of float images (``check_batch``).
 
     Returns:
       ``fn``'s pytree with each leaf a numpy array over all N images.
     """
     outputs = []
-    n_images = count_images(images)
-    total = None if n_images is None else -(-n_images // batch_size)
-    for batch in progress_bar(iter_batches(images, config, batch_size), progress, desc, total):
-        n = batch.shape[0]
-        out = fn(pad_batch(batch, batch_size))
-        outputs.append(jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[:n]), out))
+    seen = 0
+    with progress_bar(progress, desc, count_images(images)) as bar:
+        for batch in iter_batches(images, config, batch_size, value_range):
+            n = batch.shape[0]
+            out = fn(pad_batch(batch, batch_size), seen)
+            outputs.append(jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[:n]), out))
+            seen += n
+            bar.update(n)
     if not outputs:
         raise ValueError("images: expected at least one image, got none")
     return jax.tree_util.tree_map(lambda *leaves: np.concatenate(leaves), *outputs)

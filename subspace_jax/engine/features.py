@@ -51,6 +51,7 @@ def extract_features(
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "features",
+    value_range: Any = None,
 ) -> dict[str, np.ndarray]:
     """Backbone features of ``images`` in padded batches.
 
@@ -61,7 +62,8 @@ def extract_features(
       backbone: a loaded backbone (``name``, ``weights_sha256``, ``pure()``).
       keys: feature keys to keep ("level1".."level4", "pooled"); None keeps every key the backbone has.
       batch_size: images per compiled call (lowered to N when fewer); the last batch is padded.
-      progress, desc: a progress bar.
+      progress, desc: a progress bar (images/s, time left).
+      value_range: (lo, hi) of float images (``subspace_jax.engine.batches.check_batch``).
 
     Returns:
       key -> (N, h, w, c) float32 (or (N, c) for "pooled") numpy arrays.
@@ -74,12 +76,13 @@ def extract_features(
     batch_size = batches.batch_size_for(images, batch_size)
     apply_fn, params = backbone.pure()
     features = batches.map_batches(
-        lambda batch: backbone_features(apply_fn, keys, params, batch),
+        lambda batch, _: backbone_features(apply_fn, keys, params, batch),
         images,
         config,
         batch_size,
         progress=progress,
         desc=desc,
+        value_range=value_range,
     )
     return {key: np.asarray(value, np.float32) for key, value in features.items()}
 

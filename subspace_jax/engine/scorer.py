@@ -109,8 +109,18 @@ def _feature_batches(
         yield {key: batches.pad_batch(value, batch_size) for key, value in block.items()}, real
 
 
-def _as_scores(out: tuple[Any, Any], real: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(out[0][:real], SCORE_DTYPE), np.asarray(out[1][:real], SCORE_DTYPE)
+def _as_scores(out: tuple[Any, Any], real: int, first: int) -> tuple[np.ndarray, np.ndarray]:
+    """This batch's real rows as numpy, checked finite: a map or score that is NaN or inf (finite inputs
+    whose arithmetic overflowed, e.g. features of 1e19) names its image (counted from ``first``)."""
+    maps, scores = np.asarray(out[0][:real], SCORE_DTYPE), np.asarray(out[1][:real], SCORE_DTYPE)
+    ok = np.isfinite(scores) & np.isfinite(maps.reshape(real, -1)).all(axis=1)
+    if not ok.all():
+        image = first + int(np.flatnonzero(~ok)[0])
+        raise ValueError(
+            f"image {image}: its anomaly map or score is not finite (NaN or inf): its features overflow "
+            "float32 arithmetic; check the input's scale (value_range) and the backbone"
+        )
+    return maps, scores
 
 
 def score_in_batches(
@@ -124,6 +134,7 @@ def score_in_batches(
     desc: str = "score",
     mesh: Any = None,
     execution: execution_lib.Execution | None = None,
+    value_range: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Maps and image scores of ``inputs``, scored in batches of ``batch_size``.
 
@@ -137,16 +148,19 @@ def score_in_batches(
       timings: when given, the backbone (images only) and each stage run as separately jitted calls
         and their seconds are added under the stage names (the first call includes compilation).
         Otherwise one fused function runs per batch.
-      progress, desc: a progress bar over batches.
+      progress, desc: a progress bar over images (rate, time left).
       mesh: a ``jax.sharding.Mesh`` from ``subspace_jax.sharding.make_mesh``: the model is placed on it
         (``sharding.shard_model``) unless it is already, each batch of ``batch_size`` (rounded up to a
         multiple of the data axis) is split over ``"data"``, and the fused sharded scorer runs (with
         ``timings``: one stage, "scoring", after nothing else). With several processes, ``inputs`` are
         this process's share, every process passes as many, and the results are this process's rows.
       execution: layout options of the scorer (``subspace_jax.ops.execution``); None: the backend's.
+      value_range: (lo, hi) of float images (``subspace_jax.engine.batches.check_batch``); uint8 images
+        and paths need none.
 
     Returns:
-      maps (N, S, S) float32 and scores (N,) float32, numpy.
+      maps (N, S, S) float32 and scores (N,) float32, numpy. ValueError naming the image when one's map
+      or score is not finite.
     """
     # Thresholds are static metadata the scorer never reads: strip them so that calibrated and
     # uncalibrated models share one compiled scorer.
@@ -162,18 +176,21 @@ def score_in_batches(
         if mesh is None:
             batch_size = batches.batch_size_for(n, batch_size)
         maps, scores = [], []
-        blocks = _feature_batches(checked, n, batch_size)
-        for block, real in batches.progress_bar(blocks, progress, desc, -(-n // batch_size)):
-            if mesh is not None:
-                score = functools.partial(sharding.score_block, execution=execution)
-                out = timed(timings, "scoring", score, model, block, mesh)
-            elif timings is None:
-                out = scorer.score_features_jit(model, block, **options)
-            else:
-                out = scorer.run_stages(model, block, timings, **options)
-            block_maps, block_scores = _as_scores(out, real)
-            maps.append(block_maps)
-            scores.append(block_scores)
+        with batches.progress_bar(progress, desc, n) as bar:
+            for first, (block, real) in zip(
+                range(0, n, batch_size), _feature_batches(checked, n, batch_size)
+            ):
+                if mesh is not None:
+                    score = functools.partial(sharding.score_block, execution=execution)
+                    out = timed(timings, "scoring", score, model, block, mesh)
+                elif timings is None:
+                    out = scorer.score_features_jit(model, block, **options)
+                else:
+                    out = scorer.run_stages(model, block, timings, **options)
+                block_maps, block_scores = _as_scores(out, real, first)
+                maps.append(block_maps)
+                scores.append(block_scores)
+                bar.update(real)
         return np.concatenate(maps), np.concatenate(scores)
 
     net = features.backbone_for(model, backbone)
@@ -184,18 +201,20 @@ def score_in_batches(
     else:
         params = sharding.replicate(params, mesh)
 
-    def score_batch(batch: np.ndarray) -> tuple[Array, Array]:
+    def score_batch(batch: np.ndarray, first: int) -> tuple[np.ndarray, np.ndarray]:
         if mesh is not None:
             score = functools.partial(
                 sharding.score_block, apply_fn=apply_fn, params=params, execution=execution
             )
-            return timed(timings, "scoring", score, model, batch, mesh)
-        if timings is None:
-            return scorer.score_images_jit(model, apply_fn, params, batch, **options)
-        feats = timed(timings, "backbone", features.backbone_features, apply_fn, keys, params, batch)
-        return scorer.run_stages(model, feats, timings, **options)
+            out = timed(timings, "scoring", score, model, batch, mesh)
+        elif timings is None:
+            out = scorer.score_images_jit(model, apply_fn, params, batch, **options)
+        else:
+            feats = timed(timings, "backbone", features.backbone_features, apply_fn, keys, params, batch)
+            out = scorer.run_stages(model, feats, timings, **options)
+        # Padding rows are checked too: they repeat the batch's last image.
+        return _as_scores(out, len(batch), first)
 
-    maps, scores = batches.map_batches(
-        score_batch, inputs, model.config, batch_size, progress=progress, desc=desc
+    return batches.map_batches(
+        score_batch, inputs, model.config, batch_size, progress=progress, desc=desc, value_range=value_range
     )
-    return maps.astype(SCORE_DTYPE, copy=False), scores.astype(SCORE_DTYPE, copy=False)

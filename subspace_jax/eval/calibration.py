@@ -28,9 +28,33 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from subspace_jax._checks import check_int, check_number, is_int
+
 # Pixel thresholds at rates other than the calibrated one come from this table of the nominal pixel
 # quantile function: rates log-spaced from 1e-6 to 0.5, linear interpolation in log(rate).
 _TABLE_RATES = np.geomspace(1e-6, 0.5, 97)
+
+
+# Rates below this are refused: no nominal set resolves them (1e-6 needs a million held-out images), and
+# below the pixel table's range a pixel threshold could not be re-derived.
+MIN_RATE = 1e-6
+
+
+def order_statistic_rank(n: int, false_alarm_rate: float) -> int:
+    """k = ⌈(1 − r)(n + 1)⌉ clamped to n: the rank of the threshold among n sorted nominal values."""
+    return min(math.ceil((1.0 - false_alarm_rate) * (n + 1)), n)
+
+
+def achieved_rate(n: int, false_alarm_rate: float) -> float:
+    """The false-alarm rate n nominal values actually deliver at the requested rate r: a new nominal
+    value exceeds s_(k) with probability (n + 1 − k)/(n + 1) (k = ``order_statistic_rank``), at most r
+    when n ≥ 1/r − 1, else 1/(n + 1)."""
+    return (n + 1 - order_statistic_rank(n, false_alarm_rate)) / (n + 1)
+
+
+def images_needed(false_alarm_rate: float) -> int:
+    """The fewest held-out nominal images that resolve ``false_alarm_rate``: ⌈1/r⌉ − 1."""
+    return max(1, math.ceil(1.0 / false_alarm_rate - 1e-9) - 1)
 
 
 def order_statistic_threshold(values: np.ndarray, false_alarm_rate: float, what: str = "scores") -> float:
@@ -45,22 +69,19 @@ def order_statistic_threshold(values: np.ndarray, false_alarm_rate: float, what:
         raise ValueError(f"{what}: expected at least one nominal value to calibrate on, got none")
     if not np.all(np.isfinite(flat)):
         raise ValueError(f"{what}: nominal values must be finite")
-    k = math.ceil((1.0 - rate) * (n + 1))
-    if k > n:
+    k = order_statistic_rank(n, rate)
+    if math.ceil((1.0 - rate) * (n + 1)) > n:
         warnings.warn(
             f"{what}: {n} nominal values cannot resolve a false-alarm rate of {rate:g} (needs at least "
-            f"{math.ceil(1 / rate) - 1}); using their maximum, so the rate achieved is about "
-            f"{1 / (n + 1):.3g}",
+            f"{images_needed(rate)}); using their maximum, so the rate achieved is "
+            f"{achieved_rate(n, rate):.3g}",
             stacklevel=3,
         )
-        k = n
     return float(np.partition(flat, k - 1)[k - 1])
 
 
-def _check_rate(rate: Any) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate < 1.0:
-        raise ValueError(f"false_alarm_rate: expected a number in (0, 1), got {rate!r}")
-    return float(rate)
+def _check_rate(rate: Any, name: str = "false_alarm_rate") -> float:
+    return check_number(name, rate, MIN_RATE, 1.0)
 
 
 def normalize(values: Any, threshold: float) -> np.ndarray:
@@ -95,7 +116,24 @@ class Thresholds:
 
     @property
     def n_images(self) -> int:
+        """n, the held-out nominal images the thresholds were set from."""
         return len(self.nominal_scores)
+
+    @property
+    def achieved_rate(self) -> float:
+        """The image false-alarm rate the n held-out images deliver at ``false_alarm_rate``
+        (``achieved_rate``): at most the requested rate when n ≥ 1/r − 1, else 1/(n + 1)."""
+        return achieved_rate(self.n_images, self.false_alarm_rate)
+
+    def describe_rate(self) -> str:
+        """One line for people: the requested rate, and what the n held-out images deliver."""
+        n, rate, achieved = self.n_images, self.false_alarm_rate, self.achieved_rate
+        if achieved > rate:
+            return (
+                f"{achieved:.3g} (asked for {rate:g}, which needs {images_needed(rate)} held-out images; "
+                f"{n} were held out)"
+            )
+        return f"{rate:g} (at most {achieved:.3g} with {n} held-out images)"
 
     def at_rate(self, false_alarm_rate: float) -> Thresholds:
         """The thresholds for another false-alarm rate, from the stored nominal statistics: the image
@@ -115,8 +153,9 @@ class Thresholds:
         return dataclasses.replace(self, image=image, pixel=pixel, false_alarm_rate=rate)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready; ``Thresholds.from_dict`` inverts it."""
+        """JSON-ready; ``Thresholds.from_dict`` inverts it (``achieved_rate`` is derived, for readers)."""
         out = dataclasses.asdict(self)
+        out["achieved_rate"] = self.achieved_rate
         out["nominal_scores"] = list(self.nominal_scores)
         out["pixel_table"] = [list(pair) for pair in self.pixel_table]
         return out
@@ -127,6 +166,8 @@ class Thresholds:
         if not isinstance(data, Mapping):
             raise ValueError(f"thresholds: expected a mapping, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        derived = data.pop("achieved_rate", None)
         if set(data) != names:
             raise ValueError(f"thresholds: expected the keys {sorted(names)}, got {sorted(data)}")
 
@@ -144,19 +185,34 @@ class Thresholds:
             raise ValueError("thresholds.pixel_table: expected a list of [rate, threshold] pairs")
         if not isinstance(data["n_pixels"], int) or data["n_pixels"] < 1:
             raise ValueError(f"thresholds.n_pixels: expected a positive int, got {data['n_pixels']!r}")
+        if not table:
+            raise ValueError("thresholds.pixel_table: expected at least one [rate, threshold] pair, got none")
         try:
             nominal = tuple(float(v) for v in scores)
             pairs = tuple((float(r), float(v)) for r, v in table)
         except (TypeError, ValueError) as error:
             raise ValueError(f"thresholds: non-numeric nominal_scores or pixel_table ({error})") from error
-        return cls(
+        if not all(math.isfinite(v) for v in nominal) or list(nominal) != sorted(nominal):
+            raise ValueError("thresholds.nominal_scores: expected finite scores in ascending order")
+        rates = [r for r, _ in pairs]
+        if not all(0.0 < r < 1.0 and math.isfinite(v) for r, v in pairs) or rates != sorted(set(rates)):
+            raise ValueError(
+                "thresholds.pixel_table: expected increasing rates in (0, 1) with finite thresholds"
+            )
+        thresholds = cls(
             image=number("image"),
             pixel=number("pixel"),
-            false_alarm_rate=_check_rate(number("false_alarm_rate")),
+            false_alarm_rate=_check_rate(number("false_alarm_rate"), "thresholds.false_alarm_rate"),
             nominal_scores=nominal,
             pixel_table=pairs,
             n_pixels=data["n_pixels"],
         )
+        if derived is not None and derived != thresholds.achieved_rate:
+            raise ValueError(
+                f"thresholds.achieved_rate: {derived!r} does not follow from the rate and the "
+                f"{thresholds.n_images} nominal scores ({thresholds.achieved_rate!r})"
+            )
+        return thresholds
 
 
 def thresholds_from_scores(image_scores: Any, maps: Any, false_alarm_rate: float = 0.01) -> Thresholds:
@@ -193,6 +249,7 @@ def calibrate(
     false_alarm_rate: float = 0.01,
     batch_size: int = 8,
     progress: bool = True,
+    **options: Any,
 ) -> Thresholds:
     """Thresholds at ``false_alarm_rate`` from defect-free images held out of the model's bank.
 
@@ -201,15 +258,42 @@ def calibrate(
       nominal_images: defect-free images that are *not* in the bank (an image of the bank rebuilds
         itself and scores near 0, which would put the thresholds far too low): uint8 (n, S, S, 3), an
         iterable of batches or a list of paths, as for ``Model.score``.
-      false_alarm_rate: r in (0, 1), the fraction of nominal images (and pixels) allowed above the
-        thresholds; n ≥ 1/r − 1 images are needed to resolve it (see the module docstring).
+      false_alarm_rate: r in [1e-6, 1), the fraction of nominal images (and pixels) allowed above the
+        thresholds; n ≥ 1/r − 1 images are needed to resolve it (see the module docstring;
+        ``Thresholds.achieved_rate`` says what n images deliver).
+      options: passed to ``model.score`` (e.g. ``value_range`` for float images).
+
+    Raises ValueError when the images look like the model's own bank images (they score almost 0).
 
     Returns:
       ``Thresholds``; attach them with ``model.with_thresholds(thresholds)``. They bound false
       alarms on nominal images like the held-out ones; they say nothing about recall.
     """
-    maps, scores = model.score(nominal_images, batch_size, progress=progress)
+    maps, scores = model.score(nominal_images, batch_size, progress=progress, **options)
+    check_held_out(scores)
     return thresholds_from_scores(scores, maps, false_alarm_rate)
+
+
+# A held-out nominal image scores like any other nominal image; an image of the bank rebuilds itself and
+# scores near 0 (measured: 1e-4 against about 60 for the others). Calibrating on such images puts the
+# threshold near 0 and flags every new image.
+_IN_BANK_RATIO = 1e-3
+
+
+def check_held_out(scores: np.ndarray) -> None:
+    """ValueError when the calibration images look like images of the model's bank: more than a tenth
+    of them score below 1e-3 times the median score."""
+    scores = np.asarray(scores, np.float64)
+    if scores.size == 0:
+        return
+    scale = float(np.median(np.abs(scores)))
+    tiny = np.abs(scores) <= _IN_BANK_RATIO * max(scale, float(np.max(np.abs(scores))))
+    if tiny.sum() > max(0, scores.size // 10):
+        raise ValueError(
+            f"nominal_images: {int(tiny.sum())} of the {scores.size} calibration images score almost 0 (the "
+            "model rebuilds them exactly): they look like images of the model's bank (its training images). "
+            "Calibrate on defect-free images held out of fit (validation_fraction or validation=...)"
+        )
 
 
 class Prediction(NamedTuple):
@@ -248,26 +332,41 @@ def require_thresholds(model: Any) -> Thresholds:
     return thresholds
 
 
-def holdout_split(n: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (train indices, validation indices) of n items, both sorted; validation holds
-    ``round(fraction · n)`` items, at least 1, and training keeps at least 1."""
-    if (
-        isinstance(validation_fraction, bool)
-        or not isinstance(validation_fraction, (int, float))
-        or not 0.0 < validation_fraction < 1.0
-    ):
-        raise ValueError(f"validation_fraction: expected a number in (0, 1), got {validation_fraction!r}")
-    if n < 2:
+def holdout_size(n: int, validation_fraction: float | str, false_alarm_rate: float) -> int:
+    """How many of n images to hold out of the bank for calibration.
+
+    A number in (0, 1): ``round(fraction · n)``, at least 1, leaving at least 1 in the bank. ``"auto"``:
+    enough to resolve ``false_alarm_rate`` (``images_needed``: 99 for 1%), at least a tenth of the
+    images, and at most half of them (the bank keeps the other half), so with fewer than twice the
+    images needed the rate is not reached and ``achieved_rate`` says what is.
+    """
+    n = check_int("images", n, 2)
+    if validation_fraction == "auto":
+        wanted = max(round(0.1 * n), images_needed(_check_rate(false_alarm_rate)))
+        return max(1, min(wanted, n // 2))
+    fraction = check_number("validation_fraction", validation_fraction, 0.0, 1.0, low_inclusive=False)
+    return min(n - 1, max(1, round(fraction * n)))
+
+
+def holdout_split(
+    n: int, validation_fraction: float | str, seed: int, false_alarm_rate: float = 0.01
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train indices, validation indices) of n items, both sorted, with ``holdout_size``
+    validation items."""
+    if not is_int(n) or n < 2:
         raise ValueError(f"images: holding out a validation set needs at least 2 images, got {n}")
-    n_val = min(n - 1, max(1, round(validation_fraction * n)))
+    seed = check_int("seed", seed, 0, 2**63 - 1)
+    n_val = holdout_size(n, validation_fraction, false_alarm_rate)
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def split_images(images: Any, validation_fraction: float, seed: int) -> tuple[Any, Any]:
+def split_images(
+    images: Any, validation_fraction: float | str, seed: int, false_alarm_rate: float = 0.01
+) -> tuple[Any, Any]:
     """(training part, validation part) of an image array or a list of paths (``holdout_split``)."""
     if isinstance(images, (list, tuple)) or (hasattr(images, "shape") and hasattr(images, "__getitem__")):
-        train_idx, val_idx = holdout_split(len(images), validation_fraction, seed)
+        train_idx, val_idx = holdout_split(len(images), validation_fraction, seed, false_alarm_rate)
         if isinstance(images, (list, tuple)):
             return [images[i] for i in train_idx], [images[i] for i in val_idx]
         images = np.asarray(images)

@@ -211,6 +211,22 @@ class FittedModel:
         """Bytes of every array the model holds (its banks, Gram matrices, coresets, projections)."""
         return int(sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(self) if hasattr(leaf, "nbytes")))
 
+    def check_finite(self) -> Any:
+        """This model, after checking that every array it holds is finite: finite training features
+        can still overflow float32 arithmetic (squared norms of features of 1e19 are inf), and a
+        model holding inf or NaN would score every image NaN. ValueError naming the array otherwise."""
+        for path, leaf in jax.tree_util.tree_leaves_with_path(self):
+            if isinstance(leaf, jax.core.Tracer):  # traced (eval_shape): no values to check
+                continue
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
+                if not bool(jnp.isfinite(leaf).all()):
+                    name = jax.tree_util.keystr(path)
+                    raise ValueError(
+                        f"features: the fitted {type(self).__name__} holds NaN or inf in {name}: the "
+                        "training features overflow float32 arithmetic; check their scale (value_range)"
+                    )
+        return self
+
     def partition_specs(self) -> Any:
         """This model with a ``PartitionSpec`` in place of each array: ``P("bank")`` for arrays split by
         rows over a mesh's bank axis, ``P()`` for replicated ones. By default everything is replicated."""
@@ -235,6 +251,7 @@ class FittedModel:
         progress: bool = True,
         mesh: Any = None,
         memory_budget_bytes: int | None = None,
+        value_range: tuple[float, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps and image scores, in batches (``subspace_jax.engine.scorer.score_in_batches``).
 
@@ -253,9 +270,12 @@ class FittedModel:
             With several processes each passes its own share of the images and gets its own rows back.
           memory_budget_bytes: transient bytes one vectorised step may hold (``subspace_jax.ops.execution``);
             None: the backend's default. Results do not depend on it.
+          value_range: (lo, hi), the scale of float images (e.g. (0, 1)); uint8 images and paths need
+            none. Never guessed: float images without it are refused.
 
         Returns:
-          maps (B, S, S) float32 and scores (B,) float32, as numpy arrays.
+          maps (B, S, S) float32 and scores (B,) float32, as numpy arrays; ValueError naming the image
+          whose map or score is not finite.
         """
         execution = None
         if memory_budget_bytes is not None:
@@ -270,6 +290,7 @@ class FittedModel:
             desc=f"{self.config.method} score",
             mesh=mesh,
             execution=execution,
+            value_range=value_range,
         )
 
     def predict(self, images: Any, batch_size: int = 8, *, progress: bool = True, **kwargs: Any) -> Any:

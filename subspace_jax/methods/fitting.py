@@ -39,10 +39,11 @@ def fit(
     *,
     batch_size: int = 8,
     progress: bool = True,
-    validation_fraction: float = 0.0,
+    validation_fraction: float | str = 0.0,
     validation: Any = None,
     false_alarm_rate: float = 0.01,
     seed: int = 0,
+    value_range: tuple[float, float] | None = None,
 ) -> Any:
     """Extract features of the nominal ``images`` and build the model of ``config``'s method.
 
@@ -55,19 +56,28 @@ def fit(
       batch_size: images per backbone call.
       progress: show a progress bar.
       validation_fraction: when > 0, this fraction of ``images`` (an array or a list of paths), drawn
-        with ``seed``, is held out of the bank and calibrates thresholds at ``false_alarm_rate``. They
-        bound false alarms, not recall.
+        with ``seed``, is held out of the bank and calibrates thresholds at ``false_alarm_rate``;
+        ``"auto"`` holds out as many as the rate needs (``calibration.holdout_size``). They bound false
+        alarms, not recall; ``model.thresholds.achieved_rate`` is the rate the held-out images deliver.
       validation: held-out defect-free images to calibrate on instead (excludes validation_fraction).
+      value_range: (lo, hi), the scale of float images (e.g. (0, 1)); uint8 images and paths need none.
     """
     method = registry.for_config(config)
     if validation is not None or validation_fraction:
         if validation is not None and validation_fraction:
             raise ValueError("validation, validation_fraction: give one of them, not both")
         if validation is None:
-            images, validation = calibration.split_images(images, validation_fraction, seed)
-        model = fit(images, config, backbone, batch_size=batch_size, progress=progress)
+            images, validation = calibration.split_images(images, validation_fraction, seed, false_alarm_rate)
+        model = fit(
+            images, config, backbone, batch_size=batch_size, progress=progress, value_range=value_range
+        )
         thresholds = calibration.calibrate(
-            model, validation, false_alarm_rate=false_alarm_rate, batch_size=batch_size, progress=progress
+            model,
+            validation,
+            false_alarm_rate=false_alarm_rate,
+            batch_size=batch_size,
+            progress=progress,
+            value_range=value_range,
         )
         return model.with_thresholds(thresholds)
     backbone = backbones.load_cached(config.backbone) if backbone is None else backbone
@@ -80,6 +90,7 @@ def fit(
         batch_size=batch_size,
         progress=progress,
         desc=f"{method.name} fit",
+        value_range=value_range,
     )
     return method.fit_features(
         features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256

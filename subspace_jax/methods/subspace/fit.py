@@ -79,7 +79,8 @@ def fit_features(
         values, sampling, _ = dictionary.learn_atoms(
             values, sampling, config, config.dictionary, config.dictionary_steps
         )
-    return SubspaceModel.from_levels(values, sampling, projections, config, backbone_name, weights_sha256)
+    model = SubspaceModel.from_levels(values, sampling, projections, config, backbone_name, weights_sha256)
+    return model.check_finite()
 
 
 def projection_for(features: Any, key: str, level: int, config: SubspaceConfig) -> Array | None:
