@@ -18,7 +18,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from ._io import atomic_file
+from ._io import atomic_file, remove_tree, siblings
 
 __all__ = ["DownloadError", "NETWORK_ERRORS", "download_file", "stream_to_file"]
 
@@ -58,12 +58,19 @@ def _reason(error: BaseException) -> str:
 
 
 def stream_to_file(
-    url: str, path: str | os.PathLike, *, desc: str, progress: bool = True, timeout: float = 60
+    url: str,
+    path: str | os.PathLike,
+    *,
+    desc: str,
+    progress: bool = True,
+    timeout: float = 60,
+    max_bytes: int = 1 << 32,
 ) -> str:
     """Write the body of ``url`` to ``path`` (created or truncated) and return its sha256 hex digest.
 
     Raises :class:`DownloadError` naming the URL on any network failure, including a body shorter than
-    its ``Content-Length``; ``path`` may then hold a partial body, which the caller removes. Local file
+    its ``Content-Length``, and for a body longer than ``max_bytes`` (announced or received: an endless
+    body stops there); ``path`` may then hold a partial body, which the caller removes. Local file
     errors (``OSError``) propagate unchanged.
     """
     digest = hashlib.sha256()
@@ -71,6 +78,8 @@ def stream_to_file(
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(path, "wb") as out:
             total = response.headers.get("Content-Length")
+            if total and total.isdigit() and int(total) > max_bytes:
+                raise DownloadError(url, f"{int(total)} bytes announced, more than the limit of {max_bytes}")
             with tqdm(
                 total=int(total) if total else None,
                 unit="B",
@@ -80,12 +89,14 @@ def stream_to_file(
                 disable=not progress,
             ) as bar:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    if received + len(chunk) > max_bytes:
+                        raise DownloadError(url, f"the body exceeds the limit of {max_bytes} bytes")
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
                     received += len(chunk)
         # http.client ends a body cut short by the server without an error; compare with the header.
-        if total and received != int(total):
+        if total and total.isdigit() and received != int(total):
             raise DownloadError(url, f"received {received} of {int(total)} bytes")
     except NETWORK_ERRORS as error:
         raise DownloadError(url, _reason(error)) from error
@@ -99,15 +110,19 @@ def download_file(
     desc: str,
     progress: bool = True,
     verify: Callable[[Path, str], None] | None = None,
+    max_bytes: int = 1 << 32,
 ) -> Path:
     """Download ``url`` to ``destination`` atomically.
 
     The body goes to a temporary sibling; ``verify(temporary_path, sha256_hex)`` may raise to reject it.
-    Only a complete, accepted download is renamed to ``destination``; on any failure nothing is left.
+    Only a complete, accepted download is renamed to ``destination``; on any failure nothing is left,
+    and partial files that killed downloads left beside ``destination`` are removed first.
     """
     destination = Path(destination)
+    for stale in siblings(destination, stale_only=True):
+        remove_tree(stale)
     with atomic_file(destination) as tmp:
-        digest = stream_to_file(url, tmp, desc=desc, progress=progress)
+        digest = stream_to_file(url, tmp, desc=desc, progress=progress, max_bytes=max_bytes)
         if verify is not None:
             verify(tmp, digest)
     return destination

@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from .convert import load_state_dict
-from .pretrained import resolve_weights, sha256_file
+from .pretrained import WeightsHashError, expected_hash_prefix, resolve_weights, sha256_file
 from .registry import BackboneSpec, features_version, get_spec, preprocess
 from .torch_weights import load_torch_file
 
@@ -52,8 +52,15 @@ def build_model(
     if isinstance(weights, str) and weights == "random":
         return model, f"random-seed{seed}"
     path = load_pretrained(name, weights, progress=progress)
+    digest = sha256_file(path)
+    prefix = expected_hash_prefix(Path(path).name)
+    if prefix is not None and not digest.startswith(prefix):
+        raise WeightsHashError(
+            f"weights file {path}: its sha256 is {digest}, which does not start with {prefix} as its file "
+            "name promises: the file is corrupt or altered"
+        )
     load_state_dict(model, load_torch_file(path), source=str(path))
-    return model, sha256_file(path)
+    return model, digest
 
 
 class Backbone:

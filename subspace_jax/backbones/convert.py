@@ -50,21 +50,30 @@ def load_state_dict(
     expected = expected_torch_shapes(model)
     ignorable = {key for layer in layers for key in layer.torch_ignored()}
     problems: list[str] = []
+
+    def shape_of(value: object) -> str:
+        # Only arrays are measured: np.shape of a nested list converts it, and a small file whose list
+        # shares one sub-list many times (pickle memo) expands to gigabytes.
+        return (
+            str(value.shape) if isinstance(value, np.ndarray) else f"a {type(value).__name__}, not a tensor"
+        )
+
     for key, shape in expected.items():
         if key not in state_dict:
             problems.append(f"missing: {key} (expected shape {shape})")
             continue
         value = state_dict[key]
-        actual = tuple(np.shape(value))
+        if not isinstance(value, np.ndarray):
+            problems.append(f"not a tensor: {key} is {shape_of(value)}; the model needs shape {shape}")
+            continue
+        actual = tuple(value.shape)
         if actual != shape:
             problems.append(f"shape mismatch: {key} is {actual} in the file, the model needs {shape}")
-        elif not np.issubdtype(np.asarray(value).dtype, np.floating):
-            problems.append(f"dtype: {key} is {np.asarray(value).dtype}, expected floating point")
+        elif not np.issubdtype(value.dtype, np.floating):
+            problems.append(f"dtype: {key} is {value.dtype}, expected floating point")
     for key in state_dict:
         if key not in expected and key not in ignorable:
-            problems.append(
-                f"unexpected: {key} (shape {tuple(np.shape(state_dict[key]))}) is not used by the model"
-            )
+            problems.append(f"unexpected: {key} ({shape_of(state_dict[key])}) is not used by the model")
     if problems:
         raise WeightsMismatchError(
             f"{source} does not fit {type(model).__name__} ({len(problems)} problem(s)):\n  "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -32,16 +32,52 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _decode(path: str | os.PathLike, kind: str, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
-    path = Path(path)
+# A compressed file may decode to far more memory than it takes on disk (a 17 KB 1-bit PNG of 12000²
+# pixels decodes to 1.7 GB of RGB). Images larger than this many pixels are refused before decoding;
+# raise the limit with the environment variable SUBSPACE_JAX_MAX_IMAGE_PIXELS (or this attribute).
+MAX_IMAGE_PIXELS = 64_000_000
+_MAX_PIXELS_ENV = "SUBSPACE_JAX_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int:
+    """The pixel limit of one decoded image: ``$SUBSPACE_JAX_MAX_IMAGE_PIXELS``, else ``MAX_IMAGE_PIXELS``."""
+    text = os.environ.get(_MAX_PIXELS_ENV)
+    if text is None:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"${_MAX_PIXELS_ENV}: expected a positive int, got {text!r}")
+    return value
+
+
+def shown(path: str | bytes | os.PathLike) -> str:
+    """A file name fit for messages and text files: undecodable bytes of the name as escapes."""
+    return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _decode(
+    path: str | bytes | os.PathLike, kind: str, convert: Callable[[Image.Image], np.ndarray]
+) -> np.ndarray:
+    path = Path(os.fsdecode(path))
     if not path.is_file():
-        raise FileNotFoundError(f"{kind} file {path} does not exist")
+        raise FileNotFoundError(f"{kind} file {shown(path)} does not exist")
+    limit = max_image_pixels()
     try:
         with Image.open(path) as pil:
+            width, height = pil.size
+            if width * height > limit:
+                raise ValueError(
+                    f"{width} x {height} pixels exceed the limit of {limit} pixels per image (raise it with "
+                    f"${_MAX_PIXELS_ENV})"
+                )
             pil.load()  # decode now so that truncation is reported here, with the file name
-            return convert(pil)
+            # The orientation a viewer shows (EXIF): masks and maps must match what the user sees.
+            return convert(ImageOps.exif_transpose(pil))
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read {kind} file {path}: {error}") from error
+        raise ValueError(f"cannot read {kind} file {shown(path)}: {error}") from error
 
 
 def _sixteen_bit_to_uint8(values: np.ndarray) -> np.ndarray:

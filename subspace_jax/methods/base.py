@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -37,6 +36,8 @@ from subspace_jax.ops import maps as maps_lib
 BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 LEVELS = (1, 2, 3, 4)
 SEED_RANGE = (-(2**63), 2**63 - 1)  # what jax.random.key accepts
+MAX_IMAGE_SIZE = 8192  # a side beyond this does not fit a backbone pass on any device we know
+MAX_DISTANCE_BLOCK = 1 << 28  # nearest-neighbour search block, elements (1 GiB of float32)
 
 
 def level_key(level: int | str) -> str:
@@ -58,7 +59,8 @@ class BaseConfig:
       crop: optional centre crop after resizing (the PatchCore protocol: 256 then 224); the
         anomaly maps have size ``crop or image_size``.
       levels: backbone levels (1..4, strides 4..32) the method reads, stored sorted.
-      sigma: Gaussian smoothing of the fused map in pixels (0 disables it).
+      sigma: Gaussian smoothing of the fused map in pixels (0 disables it), at most a quarter of the
+        map's side.
     """
 
     # The --method name of the config's family (the registry in subspace_jax.methods).
@@ -81,7 +83,7 @@ class BaseConfig:
                 f"one of {BACKBONE_NAMES}, optionally as '<name>:<normalization>' with a normalization "
                 f"from {tuple(NORMALIZATIONS)}",
             )
-        self._check_int("image_size", 32)
+        self._check_int("image_size", 32, MAX_IMAGE_SIZE)
         if self.crop is not None and (not is_int(self.crop) or not 32 <= self.crop <= self.image_size):
             self._fail("crop", f"None or an int in [32, image_size={self.image_size}]")
         levels = (self.levels,) if is_int(self.levels) else self.levels
@@ -93,7 +95,8 @@ class BaseConfig:
         ):
             self._fail("levels", "a non-empty sequence of distinct levels from {1, 2, 3, 4}")
         object.__setattr__(self, "levels", tuple(sorted(int(level) for level in levels)))
-        self._check_number("sigma", 0.0, math.inf)
+        # The blur's kernel reaches 4σ: beyond the map's side it only averages the reflected map.
+        self._check_number("sigma", 0.0, self.output_size / 4, high_inclusive=True)
 
     # --- validators (each raises ValueError naming the config class and the field) -------------
 
@@ -104,12 +107,12 @@ class BaseConfig:
         if getattr(self, name) not in options:
             self._fail(name, f"one of {options}")
 
-    def _check_int(self, name: str, minimum: int) -> None:
-        """An int in [minimum, MAX_INT] (sizes, counts and loop bounds become int32 under jit);
-        stored as a Python int."""
+    def _check_int(self, name: str, minimum: int, maximum: int = MAX_INT) -> None:
+        """An int in [minimum, maximum] (sizes, counts and loop bounds become int32 under jit, and
+        every field is bounded by what the computation can do); stored as a Python int."""
         value = getattr(self, name)
-        if not is_int(value) or not minimum <= value <= MAX_INT:
-            self._fail(name, f"an int in [{minimum}, {MAX_INT}]")
+        if not is_int(value) or not minimum <= value <= maximum:
+            self._fail(name, f"an int in [{minimum}, {maximum}]")
         object.__setattr__(self, name, int(value))
 
     def _check_seed(self, name: str) -> None:
@@ -192,6 +195,12 @@ class BaselineConfig(BaseConfig):
         super().__post_init__()
         self._check_int("query_chunk", 1)
         self._check_int("bank_chunk", 1)
+        if self.query_chunk * self.bank_chunk > MAX_DISTANCE_BLOCK:
+            self._fail(
+                "bank_chunk",
+                f"an int with query_chunk · bank_chunk <= {MAX_DISTANCE_BLOCK} (a 1 GiB float32 distance "
+                f"block; query_chunk is {self.query_chunk})",
+            )
 
 
 class FittedModel:

@@ -85,9 +85,9 @@ class PatchCoreConfig(BaselineConfig):
             self._fail("coreset_ratio", "a number in (0, 1]")
         object.__setattr__(self, "coreset_ratio", float(self.coreset_ratio))
         if self.projection_dim is not None:
-            self._check_int("projection_dim", 1)
+            self._check_int("projection_dim", 1, 1 << 16)
         self._check_bool("reweight")
-        self._check_int("num_neighbors", 1)
+        self._check_int("num_neighbors", 1, 1 << 16)
         self._check_seed("seed")
 
 

@@ -50,7 +50,7 @@ class SpadeConfig(BaselineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._check_int("top_k_images", 1)
+        self._check_int("top_k_images", 1, 1 << 20)
 
 
 def nearest_images(test_pooled: Array, train_pooled: Array, k: int) -> tuple[Array, Array]:

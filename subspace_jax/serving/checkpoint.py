@@ -39,8 +39,6 @@ import functools
 import hashlib
 import json
 import os
-import secrets
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -51,7 +49,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from subspace_jax import backbones
-from subspace_jax._io import atomic_write_text, give_default_permissions, remove_tree, replace_directory
+from subspace_jax._io import (
+    ACTIVE,
+    ACTIVE_LOCK,
+    atomic_write_text,
+    give_default_permissions,
+    remove_tree,
+    replace_directory,
+    sibling,
+    siblings,
+)
 from subspace_jax._version import __version__
 from subspace_jax.engine.features import check_backbone
 from subspace_jax.eval.calibration import Thresholds
@@ -189,6 +196,8 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: corrupted {what}, not valid JSON ({error})") from error
+    except RecursionError:
+        raise CheckpointError(f"{path}: corrupted {what}, nested too deeply to be ours") from None
     except OSError as error:
         raise CheckpointError(f"{path}: cannot read the {what} ({error})") from error
 
@@ -213,67 +222,35 @@ def _read_marker(folder: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Where checkpoints live: recognising, recovering and cleaning up
 
-_ACTIVE: set[Path] = set()  # this process's in-flight siblings (never stale while we run)
-_ACTIVE_LOCK = threading.Lock()
-
 
 def _is_checkpoint_dir(folder: Path) -> bool:
-    """``folder`` is a complete checkpoint this module wrote: only our entries, metadata and a valid
-    marker. Nothing else may be overwritten or deleted by ``save``."""
+    """``folder`` is a complete checkpoint this module wrote, exactly as written: only our entries, a
+    marker whose digest matches the metadata, and under ``arrays/`` exactly the files the metadata lists
+    (no symlinks). Nothing else may be overwritten or deleted by ``save``."""
     try:
         if folder.is_symlink() or not folder.is_dir():
             return False
         entries = {entry.name for entry in folder.iterdir()}
-        if not entries <= _ENTRIES or METADATA_FILE not in entries:
+        if entries != _ENTRIES:
             return False
-        _read_marker(folder)
+        marker = _read_marker(folder)
+        metadata = _read_json(folder / METADATA_FILE, "metadata")
+        if not isinstance(metadata, dict) or marker["metadata_sha256"] != _metadata_sha256(metadata):
+            return False
+        arrays = folder / ARRAYS_DIR
+        if arrays.is_symlink() or not arrays.is_dir() or not isinstance(metadata.get("files"), dict):
+            return False
+        found = set()
+        for entry in arrays.rglob("*"):
+            if entry.is_symlink():
+                return False
+            if entry.is_file():
+                found.add(entry.relative_to(arrays).as_posix())
+            elif not entry.is_dir():
+                return False
+        return found == set(metadata["files"])
     except (OSError, CheckpointError):
         return False
-    return True
-
-
-def _sibling(path: Path, kind: str) -> Path:
-    return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}"
-
-
-def _sibling_pid(path: Path, entry: Path) -> int | None:
-    """The pid in ``.<name>.<pid>-<hex>.tmp|old``, or None if ``entry`` is not such a sibling."""
-    prefix = f".{path.name}."
-    name = entry.name
-    if not name.startswith(prefix) or not name.endswith((".tmp", ".old")):
-        return None
-    pid, _, token = name[len(prefix) : -4].partition("-")
-    if not pid.isdigit() or len(token) != 8:
-        return None
-    return int(pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own in-flight siblings are in _ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
-
-
-def _siblings(path: Path, *, stale_only: bool) -> list[Path]:
-    try:
-        entries = list(path.parent.iterdir())
-    except OSError:
-        return []
-    with _ACTIVE_LOCK:
-        active = set(_ACTIVE)
-    found = []
-    for entry in entries:
-        pid = _sibling_pid(path, entry)
-        if pid is None or entry in active or (stale_only and _pid_alive(pid)):
-            continue
-        found.append(entry)
-    return found
 
 
 def _newest_complete(candidates: list[Path]) -> Path | None:
@@ -289,7 +266,7 @@ def _remove(folder: Path) -> None:
 def _recover_and_clean(path: Path) -> None:
     """Before a save: put back the complete copy a killed swap left (when ``path`` is gone), then
     remove every sibling left by dead processes."""
-    stale = _siblings(path, stale_only=True)
+    stale = siblings(path, stale_only=True)
     if not os.path.lexists(path):
         survivor = _newest_complete(stale)
         if survivor is not None:
@@ -303,7 +280,7 @@ def _locate(path: Path) -> Path:
     """``path``, or when it is gone the newest complete copy a killed save left beside it."""
     if os.path.lexists(path):
         return path
-    survivor = _newest_complete(_siblings(path, stale_only=False))
+    survivor = _newest_complete(siblings(path, stale_only=False))
     if survivor is None:
         raise FileNotFoundError(f"{path}: no checkpoint directory here")
     return survivor
@@ -352,13 +329,19 @@ def save(model: Any, path: str | os.PathLike) -> Path:
     }
     if getattr(model, "thresholds", None) is not None:  # optional: only calibrated models have them
         metadata["thresholds"] = model.thresholds.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    for parent in path.parents:
+        if os.path.lexists(parent) and not parent.is_dir():
+            raise CheckpointError(f"{path}: cannot be a checkpoint folder, {parent} is a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot create its folder ({error})") from error
     _recover_and_clean(path)
     _check_overwritable(path)
-    tmp = _sibling(path, "tmp")
-    old = _sibling(path, "old")
-    with _ACTIVE_LOCK:
-        _ACTIVE.update((tmp, old))
+    tmp = sibling(path, "tmp")
+    old = sibling(path, "old")
+    with ACTIVE_LOCK:
+        ACTIVE.update((tmp, old))
     try:
         tmp.mkdir()
         with ocp.StandardCheckpointer() as checkpointer:
@@ -375,8 +358,8 @@ def save(model: Any, path: str | os.PathLike) -> Path:
             _remove(tmp)
         raise
     finally:
-        with _ACTIVE_LOCK:
-            _ACTIVE.difference_update((tmp, old))
+        with ACTIVE_LOCK:
+            ACTIVE.difference_update((tmp, old))
     return path
 
 

@@ -177,6 +177,21 @@ def _extract(archive: Path, destination: Path, url: str) -> None:
         raise MTDArchiveError(f"the archive from {url} is corrupt or incomplete ({error})") from error
 
 
+# GitHub's archive of the dataset's repository is about 100 MB; an endless or oversized body stops here.
+MAX_ARCHIVE_BYTES = 1 << 30
+_MAX_ARCHIVE_ENV = "SUBSPACE_JAX_MTD_MAX_BYTES"
+
+
+def max_archive_bytes() -> int:
+    """The download cap: ``$SUBSPACE_JAX_MTD_MAX_BYTES``, else ``MAX_ARCHIVE_BYTES`` (1 GiB)."""
+    text = os.environ.get(_MAX_ARCHIVE_ENV)
+    if text is None:
+        return MAX_ARCHIVE_BYTES
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"${_MAX_ARCHIVE_ENV}: expected a positive int of bytes, got {text!r}")
+    return int(text)
+
+
 def download(
     dest: str | os.PathLike | None = None,
     *,
@@ -208,7 +223,7 @@ def download(
                 ) from None
     with atomic_directory(dest) as tmp:
         archive = tmp / ".archive.zip"
-        stream_to_file(url, archive, desc="downloading MTD", progress=progress)
+        stream_to_file(url, archive, desc="downloading MTD", progress=progress, max_bytes=max_archive_bytes())
         _extract(archive, tmp, url)
         archive.unlink()
         check_layout(tmp, n_free=n_free, n_defective=n_defective, label=f"the archive from {url}")

@@ -13,6 +13,8 @@ SAMPLING_MODES = ("subspace", "random", "none")
 PROJECTIONS = ("none", "pca", "random")
 RECONSTRUCTION_MODES = ("image", "pixel")
 BANK_DTYPES = ("float32", "bfloat16")
+MAX_ATOMS = 1 << 20  # λ, k, pixel_k: pursuit buffers and loop lengths
+MAX_CHANNELS = 1 << 16
 
 __all__ = ["BANK_DTYPES", "PROJECTIONS", "RECONSTRUCTION_MODES", "SAMPLING_MODES", "SubspaceConfig"]
 
@@ -109,19 +111,20 @@ class SubspaceConfig(BaseConfig):
         ):
             self._fail("sampling_level", "a level in {1, 2, 3, 4} or 'pooled'")
         self._check_choice("sampling", SAMPLING_MODES)
-        self._check_int("lam", 1)
-        self._check_int("k", 1)
+        self._check_int("lam", 1, MAX_ATOMS)
+        self._check_int("k", 1, MAX_ATOMS)
         if self.sampling != "none" and self.reconstruction == "image" and self.k > self.lam:
             self._fail("k", f"at most lam={self.lam} (image mode picks k atoms among the lam sampled images)")
         self._check_number("tol", 0.0, 1.0)
         self._check_choice("reconstruction", RECONSTRUCTION_MODES)
-        self._check_int("radius", 0)
-        self._check_int("pixel_k", 1)
+        # A window wider than the finest map (side S/4) holds nothing more.
+        self._check_int("radius", 0, max(1, self.output_size // 8))
+        self._check_int("pixel_k", 1, MAX_ATOMS)
         self._check_bool("normalize_selection")
         self._check_choice("fusion", FUSION_MODES)
         self._check_choice("bank_dtype", BANK_DTYPES)
         self._check_seed("seed")
-        self._check_int("aggregate", 1)
+        self._check_int("aggregate", 1, max(1, self.output_size // 4) | 1)
         if self.aggregate % 2 == 0:
             self._fail("aggregate", "an odd int >= 1")
         self._check_choice("projection", PROJECTIONS)
@@ -129,8 +132,8 @@ class SubspaceConfig(BaseConfig):
         if isinstance(channels, list):
             channels = tuple(channels)
             object.__setattr__(self, "projection_channels", channels)
-        if not isinstance(channels, tuple) or not all(is_int(c) and c >= 0 for c in channels):
-            self._fail("projection_channels", "a tuple of ints >= 0")
+        if not isinstance(channels, tuple) or not all(is_int(c) and 0 <= c <= MAX_CHANNELS for c in channels):
+            self._fail("projection_channels", f"a tuple of ints in [0, {MAX_CHANNELS}]")
         if self.projection == "none" and channels:
             self._fail("projection_channels", "() when projection is 'none'")
         if self.projection != "none" and len(channels) != len(self.levels):
@@ -145,7 +148,7 @@ class SubspaceConfig(BaseConfig):
             self._fail("coreset", f"0 or at least k={self.k}")
         self._check_number("score_fraction", 0.0, 1.0)
         self._check_int("dictionary", 0)
-        self._check_int("dictionary_steps", 1)
+        self._check_int("dictionary_steps", 1, 1000)
         if self.dictionary:
             if self.reconstruction != "image":
                 self._fail("dictionary", "0 with reconstruction='pixel' (an atom is a whole synthetic image)")
