@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 from typing import Literal
 
+import jax.numpy as jnp
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
+import subspace_jax as sj
 from subspace_jax import backbones
 from subspace_jax.configs import flags as cli
-from subspace_jax.runner import features as feature_io
-from subspace_jax.runner import figures, results
+from subspace_jax.data import registry as datasets
+from subspace_jax.data import synthetic
+from subspace_jax.data.mtd import DOWNLOAD_COMMAND, MTDNotFoundError, find_root
+from subspace_jax.engine import scorer as scoring
+from subspace_jax.runner import evaluation, feature_cache, figures, main, results
 from subspace_jax.runner import published as pub
 
 # --- published numbers -----------------------------------------------------------------------------------
@@ -229,8 +237,6 @@ class _PoolingBackbone:
     weights_sha256 = "ab" * 32
 
     def pure(self):
-        import jax.numpy as jnp
-
         def apply(params, images):
             x = jnp.asarray(images, jnp.float32) * params
             b, h, w, c = x.shape
@@ -242,7 +248,9 @@ class _PoolingBackbone:
 
 def test_extract_features_in_padded_batches_matches_one_pass():
     images = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
-    feats, seconds = feature_io.extract_features(_PoolingBackbone(), images, batch_size=3, progress=False)
+    feats, seconds = feature_cache.features_of_images(
+        _PoolingBackbone(), images, batch_size=3, progress=False
+    )
     apply, params = _PoolingBackbone().pure()
     reference = apply(params, images)
     assert seconds >= 0
@@ -250,7 +258,7 @@ def test_extract_features_in_padded_batches_matches_one_pass():
         assert feats[level].shape[0] == 7
         np.testing.assert_allclose(feats[level], np.asarray(reference[level]), rtol=1e-6)
     with pytest.raises(ValueError, match=r"images: expected \(N,H,W,3\)"):
-        feature_io.extract_features(_PoolingBackbone(), images[..., 0])
+        feature_cache.features_of_images(_PoolingBackbone(), images[..., 0])
 
 
 # --- figures --------------------------------------------------------------------------------------------
@@ -274,9 +282,6 @@ def test_best_and_worst_are_ranked_by_per_image_pixel_auroc(tmp_path):
 
 
 def test_saving_a_figure_leaves_pyplots_backend_and_figures_alone(tmp_path):
-    import matplotlib
-    import matplotlib.pyplot as plt
-
     before = matplotlib.get_backend()
     matplotlib.use("svg")  # stands in for a notebook's inline backend: anything but Agg
     try:
@@ -294,9 +299,9 @@ def test_saving_a_figure_leaves_pyplots_backend_and_figures_alone(tmp_path):
 
 # --- the runner end to end ------------------------------------------------------------------------------
 
-from subspace_jax.runner import core, datasets  # noqa: E402
-
-SYNTHETIC = dataclasses.replace(datasets.MVTEC, categories=("weave", "shape"))  # the MVTec loader, our tree
+SYNTHETIC = dataclasses.replace(
+    datasets.get("mvtec"), categories=("weave", "shape")
+)  # the MVTec loader, our tree
 TINY = [
     "--backbone",
     "efficientnet_lite0",
@@ -314,8 +319,6 @@ TINY = [
 
 @pytest.fixture()
 def tree(tmp_path):
-    from subspace_jax.data import synthetic
-
     return synthetic.write_mvtec_tree(
         tmp_path / "tree", categories=("weave", "shape"), n_train=6, n_test=8, image_size=64, seed=0
     )
@@ -352,7 +355,7 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
         *TINY,
     ]
 
-    assert core.main(SYNTHETIC, argv) == 1
+    assert main(SYNTHETIC, argv) == 1
     err = capsys.readouterr().err
     assert "'shape' failed" in err and str(corrupt) in err and "--resume" in err
     first = _read(out)
@@ -365,7 +368,7 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
     assert [p.name.split("_")[0] for p in figures_written] == ["best", "worst"]
 
     corrupt.write_bytes(original)
-    assert core.main(SYNTHETIC, [*argv, "--resume"]) == 0
+    assert main(SYNTHETIC, [*argv, "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "skipping finished categories weave" in printed
     second = _read(out)
@@ -378,16 +381,14 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
     assert "| weave |" in markdown and "| shape |" in markdown and "| mean |" in markdown
 
     # Another configuration may not be mixed into this folder, nor may a run overwrite it.
-    assert core.main(SYNTHETIC, [*argv, "--resume", "--k", "3"]) == 2
+    assert main(SYNTHETIC, [*argv, "--resume", "--k", "3"]) == 2
     assert "k: stored 2, requested 3" in capsys.readouterr().err
-    assert core.main(SYNTHETIC, argv) == 2
+    assert main(SYNTHETIC, argv) == 2
     assert "already holds results" in capsys.readouterr().err
 
     # The cache written by the first run gives the same numbers without the backbone.
     assert (
-        core.main(
-            SYNTHETIC, [*argv[:2], "--out", str(tmp_path / "again"), *argv[4:], "--categories", "weave"]
-        )
+        main(SYNTHETIC, [*argv[:2], "--out", str(tmp_path / "again"), *argv[4:], "--categories", "weave"])
         == 0
     )
     again = _read(tmp_path / "again")["categories"]["weave"]
@@ -400,10 +401,10 @@ def test_feature_cache_follows_the_image_bytes_not_their_names(tree, tmp_path):
     metric_keys = ("pixel_auroc", "pro", "image_auroc", "pixel_ap", "f1_max")
     base = ["--data-root", str(tree), "--categories", "weave", *TINY]
     cached = [*base, "--feature-cache", str(tmp_path / "cache")]
-    assert core.main(SYNTHETIC, [*cached, "--out", str(tmp_path / "first")]) == 0
+    assert main(SYNTHETIC, [*cached, "--out", str(tmp_path / "first")]) == 0
     first = _read(tmp_path / "first")["categories"]["weave"]
     assert first["features_cached"] == {"train": False, "test": False} and first["pixel_auroc"] > 0.8
-    assert core.load_backbone("efficientnet_lite0").features_version == backbones.features_version(
+    assert backbones.load_cached("efficientnet_lite0").features_version == backbones.features_version(
         backbones.REGISTRY["efficientnet_lite0"]
     )
 
@@ -414,11 +415,11 @@ def test_feature_cache_follows_the_image_bytes_not_their_names(tree, tmp_path):
     assert defective
     for i, path in enumerate(defective):
         path.write_bytes(good[i % len(good)].read_bytes())
-    assert core.main(SYNTHETIC, [*cached, "--out", str(tmp_path / "second")]) == 0
+    assert main(SYNTHETIC, [*cached, "--out", str(tmp_path / "second")]) == 0
     second = _read(tmp_path / "second")["categories"]["weave"]
     assert second["features_cached"] == {"train": True, "test": False}  # the test images changed
     assert second["pixel_auroc"] < first["pixel_auroc"] - 0.2
-    assert core.main(SYNTHETIC, [*base, "--out", str(tmp_path / "uncached")]) == 0
+    assert main(SYNTHETIC, [*base, "--out", str(tmp_path / "uncached")]) == 0
     uncached = _read(tmp_path / "uncached")["categories"]["weave"]
     for key in metric_keys:
         assert second[key] == pytest.approx(uncached[key], abs=1e-6), key
@@ -444,7 +445,7 @@ def test_baseline_method_writes_the_same_schema(tree, tmp_path, method, own_fiel
         "4",
         "--no-progress",
     ]
-    assert core.main(SYNTHETIC, argv) == 0
+    assert main(SYNTHETIC, argv) == 0
     document = _read(out)
     assert document["config"]["method"] == method and own_field in document["config"]
     entry = document["categories"]["weave"]
@@ -455,7 +456,7 @@ def test_baseline_method_writes_the_same_schema(tree, tmp_path, method, own_fiel
 def test_missing_backbone_weights_stop_before_any_work(tree, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--data-root", str(tree), "--out", str(out), "--weights", str(tmp_path / "absent.pth")]
-    assert core.main(SYNTHETIC, argv) == 2
+    assert main(SYNTHETIC, argv) == 2
     err = capsys.readouterr().err
     assert "wide_resnet50_2" in err and "absent.pth" in err and "--backbone efficientnet_lite0" in err
     assert not out.exists()
@@ -464,29 +465,27 @@ def test_missing_backbone_weights_stop_before_any_work(tree, tmp_path, capsys):
 def test_data_root_comes_from_the_environment(tree, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("SUBSPACE_JAX_MVTEC", raising=False)
     with pytest.raises(SystemExit):
-        core.main(SYNTHETIC, ["--out", str(tmp_path / "x")])
+        main(SYNTHETIC, ["--out", str(tmp_path / "x")])
     assert "SUBSPACE_JAX_MVTEC is not set" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        core.main(SYNTHETIC, ["--data-root", str(tree), "--categories", "bottle"])
+        main(SYNTHETIC, ["--data-root", str(tree), "--categories", "bottle"])
     assert "unknown ['bottle']" in capsys.readouterr().err
 
 
 def test_data_root_falls_back_to_the_datasets_own_search(tree, tmp_path, monkeypatch, capsys):
     """MTD's runner finds the data where the tests do (env, ../shared/data/mtd, download cache)."""
-    from subspace_jax.data.mtd import DOWNLOAD_COMMAND, MTDNotFoundError, find_root
-
-    assert datasets.MTD.find_root is not None and datasets.MVTEC.find_root is None
+    assert datasets.get("mtd").find_root is not None and datasets.get("mvtec").find_root is None
     monkeypatch.delenv("SUBSPACE_JAX_MVTEC", raising=False)
     found = dataclasses.replace(SYNTHETIC, find_root=lambda: tree)
     with pytest.raises(SystemExit):  # past the data root: stops at the category check, before any work
-        core.main(found, ["--out", str(tmp_path / "x"), "--categories", "bottle"])
+        main(found, ["--out", str(tmp_path / "x"), "--categories", "bottle"])
     assert "unknown ['bottle']" in capsys.readouterr().err
 
     def nowhere():
         raise MTDNotFoundError(f"MTD not found; get it with `{DOWNLOAD_COMMAND}`")
 
     with pytest.raises(SystemExit):
-        core.main(dataclasses.replace(SYNTHETIC, find_root=nowhere), ["--out", str(tmp_path / "x")])
+        main(dataclasses.replace(SYNTHETIC, find_root=nowhere), ["--out", str(tmp_path / "x")])
     assert f"--data-root: not given, and MTD not found; get it with `{DOWNLOAD_COMMAND}`" in (
         capsys.readouterr().err
     )
@@ -497,12 +496,12 @@ def test_data_root_falls_back_to_the_datasets_own_search(tree, tmp_path, monkeyp
 
 
 def test_mtd_defaults_are_the_papers_mtd_setting_and_every_field_is_a_flag(capsys):
-    method = core.resolve_method("subspace")
-    config = core.default_config(datasets.MTD, method)
+    method = evaluation.resolve_method("subspace")
+    config = evaluation.default_config(method, "mtd")
     assert config.levels == (2, 3, 4) and config.sampling_level == "pooled"
-    assert core.default_config(datasets.MVTEC, method) == method.config_cls()
+    assert evaluation.default_config(method, "mvtec") == method.config_cls()
     with pytest.raises(SystemExit):
-        core.main(datasets.MTD, ["--help"])
+        main("mtd", ["--help"])
     help_text = capsys.readouterr().out
     for field in dataclasses.fields(method.config_cls):
         assert cli.flag_name(field.name) in help_text
@@ -510,9 +509,6 @@ def test_mtd_defaults_are_the_papers_mtd_setting_and_every_field_is_a_flag(capsy
 
 
 def test_staged_scoring_equals_the_models_fused_scorer():
-    from subspace_jax.engine import scorer as scoring
-    from subspace_jax.methods.subspace import model as model_lib
-
     rng = np.random.default_rng(0)
 
     def feats(n):
@@ -522,24 +518,20 @@ def test_staged_scoring_equals_the_models_fused_scorer():
             "pooled": rng.random((n, 6), np.float32),
         }
 
-    config = model_lib.Config(
+    config = sj.Config(
         backbone="efficientnet_lite0", image_size=32, levels=(2, 3), sampling_level="pooled", lam=4, k=2
     )
-    fitted = model_lib.fit_features(feats(7), config)
+    fitted = sj.fit_features(feats(7), config)
     test = feats(3)
     timings: dict = {}
-    maps, scores = scoring.score_in_batches(
-        core.resolve_method("subspace").scorer, fitted, test, batch_size=2, timings=timings, progress=False
-    )
-    ref_maps, ref_scores = fitted.score_features(test)
+    maps, scores = scoring.score_in_batches(fitted, test, batch_size=2, timings=timings, progress=False)
+    ref_maps, ref_scores = sj.score_features(fitted, test)
     np.testing.assert_allclose(np.asarray(maps), np.asarray(ref_maps), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(scores), np.asarray(ref_scores), rtol=1e-5, atol=1e-5)
     assert set(timings) == {"sampling", "reconstruction", "maps"}
 
 
 def test_demo_runs_and_writes_its_figures(tmp_path, capsys):
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(
         "demo", Path(__file__).resolve().parents[1] / "experiments/demo.py"
     )

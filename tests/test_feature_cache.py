@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from subspace_jax import backbones
-from subspace_jax.runner import features as feature_io
-from subspace_jax.runner.features import FeatureCache, FeatureCacheWarning, FeatureKey, cached_features
+from subspace_jax.runner import feature_cache as feature_io
+from subspace_jax.runner.feature_cache import FeatureCache, FeatureCacheWarning, FeatureKey, cached_features
 
 KEY = FeatureKey("mvtec", "bottle", "train", "toy", "ab" * 32, "1.1", 64, None)
 

@@ -4,6 +4,7 @@ never a traceback; ``--debug`` lets the traceback through."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -13,9 +14,12 @@ from pathlib import Path
 import pytest
 from test_torch_weights_hostile import _global, legit_file, write_zip
 
-from subspace_jax.runner import core, datasets
+from subspace_jax.data import registry as datasets
+from subspace_jax.runner import main, results
 
-SPEC = dataclasses.replace(datasets.MVTEC, categories=("weave", "shape"))
+# The module behind ``subspace_jax.runner.main`` (the package re-exports its function under that name).
+runner_main = importlib.import_module("subspace_jax.runner.main")
+SPEC = dataclasses.replace(datasets.get("mvtec"), categories=("weave", "shape"))
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--k", "2", "--lam", "4", "--no-progress"]
 
@@ -23,7 +27,7 @@ TINY = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--k", "2", "-
 def run(tmp_path: Path, capsys, *args: str) -> tuple[int, str]:
     (tmp_path / "data").mkdir(exist_ok=True)
     try:
-        status = core.main(SPEC, ["--data-root", str(tmp_path / "data"), *TINY, *args])
+        status = main(SPEC, ["--data-root", str(tmp_path / "data"), *TINY, *args])
     except SystemExit as exit_:  # argparse's own errors
         status = exit_.code
     err = capsys.readouterr().err
@@ -76,10 +80,8 @@ def test_a_results_json_that_is_a_folder_is_one_line_and_debug_shows_the_traceba
     status, err = run(tmp_path, capsys, "--out", str(out), "--resume")
     assert status == 2
     assert_one_line(err, "results.json: is a folder")
-    with pytest.raises(core.results.ResultsError, match="is a folder"):
-        core.main(
-            SPEC, ["--data-root", str(tmp_path / "data"), *TINY, "--out", str(out), "--resume", "--debug"]
-        )
+    with pytest.raises(results.ResultsError, match="is a folder"):
+        main(SPEC, ["--data-root", str(tmp_path / "data"), *TINY, "--out", str(out), "--resume", "--debug"])
 
 
 @pytest.mark.parametrize("below", [False, True])
@@ -116,21 +118,19 @@ def test_an_unexpected_failure_is_one_line_and_debug_shows_it(tmp_path, capsys, 
     def broken(*args, **kwargs):
         raise KeyError("something internal")
 
-    monkeypatch.setattr(core.results, "new_document", broken)
+    monkeypatch.setattr(results, "new_document", broken)
     status, err = run(tmp_path, capsys, "--out", str(tmp_path / "out"))
     assert status == 1
     assert_one_line(err, "KeyError: 'something internal'", "--debug")
     with pytest.raises(KeyError, match="something internal"):
-        core.main(
-            SPEC, ["--data-root", str(tmp_path / "data"), *TINY, "--out", str(tmp_path / "o2"), "--debug"]
-        )
+        main(SPEC, ["--data-root", str(tmp_path / "data"), *TINY, "--out", str(tmp_path / "o2"), "--debug"])
 
 
 def test_a_failing_category_is_one_line_naming_resume(tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("backend exploded")
 
-    monkeypatch.setattr(core, "run_category", broken)
+    monkeypatch.setattr(runner_main, "run_category", broken)
     out = tmp_path / "out"
     status, err = run(tmp_path, capsys, "--out", str(out))
     assert status == 1

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
+import weakref
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from subspace_jax.data import MTD
-from subspace_jax.runner import workbench
-from subspace_jax.runner.core import load_backbone
+from subspace_jax import backbones, configs
+from subspace_jax.data import MTD, MVTecAD, synthetic
+from subspace_jax.data import registry as datasets
+from subspace_jax.runner import evaluation, workbench
+from subspace_jax.runner.main import method_and_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +36,6 @@ class _MeanPoolBackbone:
     name, weights_sha256, features_version = "toy", "ab" * 32, "test.1"
 
     def pure(self):
-        import jax.numpy as jnp
-
         def apply(params, images):
             x = jnp.asarray(images, jnp.float32)
             b, h, w, c = x.shape
@@ -44,16 +47,11 @@ class _MeanPoolBackbone:
 
 @pytest.fixture()
 def synthetic_category(tmp_path):
-    from subspace_jax.data import MVTecAD, synthetic
-
     root = synthetic.write_mvtec_tree(tmp_path / "tree", ("weave",), n_train=3, n_test=4, image_size=32)
     return MVTecAD(root, "weave")
 
 
 def test_loaded_splits_are_kept_per_workbench_and_freed_with_it(synthetic_category):
-    import gc
-    import weakref
-
     bench = workbench.Workbench(
         synthetic_category, "syn", None, cache_dir=None, image_size=32, progress=False
     )
@@ -93,7 +91,7 @@ def test_features_go_through_the_cache_without_keeping_the_images(synthetic_cate
 
 @pytest.mark.mtd
 def test_subset_features_are_cached_apart_from_the_full_split(mtd_root, tmp_path):
-    backbone = load_backbone("efficientnet_lite0")
+    backbone = backbones.load_cached("efficientnet_lite0")
     bench = workbench.Workbench(
         MTD(mtd_root), "mtd", backbone, cache_dir=tmp_path, image_size=64, limits={"train": 3}, progress=False
     )
@@ -158,13 +156,16 @@ def test_compare_mtd_writes_the_table_and_keeps_the_notes(mtd_root, tmp_path):
 
 
 def test_default_config_starts_from_a_named_config_file():
-    from subspace_jax.configs import loading as config_files
-
-    paper = config_files.load(config_files.CONFIG_DIR / "mtd_paper.py")
-    assert workbench.default_config("subspace", "mtd", config_file="mtd_paper") == paper
-    tweaked = workbench.default_config("subspace", "mtd", config_file="mtd_paper", levels=(2, 3))
+    paper = configs.load(configs.CONFIG_DIR / "mtd_paper.py")
+    assert configs.load("mtd_paper") == paper
+    tweaked = configs.load("mtd_paper", levels=(2, 3))
     assert tweaked.levels == (2, 3) and tweaked.sampling_level == paper.sampling_level
-    runner_default = config_files.load(config_files.CONFIG_DIR / "mtd_default.py")
-    assert workbench.default_config("subspace", "mtd") == runner_default
-    with pytest.raises(ValueError, match="config_file"):
-        workbench.default_config("patchcore", "mtd", config_file="mtd_paper")
+    runner_default = configs.load(configs.CONFIG_DIR / "mtd_default.py")
+    assert evaluation.default_config("subspace", "mtd") == runner_default
+    assert evaluation.default_config("subspace", "mtd", k=3) == configs.load("mtd_default", k=3)
+    # A config names its method: asking for another one with it is refused, naming both.
+    mtd = datasets.get("mtd")
+    method, config = method_and_defaults(mtd, ["--config", "mtd_paper"])
+    assert method.name == "subspace" and config == paper
+    with pytest.raises(ValueError, match="--config mtd_paper holds a subspace config"):
+        method_and_defaults(mtd, ["--config", "mtd_paper", "--method", "patchcore"])
