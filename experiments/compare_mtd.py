@@ -4,7 +4,7 @@ same cached backbone features and the same split; writes a Markdown table and a 
     python experiments/compare_mtd.py --data-root PATH [--backbone efficientnet_lite0]
         [--feature-cache results/cache] [--coreset-ratio R] [--out docs/results/mtd_comparison_<backbone>.md]
 
-Each row is a config file in ``experiments/configs`` (``ROWS``), with ``--backbone`` and ``--image-size``
+Each row is a packaged config (``subspace_jax/configs``, ``ROWS``), with ``--backbone`` and ``--image-size``
 applied to every row. The subspace rows are the paper's MTD setting (levels 2-4, pooled sampling); the
 PatchCore row keeps 1% of the patches instead of the paper's 10% (``--coreset-ratio`` overrides it;
 0.1 takes hours on a CPU). Fit seconds = backbone on the training images + building the bank; seconds
@@ -25,41 +25,45 @@ from pathlib import Path
 
 import jax
 
-from subspace_jax._io import atomic_write_text
-from subspace_jax.configs import loading as config_files
+from subspace_jax import backbones, configs
 from subspace_jax.data.mtd import MTD, MTDNotFoundError, find_root
-from subspace_jax.methods import registry as methods
-from subspace_jax.runner import core, workbench
+from subspace_jax.runner import evaluation
 from subspace_jax.runner.workbench import Workbench
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
 NOTES_HEADING = "\n## Reading\n"
-# (row label, config file in experiments/configs)
+# (row label, packaged config name)
 ROWS = (
-    ("subspace (image atoms)", "mtd_paper.py"),
-    ("subspace (pixel atoms)", "mtd_subspace_pixel.py"),
-    ("PatchCore", "mtd_patchcore.py"),
+    ("subspace (image atoms)", "mtd_paper"),
+    ("subspace (pixel atoms)", "mtd_subspace_pixel"),
+    ("PatchCore", "mtd_patchcore"),
     # SPADE's own setting (K = 50 images, levels 1-3) matches every level-1 vector against 50 x 64 x 64 bank
     # vectors at 256 px: more than 2.2 s per image on the 2-core CPU of our run, which it did not finish.
     # Two cheaper variants, each changing one of the two factors:
-    ("SPADE (K=10)", "mtd_spade_k10.py"),
-    ("SPADE (levels 2+3)", "mtd_spade_levels23.py"),
-    ("SPADE", "mtd_spade.py"),
+    ("SPADE (K=10)", "mtd_spade_k10"),
+    ("SPADE (levels 2+3)", "mtd_spade_levels23"),
+    ("SPADE", "mtd_spade"),
 )
 DEFAULT_ROWS = tuple(label for label, _ in ROWS if label != "SPADE")
 
 
-def row_config(config_file: str, backbone: str, image_size: int, coreset_ratio: float | None):
-    """The row's config file with the run's backbone and image size (and coreset ratio, for PatchCore)."""
-    config = config_files.load(CONFIGS / config_file, backbone=backbone, image_size=image_size)
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def row_config(name: str, backbone: str, image_size: int, coreset_ratio: float | None):
+    """The row's packaged config with the run's backbone and image size (and coreset ratio, for PatchCore)."""
+    config = configs.load(name, backbone=backbone, image_size=image_size)
     if coreset_ratio is not None and hasattr(config, "coreset_ratio"):
         config = dataclasses.replace(config, coreset_ratio=coreset_ratio)
     return config
 
 
 def run_row(label, config, bench, batch_size, progress) -> dict:
-    method_name = methods.for_config(config).name
-    row, _, _ = workbench.evaluate(bench, method_name, config, batch_size=batch_size, progress=progress)
+    row, _, _ = evaluation.evaluate(bench, config.method, config, batch_size=batch_size, progress=progress)
     row["label"] = label
     print(
         f"{label}: pixel AUROC {row['pixel_auroc']:.4f} PRO {row['pro']:.4f} "
@@ -159,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "--coreset-ratio",
         type=float,
         default=None,
-        help="PatchCore's coreset ratio (default: its config file's, 0.01)",
+        help="PatchCore's coreset ratio (default: mtd_patchcore's, 0.01)",
     )
     parser.add_argument(
         "--rows",
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rows: unknown {unknown}")
     if args.out is None:
         args.out = Path("docs/results") / f"mtd_comparison_{args.backbone}.md"
-    backbone = core.load_backbone(args.backbone)
+    backbone = backbones.load_cached(args.backbone)
     limits = {k: v for k, v in {"train": args.limit_train, "test": args.limit_test}.items() if v is not None}
     bench = Workbench(
         MTD(Path(args.data_root).resolve()),
@@ -205,12 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         run_row(
             label,
-            row_config(config_file, args.backbone, args.image_size, args.coreset_ratio),
+            row_config(name, args.backbone, args.image_size, args.coreset_ratio),
             bench,
             args.batch_size,
             not args.no_progress,
         )
-        for label, config_file in ROWS
+        for label, name in ROWS
         if label in args.rows
     ]
     command = shlex.join(["python", "experiments/compare_mtd.py", *(sys.argv[1:] if argv is None else argv)])
@@ -220,14 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         "devices": ", ".join(str(d) for d in jax.devices()),
     }
     json_path = args.json or args.out.with_suffix(".json")
-    atomic_write_text(
-        json_path, json.dumps({"command": command, "info": info, "rows": rows}, indent=1) + "\n"
-    )
+    write_text(json_path, json.dumps({"command": command, "info": info, "rows": rows}, indent=1) + "\n")
     text = markdown(rows, command, info)
     if args.out.is_file() and NOTES_HEADING in args.out.read_text():
         # Hand-written reading of the figures survives a rerun (check it still matches them).
         text += NOTES_HEADING + args.out.read_text().split(NOTES_HEADING, 1)[1]
-    atomic_write_text(args.out, text)
+    write_text(args.out, text)
     print(f"wrote {args.out} and {json_path}")
     return 0
 

@@ -15,10 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import subspace_jax as sj
+from subspace_jax import backbones
+from subspace_jax.data import synthetic
+from subspace_jax.eval import metrics
+from subspace_jax.runner import figures, results
+
 
 def main(argv: list[str] | None = None) -> int:
-    from subspace_jax.data import synthetic
-
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
@@ -29,11 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=16, help="test images per category (half defective)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-
-    import subspace_jax as sj
-    from subspace_jax import backbones
-    from subspace_jax.eval import metrics
-    from subspace_jax.runner import figures, results
 
     start = time.perf_counter()
     backbone = backbones.load("efficientnet_lite0")

@@ -17,9 +17,15 @@ import json
 import sys
 from pathlib import Path
 
-from subspace_jax._io import atomic_write_text
 from subspace_jax.runner import main as run_benchmark
-from subspace_jax.runner.datasets import MTD
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if (out / "results.json").exists():
                 run_argv.append("--resume")
-            status = run_benchmark(MTD, run_argv)
+            status = run_benchmark("mtd", run_argv)
             if status != 0:
                 return status
             entry = json.loads((out / "results.json").read_text())["categories"]["mtd"]
@@ -104,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Best by PRO (ties: pixel AUROC): k={best['k']}, lam={best['lam']} "
         f"(pixel AUROC {100 * best['pixel_auroc']:.1f}, PRO {100 * best['pro']:.1f}).",
     ]
-    atomic_write_text(args.out / "grid.md", "\n".join(lines) + "\n")
-    atomic_write_text(args.out / "grid.json", json.dumps({"grid": grid, "best": best}, indent=2) + "\n")
+    write_text(args.out / "grid.md", "\n".join(lines) + "\n")
+    write_text(args.out / "grid.json", json.dumps({"grid": grid, "best": best}, indent=2) + "\n")
     print("\n".join(lines))
     return 0
 

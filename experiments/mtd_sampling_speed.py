@@ -1,12 +1,12 @@
 """Scoring time of subspace, random and no sampling on MTD, side by side in one process, from cached features
 
     python experiments/mtd_sampling_speed.py --data-root /data/mtd --feature-cache DIR \\
-        [--config experiments/configs/mtd_paper.py] [--rounds 3] [--k 5 --lam 50]
+        [--config mtd_paper] [--rounds 3] [--k 5 --lam 50]
 
-Reads the backbone features from the runner's feature cache (``experiments/mtd.py --feature-cache DIR``
-fills the same entries), computing and storing them when it lacks them. The three settings are fitted
-once and scored in interleaved rounds (so a busy machine slows all of them alike); prints the median
-seconds per stage over the rounds and the ratios to "none".
+Reads the backbone features through the runner's ``Workbench`` and feature cache (``experiments/mtd.py
+--feature-cache DIR`` fills the same entries), computing and storing them when it lacks them. The three
+settings are fitted once and scored in interleaved rounds (so a busy machine slows all of them alike);
+prints the median seconds per stage over the rounds and the ratios to "none".
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from subspace_jax.configs import loading as config_files
-from subspace_jax.engine import scorer as scoring
-from subspace_jax.runner import core
-from subspace_jax.runner import features as feature_io
-from subspace_jax.runner.datasets import MTD
+from subspace_jax import backbones, configs, fit_features
+from subspace_jax.data.mtd import MTD
+from subspace_jax.engine.scorer import score_in_batches
+from subspace_jax.methods.subspace import SubspaceConfig
+from subspace_jax.runner.workbench import Workbench
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-cache", type=Path, required=True)
     parser.add_argument(
         "--config",
-        type=Path,
-        default=config_files.CONFIG_DIR / "mtd_paper.py",
-        help="subspace config file (default: experiments/configs/mtd_paper.py); its sampling is varied",
+        default="mtd_paper",
+        help="a subspace config: packaged name or .py/.json file (default: %(default)s); its sampling varies",
     )
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--rounds", type=int, default=3)
@@ -41,41 +40,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
 
-    method = core.resolve_method("subspace")
     try:
-        base = config_files.load(
+        base = configs.load(
             args.config,
             backbone=args.backbone,
             **{name: value for name, value in (("k", args.k), ("lam", args.lam)) if value is not None},
         )
     except ValueError as exc:
         parser.error(f"--config: {exc}")
-    if not isinstance(base, method.config_cls):
+    if not isinstance(base, SubspaceConfig):
         parser.error(f"--config: {args.config} holds no subspace config")
-    backbone = core.load_backbone(args.backbone)
-    dataset = MTD.open(args.data_root, "mtd")
-    cache = feature_io.FeatureCache(args.feature_cache)
-    split_features = {}
-    for split in ("train", "test"):
-
-        def compute(split: str = split) -> tuple[dict, float]:
-            images = dataset.load(split, image_size=base.image_size, crop=base.crop).images
-            return feature_io.extract_features(
-                backbone, images, args.batch_size, desc=f"mtd {split} backbone"
-            )
-
-        key = feature_io.FeatureKey.of(
-            backbone, dataset="mtd", category="mtd", split=split, image_size=base.image_size, crop=base.crop
-        )
-        paths = [s.image_path for s in dataset.samples(split)]
-        split_features[split] = feature_io.cached_features(cache, key, paths, compute).features
+    bench = Workbench(
+        MTD(args.data_root),
+        "mtd",
+        backbones.load_cached(args.backbone),
+        cache_dir=args.feature_cache,
+        image_size=base.image_size,
+        crop=base.crop,
+        batch_size=args.batch_size,
+    )
+    split_features = {split: bench.features(split) for split in ("train", "test")}
 
     settings = {name: dataclasses.replace(base, sampling=name) for name in ("subspace", "random", "none")}
-    models = {name: method.fit_features(split_features["train"], config) for name, config in settings.items()}
+    models = {name: fit_features(split_features["train"], config) for name, config in settings.items()}
     n_test = next(iter(split_features["test"].values())).shape[0]
     for model in models.values():  # compile every scorer before timing
-        scoring.score_in_batches(
-            method.scorer,
+        score_in_batches(
             model,
             {k: v[: args.batch_size] for k, v in split_features["test"].items()},
             batch_size=args.batch_size,
@@ -86,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.rounds):
         for name, model in models.items():
             timings: dict[str, float] = {}
-            scoring.score_in_batches(
-                method.scorer,
+            score_in_batches(
                 model,
                 split_features["test"],
                 batch_size=args.batch_size,
