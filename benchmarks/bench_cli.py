@@ -3,10 +3,11 @@ against the live model, in one process on the same images.
 
     python benchmarks/bench_cli.py MODEL_DIR IMAGES... [--n 200] [--batch-size 8] [--out DIR]
 
-- predict: ``cli.predict_files`` on N image files (decoding, scoring, resizing maps to each image's
-  size, writing masks, overlays and the CSV, thumbnails, the report), after one warm-up batch;
+- predict: ``subspace_jax.serving.predict.predict_files`` (what ``subspace-jax predict`` runs) on N image
+  files (decoding, scoring, resizing maps to each image's size, writing masks, overlays and the CSV,
+  thumbnails, the report), after one warm-up batch;
 - score: ``model.score`` on the same N images already decoded and resized in memory (uint8 array);
-- export: the artifact of ``subspace_jax.export`` (symbolic batch), its size, and ``exported.call`` on
+- export: the artifact of ``subspace_jax.serving.export`` (symbolic batch), its size, and ``exported.call`` on
   the same array in batches of ``--batch-size`` (after a warm-up call, which compiles it), beside the
   live model's time and the largest map difference.
 """
@@ -20,7 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import subspace_jax as sj  # noqa: E402
+from subspace_jax.data import load_images  # noqa: E402
+from subspace_jax.data.files import collect_images  # noqa: E402
+from subspace_jax.engine.batches import pad_batch  # noqa: E402
+from subspace_jax.serving import export, predict  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,16 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="predict output folder (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    import jax
-    import numpy as np
-
-    from subspace_jax import cli
-    from subspace_jax.data import load_images
-    from subspace_jax.engine.batches import pad_batch
-    from subspace_jax.serving import export
-
-    model = cli._load_model(args.model_dir, None)
-    paths = cli.collect_images(args.images, "IMAGES")[: args.n]
+    model = sj.load(args.model_dir)
+    paths = collect_images(args.images, "IMAGES")[: args.n]
     bs = args.batch_size
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_cli_"))
     result: dict = {"n_images": len(paths), "batch_size": bs, "image_size": model.config.output_size}
@@ -57,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         result[f"{name}_cpu_ms_per_image"] = 1000 * (time.process_time() - cpu) / n
         return value
 
-    cli.predict_files(model, paths[:bs], out / "warmup", batch_size=bs, progress=False)
-    timed("predict", lambda: cli.predict_files(model, paths, out / "predict", batch_size=bs, progress=False))
+    predict.predict_files(model, paths[:bs], out / "warmup", batch_size=bs, progress=False)
+    timed(
+        "predict", lambda: predict.predict_files(model, paths, out / "predict", batch_size=bs, progress=False)
+    )
 
     images = load_images(paths, model.config.image_size, model.config.crop, progress=False)
     model.score(images[:bs], batch_size=bs, progress=False)

@@ -5,7 +5,7 @@ Both scorers run on the same fitted model and features, in interleaved rounds in
 figures are medians over the rounds in ms per test image, per stage. Cases:
 
 - ``mtd``: efficientnet_lite0 features of MTD cached by ``experiments/mtd.py --feature-cache DIR``
-  (``DIR/mtd/mtd/{train,test}/efficientnet_lite0-*-size256-cropnone/<key>.npy``), N = 761, levels
+  (``DIR/mtd/mtd/{train,test}/efficientnet_lite0-*-size256-cropnone-*/<key>.npy``), N = 761, levels
   2-4, pooled sampling, the first ``--n-test`` test images.
 - ``wrn50``: random features of WRN50's shapes at 256 px (levels 2 and 3: 32·32·512 and 16·16·1024;
   pooled sampling, 2048), N = 200, λ = 30, k = 5.
@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import subspace_jax as sj  # noqa: E402
-from subspace_jax.methods.subspace import model as model_lib  # noqa: E402
+from subspace_jax.methods.subspace import pursuit  # noqa: E402
 from subspace_jax.ops import maps as maps_lib  # noqa: E402
 from subspace_jax.ops import omp as omp_lib  # noqa: E402
 
@@ -49,7 +49,7 @@ def masked_reconstruct_levels(model, features, candidates):
     out = {}
     with jax.default_matmul_precision("highest"):
         for level in cfg.levels:
-            key = model_lib.level_key(level)
+            key = f"level{level}"
             bank = model.banks[key]
             atoms = bank.reshape(n, -1).astype(jnp.float32)
             y = features[key].reshape(batch, -1).astype(jnp.float32)
@@ -69,7 +69,7 @@ def masked_reconstruct_levels(model, features, candidates):
 
 def mtd_case(cache: Path, n_test: int) -> tuple[dict, dict, sj.Config]:
     def load(split: str, count: int | None) -> dict[str, np.ndarray]:
-        (folder,) = sorted((cache / "mtd" / "mtd" / split).glob("efficientnet_lite0-*-size256-cropnone"))
+        (folder,) = sorted((cache / "mtd" / "mtd" / split).glob("efficientnet_lite0-*-size256-cropnone-*"))
         return {
             key: np.ascontiguousarray(np.load(folder / f"{key}.npy", mmap_mode="r")[:count])
             for key in ("level2", "level3", "level4", "pooled")
@@ -95,8 +95,8 @@ def run_case(name: str, train: dict, test: dict, base: sj.Config, batch_size: in
         for start in range(0, n_test - batch_size + 1, batch_size)
     ]
     n_images = len(batches) * batch_size
-    sample = jax.jit(model_lib.sample_candidates)
-    gathered = jax.jit(model_lib.reconstruct_levels)
+    sample = jax.jit(pursuit.sample_candidates)
+    gathered = jax.jit(pursuit.reconstruct_levels)
     size = (base.output_size, base.output_size)
 
     def fuse(level_maps, size, config):

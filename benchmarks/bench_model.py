@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import subspace_jax as sj  # noqa: E402
 from subspace_jax import backbones  # noqa: E402
-from subspace_jax._io import atomic_write_text  # noqa: E402
 from subspace_jax.data import synthetic  # noqa: E402
+from subspace_jax.methods.base import level_key  # noqa: E402
 
 STAGES = ("backbone", "sampling", "reconstruction", "maps")
 
@@ -88,7 +88,7 @@ def main() -> None:
         )
         model = sj.fit(train.images, base, backbone, batch_size=args.batch_size, progress=False)
         features = {key: np.asarray(value) for key, value in model.banks.items()}
-        features[sj.model.level_key(base.sampling_level)] = np.asarray(model.sampling_bank)
+        features[level_key(base.sampling_level)] = np.asarray(model.sampling_bank)
         for dtype in ("float32", "bfloat16"):
             sized = sj.fit_features(features, dataclasses.replace(base, bank_dtype=dtype))
             report["memory"][f"{name}/{dtype}"] = bank_bytes_per_image(sized)
@@ -97,14 +97,13 @@ def main() -> None:
         )
         for mode in args.modes:
             # Same banks, another scorer: only the static config changes.
-            scored = dataclasses.replace(model, config=dataclasses.replace(base, reconstruction=mode)).bind(
-                backbone
-            )
-            scored.score(test.images, batch_size=args.batch_size, timings={}, progress=False)  # compile
+            scored = dataclasses.replace(model, config=dataclasses.replace(base, reconstruction=mode))
+            options = {"batch_size": args.batch_size, "backbone": backbone, "progress": False}
+            scored.score(test.images, timings={}, **options)  # compile
             timings = {stage: 0.0 for stage in STAGES}
             start = time.perf_counter()
             for _ in range(args.repeats):
-                scored.score(test.images, batch_size=args.batch_size, timings=timings, progress=False)
+                scored.score(test.images, timings=timings, **options)
             wall = time.perf_counter() - start
             per_image = args.repeats * args.n_test
             row = {stage: timings[stage] / per_image for stage in STAGES}
@@ -151,7 +150,7 @@ def main() -> None:
             f"| {value['method_over_backbone']:.2f} |"
         )
     if args.out:
-        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

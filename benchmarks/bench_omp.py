@@ -5,14 +5,15 @@ map at 224 px: 28 x 28 x 512). Timed per (M, k), all in float32, interleaved rep
 that every ratio is measured side by side under the same machine load:
 
 * ``jax omp_gram``: one jitted call computing ``alpha = targets @ atoms.T`` and ``||targets||^2``
-  and running :func:`subspace_jax.omp.omp_gram` (the Gram matrix is precomputed, as at fit time);
+  and running :func:`subspace_jax.ops.omp.omp_gram` (the Gram matrix is precomputed, as at fit time);
 * ``sklearn gram``: numpy ``alpha = targets @ atoms.T`` plus ``sklearn.linear_model.orthogonal_mp_gram``
   given the same Gram matrix;
 * ``floor``: the jitted matmul ``targets @ atoms.T`` alone, which any Batch-OMP must pay;
 * the OMP stage alone (alpha given) for both, to show where the time goes.
 
 Per-pixel atoms: B = 784 * 16 targets (16 maps of 28 x 28 pixels), M = 180, d = 512, with the plain
-:func:`subspace_jax.omp.omp` (``atoms @ residual`` every step) against ``sklearn.linear_model.orthogonal_mp``
+:func:`subspace_jax.ops.omp.omp` (``atoms @ residual`` every step) against
+``sklearn.linear_model.orthogonal_mp``
 and the matmul floor.
 
 Run: ``python benchmarks/bench_omp.py`` (a few minutes on 2 cores; about 2 GB of memory at M = 400).

@@ -1,18 +1,24 @@
 """CPU throughput of the scorer before and after a change, side by side in one process.
 
-"before" is ``subspace_jax/model.py`` of another checkout (``--before``, e.g. a worktree of the
-commit before the change) loaded as a separate module next to this checkout's package: its scorer
-runs on the same backbone, OMP kernels (``omp.py`` is unchanged) and inputs. Every round times each
-implementation once per batch size, in alternation, so load on a shared machine hits both alike.
+"before" is the pursuit kernels (``subspace_jax/methods/subspace/pursuit.py``: sampling and
+reconstruction) of another checkout (``--before``, e.g. a worktree of the commit before the change),
+loaded as a separate module next to this checkout's package (it imports this checkout's lower layers,
+so the checkout must have the same layout: one from before the layers, ae75485, has no such file).
+Both kernels run on the same fitted model, backbone and inputs, each composed into the scorer as
+``subspace_jax.methods.subspace.scorer.score_features`` composes them (sampling -> reconstruction ->
+maps). Every round times each implementation once per batch size, in alternation, so load on a shared
+machine hits both alike.
 
-- ``scorer``: ``jit(score_features)`` on synthetic features of the default MTD setting's shapes
+- ``scorer``: the jitted scorer on synthetic features of the default MTD setting's shapes
   (efficientnet_lite0 at 256 px: levels 2-4, pooled sampling, N = 761 training images, λ = 50,
   k = 5); the cost depends on the shapes only.
-- ``end to end``: ``jit(score_images)``, the backbone (efficientnet_lite0's real weights) included,
-  on random uint8 images.
+- ``end to end``: the jitted backbone (efficientnet_lite0's real weights) and scorer on random uint8
+  images.
 
-    git -C /work/main worktree add --detach /work/w-before-shard 09c7182
-    python benchmarks/cpu_throughput.py --before /work/w-before-shard --batch-sizes 8 32 --rounds 5
+    git worktree add --detach ../before HEAD~1
+    python benchmarks/cpu_throughput.py --before ../before --batch-sizes 8 32 --rounds 5
+
+(``cpu_throughput.md`` was measured before the layers, when "before" was a checkout's ``model.py``.)
 
 Images/s are medians over rounds of wall-clock time (each round: one timed call after the warm-up
 compilation); CPU ms/image are medians of the process's CPU time (all threads), which a shared
@@ -35,16 +41,33 @@ import numpy as np
 
 import subspace_jax as sj
 from subspace_jax import backbones
-from subspace_jax.methods.subspace import model as after
+from subspace_jax.methods.subspace import pursuit as after
+from subspace_jax.ops import maps as maps_lib
+
+PURSUIT = Path("subspace_jax") / "methods" / "subspace" / "pursuit.py"
 
 
 def load_before(root: Path):
-    """``model.py`` of the checkout at ``root`` as the module ``before_model``."""
-    spec = importlib.util.spec_from_file_location("before_model", root / "subspace_jax" / "model.py")
+    """The pursuit kernels of the checkout at ``root`` as the module ``before_pursuit``."""
+    spec = importlib.util.spec_from_file_location("before_pursuit", root / PURSUIT)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["before_model"] = module  # dataclasses look their module up by name
+    sys.modules["before_pursuit"] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
+
+
+def scorer_of(kernels):
+    """The pure scorer with ``kernels``' sampling and reconstruction: (model, features) -> (maps, scores)."""
+
+    def score_features(model, features):
+        cfg = model.config
+        candidates = kernels.sample_candidates(model, features)
+        level_maps = kernels.reconstruct_levels(model, features, candidates)
+        size = (cfg.output_size, cfg.output_size)
+        fusion = {"fusion": cfg.fusion, "sigma": cfg.sigma, "score_fraction": cfg.score_fraction}
+        return maps_lib.maps_and_scores(level_maps, size, **fusion)
+
+    return score_features
 
 
 def main() -> None:
@@ -66,12 +89,14 @@ def main() -> None:
     def synthetic(n: int) -> dict[str, np.ndarray]:
         return {k: np.abs(rng.standard_normal((n,) + probe[k].shape[1:])).astype(np.float32) for k in keys}
 
-    train = synthetic(args.n_train)
+    model = sj.fit_features(synthetic(args.n_train), sj.Config(**settings))
     impls = {}
-    for name, module in (("before", before), ("after", after)):
-        model = module.fit_features(train, module.Config(**settings))
-        scorer = jax.jit(lambda m, f, module=module: module.score_features(m, f))
-        e2e = jax.jit(lambda m, p, x, module=module: module.score_images(m, apply_fn, p, x))
+    for name, kernels in (("before", before), ("after", after)):
+        score = scorer_of(kernels)
+        scorer = jax.jit(score)
+        e2e = jax.jit(
+            lambda m, p, x, score=score: score(m, {k: v for k, v in apply_fn(p, x).items() if k in keys})
+        )
         impls[name] = (model, scorer, e2e)
     inputs = {}
     for batch in args.batch_sizes:

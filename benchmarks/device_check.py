@@ -6,7 +6,7 @@
 Reports ``jax.devices()``; images/s end to end and per stage (backbone, sampling, reconstruction,
 maps) for each backbone (efficientnet_lite0's shipped weights, random ones for the others: the
 speed does not depend on them) at each batch size; image vs pixel mode; the gathered vs masked
-reconstruction at several λ/N (the crossover ``subspace_jax.execution`` chooses by); and the
+reconstruction at several λ/N (the crossover ``subspace_jax.ops.execution`` chooses by); and the
 largest bank (training images) whose scorer compiles and runs, on one device and with the bank
 sharded over all devices.
 """
@@ -25,7 +25,6 @@ import numpy as np
 
 import subspace_jax as sj
 from subspace_jax import backbones, sharding
-from subspace_jax.methods.subspace import model as model_lib
 from subspace_jax.ops import execution
 
 
@@ -79,17 +78,21 @@ def main() -> None:
             )
             shapes = {k: probe[k].shape[1:] for k in config.feature_keys}
             model = sj.fit_features(
-                _synthetic(shapes, args.n_train, 1), config, weights_sha256=backbone.weights_sha256
-            ).bind(backbone)
+                _synthetic(shapes, args.n_train, 1),
+                config,
+                backbone_name=backbone.name,
+                weights_sha256=backbone.weights_sha256,
+            )
+            staged = {"backbone": backbone, "progress": False}
             for batch in args.batch_sizes:
                 images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-                fused = jax.jit(model_lib.score_images, static_argnums=(1,))
+                fused = jax.jit(sj.score_images, static_argnums=(1,))
                 total = _best(fused, model, apply_fn, params, images, repeats=args.repeats)
                 timings: dict[str, float] = {}
-                model.score(images, batch, timings=timings, progress=False)  # compile the stages
+                model.score(images, batch, timings=timings, **staged)  # compile the stages
                 timings.clear()
                 for _ in range(args.repeats):
-                    model.score(images, batch, timings=timings, progress=False)
+                    model.score(images, batch, timings=timings, **staged)
                 row = {"backbone": name, "mode": mode, "batch": batch, "images_per_s": batch / total}
                 row |= {f"{k}_ms_per_image": 1e3 * v / (args.repeats * batch) for k, v in timings.items()}
                 report["throughput"].append(row)
@@ -112,7 +115,7 @@ def main() -> None:
             row = {"backbone": name, "n_train": args.n_train, "lam": lam, "batch": batch}
             for label, below in (("gathered", 1.0), ("masked", 0.0)):
                 ex = dataclasses.replace(execution.default_execution(), gather_below=below)
-                fn = jax.jit(lambda m, f, ex=ex: model_lib.score_features(m, f, execution=ex))
+                fn = jax.jit(lambda m, f, ex=ex: sj.score_features(m, f, execution=ex))
                 row[f"{label}_ms_per_image"] = 1e3 * _best(fn, model, test, repeats=args.repeats) / batch
             report["crossover"].append(row)
             print(json.dumps(row))

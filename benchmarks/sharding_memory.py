@@ -3,7 +3,7 @@
     python benchmarks/sharding_memory.py
 
 Compiles ``subspace_jax.sharding.score_features`` on a (data=1, bank=4) mesh and the one-device
-``model.score_features`` for banks of N = 16 and 64 images (levels 2 and 3 of 8·8·16 and 4·4·32
+``subspace_jax.score_features`` for banks of N = 16 and 64 images (levels 2 and 3 of 8·8·16 and 4·4·32
 floats, pooled sampling on 64 floats, λ = 3, k = 2, 4 test images) and prints
 ``compiled.memory_analysis()`` per device next to the bank's size, plus the all-gathers of the HLO.
 """
@@ -20,7 +20,6 @@ import numpy as np  # noqa: E402
 
 import subspace_jax as sj  # noqa: E402
 from subspace_jax import sharding  # noqa: E402
-from subspace_jax.methods.subspace import model as model_lib  # noqa: E402
 from subspace_jax.ops.execution import Execution  # noqa: E402
 
 
@@ -51,7 +50,7 @@ def main() -> None:
                 sigma=1.0,
             )
             model, test = sj.fit_features(feats(n), config), feats(4)
-            one = jax.jit(model_lib.score_features).lower(model, test).compile().memory_analysis()
+            one = jax.jit(sj.score_features).lower(model, test).compile().memory_analysis()
             fn = jax.jit(lambda m, f: sharding.score_features(m, f, mesh, execution=Execution(1)))
             compiled = fn.lower(sharding.shard_model(model, mesh), test).compile()
             mem = compiled.memory_analysis()

@@ -3,11 +3,12 @@
 1. **Memory over 20,000 images.** One fitted model (efficientnet_lite0, 64 px, 16 training images)
    scores ``--images`` synthetic images in one process, in chunks of ``--chunk`` images fed as an
    iterator of ``--batch-size`` batches: first through ``Model.score``, then through the runner's
-   scorer (``scoring.score_in_batches`` with stage timings, as ``runner.core.run_category`` calls
-   it). Only the scores are kept. The resident set size (VmRSS) and its peak (VmHWM) are read from
-   ``/proc/self/status`` after the first chunk (compilation done) and after the last: they must not
-   grow with the number of batches (``--max-growth-mib``). ``--gc-collect`` runs Python's cycle
-   collector after each chunk, to tell garbage awaiting collection from memory that is held.
+   scorer (``subspace_jax.engine.scorer.score_in_batches`` with stage timings, as
+   ``subspace_jax.runner.evaluation.fit_and_score`` calls it). Only the scores are kept. The resident
+   set size (VmRSS) and its peak (VmHWM) are read from ``/proc/self/status`` after the first chunk
+   (compilation done) and after the last: they must not grow with the number of batches
+   (``--max-growth-mib``). ``--gc-collect`` runs Python's cycle collector after each chunk, to tell
+   garbage awaiting collection from memory that is held.
 2. **Kill and resume.** A synthetic MVTec-layout tree of ``--categories`` categories is run once
    uninterrupted (the reference), then again in a child process killed with SIGKILL at ``--kills``
    random points (uniform over start-up and the next category, or over the category after that, as
@@ -39,12 +40,18 @@ from pathlib import Path
 
 import numpy as np
 
+import subspace_jax as sj
+from subspace_jax import backbones
+from subspace_jax.data import synthetic
+from subspace_jax.engine.scorer import score_in_batches
+
 METRICS = ("pixel_auroc", "pro", "image_auroc", "pixel_ap", "f1_max")
 CHILD = (
     "import dataclasses, sys\n"
-    "from subspace_jax.runner import core, datasets\n"
-    "spec = dataclasses.replace(datasets.MVTEC, categories=tuple(sys.argv[1].split(',')))\n"
-    "sys.exit(core.main(spec, sys.argv[2:]))\n"
+    "from subspace_jax.data import registry\n"
+    "from subspace_jax.runner import main\n"
+    "spec = dataclasses.replace(registry.get('mvtec'), categories=tuple(sys.argv[1].split(',')))\n"
+    "sys.exit(main(spec, sys.argv[2:]))\n"
 )
 
 
@@ -68,12 +75,6 @@ def image_batches(base: np.ndarray, n: int, batch_size: int, seed: int) -> Itera
 
 
 def sustained(args: argparse.Namespace) -> dict:
-    import subspace_jax as sj
-    from subspace_jax import backbones
-    from subspace_jax.data import synthetic
-    from subspace_jax.engine import scorer as scoring
-    from subspace_jax.methods import registry as methods
-
     backbone = backbones.load("efficientnet_lite0")
     train, test = synthetic.generate("weave", n_train=16, n_test=16, image_size=args.image_size, seed=0)
     config = sj.Config(
@@ -86,7 +87,6 @@ def sustained(args: argparse.Namespace) -> dict:
         sigma=1.0,
     )
     model = sj.fit(train.images, config, backbone, progress=False)
-    scorer = methods.get("subspace").scorer
     n_chunks = -(-args.images // args.chunk)
     out = {
         "config": config.to_dict(),
@@ -104,8 +104,8 @@ def sustained(args: argparse.Namespace) -> dict:
             if mode == "model.score":
                 maps, scores = model.score(batches, batch_size=args.batch_size, progress=False)
             else:
-                maps, scores = scoring.score_in_batches(
-                    scorer, model, batches, batch_size=args.batch_size, timings=timings, progress=False
+                maps, scores = score_in_batches(
+                    model, batches, batch_size=args.batch_size, timings=timings, progress=False
                 )
             if not np.isfinite(scores).all() or maps.shape != (n, args.image_size, args.image_size):
                 raise RuntimeError(
@@ -162,8 +162,6 @@ def _child(categories: list[str], argv: list[str]) -> list[str]:
 
 
 def kill_resume(args: argparse.Namespace, workdir: Path) -> dict:
-    from subspace_jax.data import synthetic
-
     if not 1 <= args.categories <= len(synthetic.CATEGORIES):
         raise ValueError(f"--categories: expected 1..{len(synthetic.CATEGORIES)}, got {args.categories}")
     names = list(synthetic.CATEGORIES[: args.categories])
