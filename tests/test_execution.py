@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import subspace_jax as sj
-from subspace_jax.methods.subspace import model as model_lib
 from subspace_jax.ops import execution as execution_lib
 from subspace_jax.ops.execution import Execution
 
@@ -42,7 +41,7 @@ def test_maps_identical_for_every_width(reconstruction, sampling):
         sigma=1.0,
     )
     model = sj.fit_features(train, config)
-    score = jax.jit(model_lib.score_features, static_argnames=("out_size", "execution"))
+    score = jax.jit(sj.score_features, static_argnames=("execution",))
     reference, _ = score(model, test, execution=Execution(1))
     # 1 byte: width 1; then a width in between (image mode: 2 of 5 images; pixel mode: one image's
     # candidate maps and part of its pixels), then "all" (every image / every pixel of the batch).

@@ -14,7 +14,7 @@ import pytest
 from sklearn.linear_model import orthogonal_mp
 
 import subspace_jax as sj
-from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax.methods.subspace import pursuit
 
 N_TRAIN = 12
 SHAPES = {"level2": (8, 8, 6), "level3": (4, 4, 12), "pooled": (256,)}
@@ -46,10 +46,10 @@ def config(**overrides) -> sj.Config:
 
 
 def level_maps(model: sj.Model, features) -> dict[str, np.ndarray]:
-    candidates = model_lib.sample_candidates(model, features)
+    candidates = pursuit.sample_candidates(model, features)
     return {
         key: np.asarray(value)
-        for key, value in model_lib.reconstruct_levels(model, features, candidates).items()
+        for key, value in pursuit.reconstruct_levels(model, features, candidates).items()
     }
 
 
@@ -57,14 +57,14 @@ def test_exact_combination_scores_zero_and_an_out_of_span_patch_is_found():
     bank = make_bank()
     model = sj.fit_features(bank, config(levels=(2, 3), sampling="none", k=3))
     clean = combine(bank, [1, 5, 9], [0.7, -1.2, 0.4])
-    maps, scores = model.score_features(clean)
+    maps, scores = model.score(clean, progress=False)
     feature_scale = np.abs(clean["level2"]).max()
     assert maps.shape == (1, 32, 32) and maps.dtype == jnp.float32
     assert float(scores[0]) < 1e-4 * feature_scale
 
     defect = {key: value.copy() for key, value in clean.items()}
     defect["level2"][0, 2, 5] += 3.0 * np.random.default_rng(7).normal(size=6).astype(np.float32)
-    maps, scores = model.score_features(defect)
+    maps, scores = model.score(defect, progress=False)
     row, col = np.unravel_index(int(np.argmax(maps[0])), maps.shape[1:])
     assert (row // 4, col // 4) == (2, 5)  # the level-2 pixel (2, 5) covers output block [8:12, 20:24]
     assert float(scores[0]) > 100 * 1e-4 * feature_scale
@@ -100,10 +100,10 @@ def test_subspace_sampling_recovers_the_generating_images():
     model = sj.fit_features(bank, config(levels=(2, 3), sampling="subspace", lam=5, k=3))
     generators = [2, 7, 10]
     test = combine(bank, generators, [1.0, 0.6, -0.8])
-    candidates = model_lib.sample_candidates(model, test)
+    candidates = pursuit.sample_candidates(model, test)
     chosen = set(np.asarray(candidates.indices)[0][np.asarray(candidates.valid)[0]].tolist())
     assert chosen == set(generators)  # the pursuit stops once the pooled vector is rebuilt exactly
-    assert float(model.score_features(test)[1][0]) < 1e-4 * np.abs(test["level2"]).max()
+    assert float(model.score(test, progress=False)[1][0]) < 1e-4 * np.abs(test["level2"]).max()
 
 
 def test_subspace_sampling_restricts_the_reconstruction():
@@ -115,8 +115,8 @@ def test_subspace_sampling_restricts_the_reconstruction():
     sampled = sj.fit_features(bank, config(sampling="subspace", lam=3, k=3))
     unsampled = sj.fit_features(bank, config(sampling="none", k=3))
     scale = np.abs(test["level2"]).max()
-    assert float(sampled.score_features(test)[1][0]) > 0.1 * scale
-    assert float(unsampled.score_features(test)[1][0]) < 1e-4 * scale
+    assert float(sampled.score(test, progress=False)[1][0]) > 0.1 * scale
+    assert float(unsampled.score(test, progress=False)[1][0]) < 1e-4 * scale
 
 
 def test_random_sampling_draws_lam_images_from_the_seed_for_every_test_image():
@@ -125,20 +125,20 @@ def test_random_sampling_draws_lam_images_from_the_seed_for_every_test_image():
     drawn = {}
     for seed in (0, 1):
         model = sj.fit_features(bank, config(sampling="random", lam=4, k=2, seed=seed))
-        candidates = model_lib.sample_candidates(model, test)
+        candidates = pursuit.sample_candidates(model, test)
         indices = np.asarray(candidates.indices)
         assert indices.shape == (3, 4) and np.asarray(candidates.valid).all()
         assert (indices == indices[0]).all() and len(set(indices[0].tolist())) == 4
         assert indices.min() >= 0 and indices.max() < N_TRAIN
-        again = model_lib.sample_candidates(sj.fit_features(bank, model.config), test)
+        again = pursuit.sample_candidates(sj.fit_features(bank, model.config), test)
         np.testing.assert_array_equal(np.asarray(again.indices), indices)
         drawn[seed] = set(indices[0].tolist())
         # A map built from two drawn images is rebuilt exactly; one built from undrawn images is not.
         inside = combine(bank, sorted(drawn[seed])[:2], [1.0, -1.0])
         outside = combine(bank, sorted(set(range(N_TRAIN)) - drawn[seed])[:2], [1.0, -1.0])
         scale = np.abs(inside["level2"]).max()
-        assert float(model.score_features(inside)[1][0]) < 1e-4 * scale
-        assert float(model.score_features(outside)[1][0]) > 0.1 * scale
+        assert float(model.score(inside, progress=False)[1][0]) < 1e-4 * scale
+        assert float(model.score(outside, progress=False)[1][0]) > 0.1 * scale
     assert len({frozenset(v) for v in drawn.values()}) > 1
 
 
@@ -147,15 +147,15 @@ def test_none_sampling_uses_every_training_image():
     model = sj.fit_features(bank, config(sampling="none", lam=2, k=3))
     assert model.sampling_bank is None
     test = combine(bank, [0, 6, 11], [0.5, 0.5, -1.0])
-    candidates = model_lib.sample_candidates(model, test)
+    candidates = pursuit.sample_candidates(model, test)
     np.testing.assert_array_equal(np.asarray(candidates.indices)[0], np.arange(N_TRAIN))
-    assert float(model.score_features(test)[1][0]) < 1e-4 * np.abs(test["level2"]).max()
+    assert float(model.score(test, progress=False)[1][0]) < 1e-4 * np.abs(test["level2"]).max()
 
 
 def test_lam_at_least_n_keeps_every_image():
     bank = make_bank(5)
     model = sj.fit_features(bank, config(sampling="subspace", lam=N_TRAIN, k=3))
-    candidates = model_lib.sample_candidates(model, combine(bank, [0], [1.0]))
+    candidates = pursuit.sample_candidates(model, combine(bank, [0], [1.0]))
     assert np.asarray(candidates.valid).all() and candidates.indices.shape == (1, N_TRAIN)
 
 
@@ -193,7 +193,7 @@ def test_pixel_mode_equals_per_pixel_sklearn_orthogonal_mp(radius):
     model = sj.fit_features(
         bank, config(reconstruction="pixel", radius=radius, pixel_k=3, sampling="subspace", lam=3)
     )
-    candidates = model_lib.sample_candidates(model, test)
+    candidates = pursuit.sample_candidates(model, test)
     ours = level_maps(model, test)["level2"]
     for b in range(2):
         chosen = np.asarray(candidates.indices)[b][np.asarray(candidates.valid)[b]]
@@ -218,9 +218,9 @@ def test_pixel_mode_with_radius_one_tolerates_a_one_pixel_shift():
         ),
     )
     pixel_r0 = sj.fit_features(bank, dataclasses.replace(pixel_r1.config, radius=0))
-    assert float(image_mode.score_features(test)[1][0]) > 0.3 * scale
-    assert float(pixel_r0.score_features(test)[1][0]) > 0.3 * scale
-    assert float(pixel_r1.score_features(test)[1][0]) < 1e-5 * scale
+    assert float(image_mode.score(test, progress=False)[1][0]) > 0.3 * scale
+    assert float(pixel_r0.score(test, progress=False)[1][0]) > 0.3 * scale
+    assert float(pixel_r1.score(test, progress=False)[1][0]) < 1e-5 * scale
 
 
 @pytest.mark.parametrize("reconstruction", ["image", "pixel"])
@@ -232,10 +232,10 @@ def test_batch_scoring_equals_per_image_scoring(reconstruction):
     model = sj.fit_features(
         bank, config(levels=levels, sampling="subspace", reconstruction=reconstruction, sigma=1.0)
     )
-    maps, scores = model.score_features(test)
+    maps, scores = model.score(test, progress=False)
     for b in range(3):
-        single_maps, single_scores = model.score_features(
-            {key: value[b : b + 1] for key, value in test.items()}
+        single_maps, single_scores = model.score(
+            {key: value[b : b + 1] for key, value in test.items()}, progress=False
         )
         np.testing.assert_allclose(np.asarray(maps[b]), np.asarray(single_maps[0]), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(float(scores[b]), float(single_scores[0]), rtol=1e-5)
@@ -249,11 +249,11 @@ def test_user_jit_equals_the_method():
 
     @jax.jit
     def user_step(model, features):
-        maps, scores = model_lib.score_features(model, features)
+        maps, scores = sj.score_features(model, features)
         return maps.mean(axis=0), scores
 
     mean_map, jit_scores = user_step(model, test)
-    maps, scores = model.score_features(test)
+    maps, scores = model.score(test, progress=False)
     np.testing.assert_allclose(np.asarray(jit_scores), np.asarray(scores), rtol=1e-6)
     np.testing.assert_allclose(np.asarray(mean_map), np.asarray(maps).mean(axis=0), rtol=1e-5, atol=1e-6)
 
@@ -284,8 +284,8 @@ def test_bfloat16_bank_stays_within_tolerance_of_float32(reconstruction):
     bfloat16 = sj.fit_features(bank, dataclasses.replace(float32.config, bank_dtype="bfloat16"))
     assert bfloat16.banks["level2"].dtype == jnp.bfloat16 and bfloat16.grams["level2"].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(bfloat16.grams["level2"]), np.asarray(float32.grams["level2"]))
-    maps32, _ = float32.score_features(test)
-    maps16, _ = bfloat16.score_features(test)
+    maps32, _ = float32.score(test, progress=False)
+    maps16, _ = bfloat16.score(test, progress=False)
     assert maps16.dtype == jnp.float32
     error = float(jnp.max(jnp.abs(maps16 - maps32)) / jnp.max(maps32))
     print(f"bfloat16 vs float32 ({reconstruction} mode): max map difference {error:.2%} of the maximum")
@@ -307,13 +307,13 @@ def test_subspace_sampling_on_a_model_fit_without_it_is_a_clear_error():
     model = sj.fit_features(bank, config(sampling="none"))
     switched = dataclasses.replace(model, config=dataclasses.replace(model.config, sampling="subspace"))
     with pytest.raises(ValueError, match="refit it with sampling='subspace'"):
-        model_lib.sample_candidates(switched, bank)
+        pursuit.sample_candidates(switched, bank)
 
 
 def test_score_features_rejects_features_of_another_size():
     model = sj.fit_features(make_bank(), config())
     with pytest.raises(ValueError, match="level2.*like the bank"):
-        model.score_features({"level2": np.zeros((1, 4, 4, 6), np.float32)})
+        model.score({"level2": np.zeros((1, 4, 4, 6), np.float32)}, progress=False)
 
 
 def test_model_is_a_pytree_with_static_config():
@@ -332,10 +332,6 @@ def test_every_matrix_product_of_the_scorer_asks_for_full_float32(reconstruction
     # Accelerators round float32 products to TF32/bfloat16 by default; residuals need full precision.
     bank = make_bank(15)
     model = sj.fit_features(bank, config(sampling="subspace", reconstruction=reconstruction))
-    text = (
-        jax.jit(model_lib.score_features)
-        .lower(model, {key: value[:2] for key, value in bank.items()})
-        .as_text()
-    )
+    text = jax.jit(sj.score_features).lower(model, {key: value[:2] for key, value in bank.items()}).as_text()
     dots = [line for line in text.splitlines() if "dot_general" in line]
     assert dots and all("HIGHEST" in line for line in dots)

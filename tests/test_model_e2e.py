@@ -12,8 +12,8 @@ from PIL import Image
 import subspace_jax as sj
 from subspace_jax import backbones
 from subspace_jax.data import synthetic
+from subspace_jax.engine.features import extract_features
 from subspace_jax.eval import metrics
-from subspace_jax.methods.subspace import model as model_lib
 from subspace_jax.serving import checkpoint
 
 IMAGE_SIZE = 128
@@ -80,7 +80,7 @@ def test_user_jit_of_score_images_equals_model_score(fitted, backbone, scored, d
 
     @jax.jit
     def pipeline(model, params, images):
-        return model_lib.score_images(model, apply_fn, params, images)
+        return sj.score_images(model, apply_fn, params, images)
 
     maps, scores = pipeline(fitted, params, data[1].images[:4])
     np.testing.assert_allclose(np.asarray(maps), scored[0][:4], rtol=1e-5, atol=1e-5)
@@ -146,7 +146,7 @@ def test_checkpoint_with_the_real_backbone(tmp_path, fitted, backbone, scored, d
 
 def test_extract_features_equals_the_backbone_on_whole_batches(backbone, data, config):
     images = data[0].images[:5]
-    features = model_lib.extract_features(
+    features = extract_features(
         images, config, backbone, keys=("level2", "pooled"), batch_size=2, progress=False
     )
     assert set(features) == {"level2", "pooled"}

@@ -11,7 +11,7 @@ import pytest
 from sklearn.linear_model import orthogonal_mp
 
 import subspace_jax as sj
-from subspace_jax.methods.subspace import model as model_lib
+from subspace_jax.methods.subspace import pursuit
 from subspace_jax.ops import omp as omp_lib
 
 N_TRAIN, DIM, BATCH, LAM, K = 40, 96, 5, 12, 4  # 2·LAM <= N_TRAIN: the gathered path
@@ -45,7 +45,7 @@ def random_case(seed: int, lam: int = LAM):
     support = np.stack([rng.permutation(N_TRAIN)[:lam] for _ in range(BATCH)]).astype(np.int32)
     support[1, -3:] = -1  # a sampling pursuit that stopped after LAM - 3 atoms
     support[3, K:] = -1  # exactly K candidates left
-    candidates = model_lib.Candidates(jnp.asarray(np.maximum(support, 0)), jnp.asarray(support >= 0))
+    candidates = pursuit.Candidates(jnp.asarray(np.maximum(support, 0)), jnp.asarray(support >= 0))
     gram = jnp.asarray(atoms.astype(np.float64) @ atoms.T.astype(np.float64), jnp.float32)
     return atoms, gram, jnp.asarray(targets), candidates, support
 
@@ -71,7 +71,7 @@ def test_pursuit_on_the_candidates_matches_the_masked_whole_bank_pursuit(normali
         tol=tol,
         normalize_selection=normalize_selection,
     )
-    result, residual = model_lib._full_float32(model_lib.image_pursuit)(atoms, gram, targets, candidates, cfg)
+    result, residual = pursuit._full_float32(pursuit.image_pursuit)(atoms, gram, targets, candidates, cfg)
     expected, expected_residual = masked_reference(atoms, gram, targets, candidates, cfg)
     np.testing.assert_array_equal(np.asarray(result.support), np.asarray(expected.support))
     np.testing.assert_array_equal(np.asarray(result.n_atoms), np.asarray(expected.n_atoms))
@@ -111,9 +111,9 @@ def test_subspace_sampling_maps_match_the_masked_reference(bank_dtype):
         bank_dtype=bank_dtype,
     )
     model = sj.fit_features(bank, cfg)
-    candidates = model_lib.sample_candidates(model, test)
+    candidates = pursuit.sample_candidates(model, test)
     assert not np.asarray(candidates.valid).all()  # tol stopped some sampling pursuits early: -1 slots
-    maps = model_lib.reconstruct_levels(model, test, candidates)
+    maps = pursuit.reconstruct_levels(model, test, candidates)
     for key in ("level2", "level3"):
         atoms = np.asarray(model.banks[key].astype(jnp.float32)).reshape(N_TRAIN, -1)
         target = jnp.asarray(test[key].reshape(BATCH, -1))
@@ -125,11 +125,11 @@ def test_subspace_sampling_maps_match_the_masked_reference(bank_dtype):
 def test_sampling_none_keeps_the_whole_bank_path():
     atoms, gram, targets, _, _ = random_case(seed=9)
     cfg = sj.Config(backbone="efficientnet_lite0", sampling="none", k=K)
-    everyone = model_lib.Candidates(
+    everyone = pursuit.Candidates(
         jnp.broadcast_to(jnp.arange(N_TRAIN, dtype=jnp.int32), (BATCH, N_TRAIN)),
         jnp.ones((BATCH, N_TRAIN), bool),
     )
-    result, residual = model_lib._full_float32(model_lib.image_pursuit)(atoms, gram, targets, everyone, cfg)
+    result, residual = pursuit._full_float32(pursuit.image_pursuit)(atoms, gram, targets, everyone, cfg)
     for b in range(BATCH):
         coef = orthogonal_mp(
             atoms.T.astype(np.float64), np.asarray(targets[b], np.float64), n_nonzero_coefs=K
