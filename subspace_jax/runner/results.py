@@ -136,11 +136,20 @@ def _secs(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, (int, float)) else "-"
 
 
+def _mean_of(values: list[Any]) -> float | None:
+    """The mean of the values, None when any is missing (a paper column without that category)."""
+    if not values or any(not isinstance(v, (int, float)) for v in values):
+        return None
+    return sum(values) / len(values)
+
+
 def comparison_rows(document: Mapping[str, Any], published_method: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the main table: our metrics beside the paper's numbers for the same categories.
 
     Paper columns: the paper's own method ("subspace"), and ``published_method``'s row when that is a
-    baseline the paper also reports (e.g. PatchCore).
+    baseline the paper also reports (e.g. PatchCore). The last row is the mean over several categories:
+    with all of a dataset's categories, beside the paper's printed means; with some of them ("mean of
+    N"), beside the mean of the paper's numbers for the same categories; with one, no mean row.
     """
     dataset = document["dataset"]
     references = ["subspace"] + ([published_method] if published_method != "subspace" else [])
@@ -163,12 +172,18 @@ def comparison_rows(document: Mapping[str, Any], published_method: str) -> tuple
             _secs(entry["score_seconds_per_image"]),
         ]
         rows.append(row)
-    if document["categories"]:
+    names = list(document["categories"])
+    if len(names) > 1:  # one category's mean is that category
         mean = category_means(document["categories"])
-        row = ["mean"] + [_pct(mean.get(k)) for k in METRIC_KEYS]
+        every = set(names) == set(published(dataset, "subspace")) if published(dataset, "subspace") else False
+        row = ["mean" if every else f"mean of {len(names)}"] + [_pct(mean.get(k)) for k in METRIC_KEYS]
         for ref in references:
-            printed = PRINTED_MEANS.get(dataset, {}).get(ref, {})
-            row += [_pct(printed.get("pixel_auroc")), _pct(printed.get("pro"))]
+            if every:  # the paper's own printed mean of all its categories
+                printed = PRINTED_MEANS.get(dataset, {}).get(ref, {})
+                row += [_pct(printed.get("pixel_auroc")), _pct(printed.get("pro"))]
+                continue
+            numbers = [published(dataset, ref).get(name, {}) for name in names]
+            row += [_pct(_mean_of([n.get(key) for n in numbers])) for key in ("pixel_auroc", "pro")]
         row += [
             str(mean["n_train"]),
             str(mean["n_test"]),

@@ -8,12 +8,14 @@ AUROC, PRO, AP and F1-max where the labels allow, and the decision metrics at th
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from subspace_jax._io import atomic_write_text, jsonable
 from subspace_jax.data import registry as datasets
+from subspace_jax.data.images import shown
 from subspace_jax.eval import calibration, metrics
 from subspace_jax.serving import report
 from subspace_jax.serving.predict import CALIBRATION_NOTE
@@ -68,6 +70,8 @@ def evaluate_model(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(jsonable(result), indent=2) + "\n")
     decided = calibration.decide(maps, scores, thresholds)
+    files = [p for p in test.paths if p is not None]
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in files]) if files else ""
     top = report.TopK(report_limit)
     for i in range(len(labels)):
 
@@ -76,7 +80,9 @@ def evaluate_model(
             picture = report.overlay(test.images[i], heat, decided.masks[i])
             truth = test.defect_types[i] if labels[i] else "good"
             return report.GalleryItem(
-                path=str(test.paths[i]) if test.paths[i] is not None else f"test image {i}",
+                path=shown(os.path.relpath(test.paths[i], root))
+                if test.paths[i] is not None
+                else f"test image {i}",
                 score=float(scores[i]),
                 normalized_score=float(decided.normalized_scores[i]),
                 anomalous=bool(decided.decisions[i]),
@@ -86,7 +92,7 @@ def evaluate_model(
             )
 
         top.offer(float(scores[i]), i, build)
-    shown = {k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in result.items()}
+    metric_text = {k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in result.items()}
     report.write_report(
         out / "report.html",
         title=f"subspace-jax evaluation on {result.get('dataset', 'a test set')}",
@@ -97,10 +103,11 @@ def evaluate_model(
             "model": str(result.get("model_dir", "")),
             "dataset": str(result.get("dataset", "")),
             "test images": str(len(labels)),
+            "false-alarm rate": thresholds.describe_rate(),
         },
         note=CALIBRATION_NOTE,
         nominal_scores=thresholds.nominal_scores,
-        metrics=shown,
+        metrics=metric_text,
         defective=labels,
         full_list=None,
     )

@@ -10,13 +10,16 @@ On the inspection machine::
     scorer = jax.export.deserialize(open("model.jaxexport", "rb").read())
     maps, scores = scorer.call(images)  # uint8 (B, S, S, 3)
 
-It needs only ``jax`` and ``numpy`` (no subspace_jax, flax or orbax), and a jax whose serialization
-version can read it (jax guarantees reading artifacts of at least the previous six months).
+It needs ``jax``, ``numpy`` and ``flatbuffers`` (jax's deserializer; not subspace_jax, flax or orbax),
+and a jax whose serialization version can read it (jax guarantees reading artifacts of at least the
+previous six months). The artifact is sealed: ``<file>.sha256`` beside it holds its digest, which the
+loading code checks before running it (``verify_artifact``, or three lines of ``hashlib``).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,8 +28,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from subspace_jax._io import atomic_write_bytes
+from subspace_jax._io import atomic_write_bytes, atomic_write_text
 from subspace_jax.engine import features
+from subspace_jax.serving.checkpoint import MARKER_FILE
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
@@ -83,6 +87,61 @@ def export_model(
     return jax.export.export(jax.jit(score), platforms=platforms)(spec)
 
 
-def save_exported(exported: jax.export.Exported, path: str | os.PathLike) -> Path:
-    """Write ``exported.serialize()`` to ``path`` atomically; returns the path."""
-    return atomic_write_bytes(path, bytes(exported.serialize()))
+def seal_path(path: str | os.PathLike) -> Path:
+    """Where an artifact's seal lives: ``<path>.sha256``, in ``sha256sum`` format."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def read_seal(path: str | os.PathLike) -> str | None:
+    """The sha256 hex digest an artifact's seal records, or None when there is no readable seal."""
+    try:
+        text = seal_path(path).read_text(encoding="ascii")[:200]
+    except (OSError, UnicodeDecodeError):
+        return None
+    digest = text.split(" ", 1)[0].strip()
+    return digest if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) else None
+
+
+def verify_artifact(path: str | os.PathLike) -> bytes:
+    """The artifact's bytes after checking them against its seal; ValueError naming the file when the
+    seal is missing or does not match (a damaged or altered artifact would run and give other scores)."""
+    path = Path(path)
+    data = path.read_bytes()
+    expected = read_seal(path)
+    if expected is None:
+        raise ValueError(f"{path}: no seal ({seal_path(path).name}) beside it; export the model again")
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError(
+            f"{path}: its bytes do not match its seal {seal_path(path).name}: damaged or altered"
+        )
+    return data
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    for folder in (path.parent, *path.parent.parents):
+        if (folder / MARKER_FILE).is_file():
+            raise ValueError(
+                f"{path}: inside the checkpoint folder {folder}; write the artifact elsewhere (it would "
+                "change the checkpoint)"
+            )
+    if not os.path.lexists(path) or overwrite:
+        return
+    if path.is_file() and not path.is_symlink() and read_seal(path) is not None:
+        return  # an artifact of ours: replacing it is what export does
+    raise ValueError(
+        f"{path}: exists and is not an exported artifact; choose another file or pass --overwrite"
+    )
+
+
+def save_exported(exported: jax.export.Exported, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``exported.serialize()`` to ``path`` and its seal (sha256) beside it, atomically each;
+    returns the path. Refuses a path inside a checkpoint folder, and an existing file that is not an
+    artifact unless ``overwrite``."""
+    path = Path(os.path.abspath(path))
+    _check_target(path, overwrite)
+    data = bytes(exported.serialize())
+    # The seal goes first: an artifact is never newer than its seal, and a killed export leaves the old
+    # artifact with a seal that no longer matches, which loading refuses.
+    atomic_write_text(seal_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+    return atomic_write_bytes(path, data)

@@ -8,13 +8,18 @@ and writes, in ``out``:
 - ``overlays/``: the image with its anomaly map and mask outline;
 - ``report.html``: the images sorted by score, their overlays and decisions, and a histogram.
 
-Decisions are ``subspace_jax.eval.calibration.decide``: the one decision rule.
+``predict_files`` owns ``out``: a run is written into a hidden sibling and swapped in whole at the end,
+so a killed run leaves the previous run complete and no stale masks survive a shorter run; a folder it
+did not write (``OWNER_FILE`` is its mark) is refused unless ``overwrite``; and it never reads its own
+outputs (input images inside ``out`` are refused). Decisions are ``subspace_jax.eval.calibration.decide``:
+the one decision rule.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import csv
+import json
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -25,13 +30,22 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from subspace_jax._io import atomic_file
-from subspace_jax.data.images import read_image, resize_image
+from subspace_jax._io import atomic_directory, atomic_file, atomic_write_text
+from subspace_jax.data.images import read_image, resize_image, shown
 from subspace_jax.engine.batches import pad_batch
 from subspace_jax.eval import calibration
 from subspace_jax.serving import report
 
-__all__ = ["CALIBRATION_NOTE", "map_to_original", "output_names", "predict_files"]
+__all__ = [
+    "CALIBRATION_NOTE",
+    "OWNER_FILE",
+    "check_output_folder",
+    "map_to_original",
+    "output_names",
+    "predict_files",
+]
+
+OWNER_FILE = ".subspace-jax-predictions.json"  # marks a folder predict_files wrote
 
 CALIBRATION_NOTE = (
     "Thresholds were set on defect-free images only: they bound the false-alarm rate on parts like "
@@ -108,6 +122,30 @@ def _decoded_batches(
         yield pending[0], [f.result() for f in pending[1]]
 
 
+def check_output_folder(out: Path, inputs: Sequence[Path] = (), *, overwrite: bool = False) -> None:
+    """ValueError unless predict may write ``out``: absent, empty, written by predict before, or
+    ``overwrite``; never a file, and never a folder holding any of the ``inputs``."""
+    out = Path(os.path.abspath(out))
+    for path in inputs:
+        resolved = os.path.abspath(path)
+        if resolved == str(out) or resolved.startswith(str(out) + os.sep):
+            raise ValueError(
+                f"--out {out}: the input {shown(path)} is inside it; predict never writes where it reads "
+                "(choose another folder)"
+            )
+    if not os.path.lexists(out):
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    entries = list(out.iterdir())
+    if not entries or (out / OWNER_FILE).is_file() or overwrite:
+        return
+    raise ValueError(
+        f"--out {out}: holds files predict did not write (e.g. {entries[0].name}); pass --overwrite to "
+        "replace the whole folder, or choose another one"
+    )
+
+
 def predict_files(
     model: Any,
     paths: Sequence[Path],
@@ -117,16 +155,42 @@ def predict_files(
     report_limit: int = 200,
     progress: bool = True,
     model_dir: str = "",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Stream ``paths`` through ``model``: predictions.csv, masks/, overlays/ and report.html in ``out``.
 
     Memory holds one batch of images and maps, the gallery's ``report_limit`` thumbnails and one float
-    per image (for the histogram), whatever the number of images.
+    per image (for the histogram), whatever the number of images. ``out`` is checked first
+    (``check_output_folder``) and replaced whole at the end. The report shows each image by its path
+    below the inputs' common folder; the CSV keeps the path as given.
     """
     thresholds = calibration.require_thresholds(model)
+    out = Path(os.path.abspath(out))
+    check_output_folder(out, paths, overwrite=overwrite)
+    with atomic_directory(
+        out, still_replaceable=lambda p: check_output_folder(p, overwrite=overwrite)
+    ) as tmp:
+        result = _predict_into(model, thresholds, paths, tmp, batch_size, report_limit, progress, model_dir)
+        atomic_write_text(
+            tmp / OWNER_FILE,
+            json.dumps({"written_by": "subspace-jax predict", "model": model_dir, "images": len(paths)})
+            + "\n",
+        )
+    return result
+
+
+def _predict_into(
+    model: Any,
+    thresholds: Any,
+    paths: Sequence[Path],
+    out: Path,
+    batch_size: int,
+    report_limit: int,
+    progress: bool,
+    model_dir: str,
+) -> dict[str, Any]:
     config = model.config
     names = output_names(paths)
-    out.mkdir(parents=True, exist_ok=True)
     top = report.TopK(report_limit)
     all_scores = np.empty(len(paths), np.float32)
     n_anomalous = 0
@@ -164,14 +228,19 @@ def predict_files(
                 all_scores[index] = score
                 n_anomalous += anomalous
                 writer.writerow(
-                    [str(paths[index]), f"{score:.9g}", f"{normalized:.6f}", "true" if anomalous else "false"]
+                    [
+                        shown(paths[index]),
+                        f"{score:.9g}",
+                        f"{normalized:.6f}",
+                        "true" if anomalous else "false",
+                    ]
                 )
                 top.offer(
                     score,
                     index,
                     # TopK calls the builder at once, so the loop variables are read before they change.
                     lambda: report.GalleryItem(
-                        path=str(paths[index]),
+                        path=names[index].removesuffix(".png") + Path(os.fsdecode(paths[index])).suffix,
                         score=score,
                         normalized_score=normalized,
                         anomalous=anomalous,
@@ -189,7 +258,7 @@ def predict_files(
         "anomalous": f"{n_anomalous} ({100 * n_anomalous / len(paths):.1f}%)",
         "image threshold": f"{thresholds.image:.4g}",
         "pixel threshold": f"{thresholds.pixel:.4g}",
-        "false-alarm rate": f"{thresholds.false_alarm_rate:g} (calibrated on {thresholds.n_images} images)",
+        "false-alarm rate": thresholds.describe_rate(),
         "time": f"{seconds:.1f} s, compilation included ({len(paths) / seconds:.1f} images/s)",
     }
     report.write_report(

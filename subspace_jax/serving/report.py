@@ -16,7 +16,6 @@ import functools
 import heapq
 import html
 import io
-import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -62,7 +61,7 @@ def overlay(
     return out
 
 
-def thumbnail(image: np.ndarray, max_side: int = 160) -> np.ndarray:
+def thumbnail(image: np.ndarray, max_side: int = 320) -> np.ndarray:
     """uint8 (H, W, 3) shrunk (bilinear, aspect kept) so its longer side is at most ``max_side``."""
     height, width = image.shape[:2]
     scale = max_side / max(height, width)
@@ -134,9 +133,10 @@ def histogram_svg(
     height: int = 240,
 ) -> str:
     """Inline SVG: histogram of ``scores`` (bars) with the ``threshold`` as a red line; optional
-    ``nominal`` calibration scores drawn as a step outline on the same bins (scaled to the same
-    total, so the two shapes compare). With ``defective`` (ground truth per score), the bars are
-    stacked: defect-free below, defective (orange) above."""
+    ``nominal`` calibration scores drawn as a step outline on the same bins. The y-axis is the share of
+    each set's images per bin, so the two shapes compare whatever their sizes (the tooltips give the
+    counts). With ``defective`` (ground truth per score), the bars are stacked: defect-free below,
+    defective (orange) above."""
     scores = np.asarray(scores, dtype=np.float64)
     values = scores if nominal is None else np.concatenate([scores, np.asarray(nominal, np.float64)])
     low = float(min(values.min(initial=threshold), threshold))
@@ -152,19 +152,21 @@ def histogram_svg(
         bad_counts = np.histogram(scores[np.asarray(defective, bool)], edges)[0]
     left, right, top, bottom = 48, 12, 28, 36
     plot_w, plot_h = width - left - right, height - top - bottom
-    nominal_counts = None
+    share = 100.0 / max(len(scores), 1)  # percent of these images per image
+    nominal_shares = None
     if nominal is not None and len(nominal):
-        nominal_counts = np.histogram(np.asarray(nominal, np.float64), edges)[0].astype(np.float64)
-        nominal_counts *= max(len(scores), 1) / len(nominal)
+        nominal_shares = np.histogram(np.asarray(nominal, np.float64), edges)[0] * (100.0 / len(nominal))
     peak = max(
-        float(counts.max(initial=0)), float(nominal_counts.max()) if nominal_counts is not None else 0, 1.0
+        float(counts.max(initial=0)) * share,
+        float(nominal_shares.max()) if nominal_shares is not None else 0.0,
+        1e-9,
     )
 
     def x(value: float) -> float:
         return left + (value - low) / (high - low) * plot_w
 
-    def y(count: float) -> float:
-        return top + plot_h - count / peak * plot_h
+    def y(percent: float) -> float:
+        return top + plot_h - percent / peak * plot_h
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -179,15 +181,16 @@ def histogram_svg(
             (count - bad, count, "#e08a2c", "defective "),
         ):
             if high_count > low_count:
+                top_y, bottom_y = y(high_count * share), y(low_count * share)
                 parts.append(
-                    f'<rect x="{x0 + 0.5:.1f}" y="{y(high_count):.1f}" width="{max(bar_w - 1, 1):.1f}" '
-                    f'height="{y(low_count) - y(high_count):.1f}" fill="{colour}"><title>{edges[i]:.4g} to '
+                    f'<rect x="{x0 + 0.5:.1f}" y="{top_y:.1f}" width="{max(bar_w - 1, 1):.1f}" '
+                    f'height="{bottom_y - top_y:.1f}" fill="{colour}"><title>{edges[i]:.4g} to '
                     f"{edges[i + 1]:.4g}: {high_count - low_count} {what}image(s)</title></rect>"
                 )
-    if nominal_counts is not None:
+    if nominal_shares is not None:
         points = []
-        for i, count in enumerate(nominal_counts):
-            points += [f"{x(edges[i]):.1f},{y(count):.1f}", f"{x(edges[i + 1]):.1f},{y(count):.1f}"]
+        for i, percent in enumerate(nominal_shares):
+            points += [f"{x(edges[i]):.1f},{y(percent):.1f}", f"{x(edges[i + 1]):.1f},{y(percent):.1f}"]
         parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#2a9d5b" stroke-width="2"/>')
     tx = x(threshold)
     parts.append(
@@ -209,14 +212,14 @@ def histogram_svg(
         f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" font-size="12" text-anchor="middle" '
         'fill="#333">image score</text>'
     )
-    for tick in sorted({0, round(peak / 2), math.floor(peak)}):
+    for tick in (0.0, peak / 2, peak):
         parts.append(
             f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" font-size="11" text-anchor="end" '
-            f'fill="#333">{tick}</text>'
+            f'fill="#333">{tick:.3g}%</text>'
         )
     parts.append(
         f'<text x="12" y="{top + plot_h / 2:.1f}" font-size="12" text-anchor="middle" fill="#333" '
-        f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">images</text>'
+        f'transform="rotate(-90 12 {top + plot_h / 2:.1f})">share of images</text>'
     )
     parts.append("</svg>")
     return "".join(parts)
@@ -231,15 +234,30 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:22px 0 8px}
 table.metrics{border-collapse:collapse;font-size:13px} table.metrics td{padding:2px 12px 2px 0}
 .legend{font-size:12px;color:#444}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px -2px 10px}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(430px,1fr));gap:12px}
 .card{border:3px solid #2a9d5b;border-radius:6px;padding:6px;font-size:12px;background:#fcfcfc}
 .card.anomalous{border-color:#d62728}
 .card .pics{display:flex;gap:4px}
-.card img{width:142px;height:142px;object-fit:contain;background:#eee;display:block}
+.card img{width:208px;height:208px;object-fit:contain;background:#eee;display:block;cursor:zoom-in}
+#zoom{display:none;position:fixed;inset:0;background:rgba(0,0,0,.85);align-items:center;
+justify-content:center;cursor:zoom-out;z-index:10}
+#zoom img{max-width:96vw;max-height:92vh;image-rendering:auto}
 .badge{display:inline-block;padding:1px 6px;border-radius:3px;color:#fff;font-weight:600;background:#2a9d5b}
 .anomalous .badge{background:#d62728}
 .path{word-break:break-all;color:#333;margin:4px 0 2px}
 .rank{color:#777;float:right}
+"""
+
+
+# Click a thumbnail to see it large; click again (or press Escape) to close. No network, no libraries.
+_ZOOM_JS = """
+const zoom = document.getElementById('zoom');
+document.addEventListener('click', (event) => {
+  if (event.target.matches('.pics img')) {
+    zoom.querySelector('img').src = event.target.src; zoom.style.display = 'flex';
+  } else if (zoom.contains(event.target)) { zoom.style.display = 'none'; }
+});
+document.addEventListener('keydown', (event) => { if (event.key === 'Escape') zoom.style.display = 'none'; });
 """
 
 
@@ -301,7 +319,7 @@ def write_report(
             '<span style="background:#e08a2c"></span>defective (ground truth)'
         )
     if nominal_scores is not None:
-        legend += '<span style="background:#2a9d5b"></span>nominal calibration images (rescaled)'
+        legend += '<span style="background:#2a9d5b"></span>the held-out defect-free calibration images'
     legend += '<span style="background:#d62728"></span>threshold</div>'
     svg = histogram_svg(scores, threshold, nominal=nominal_scores, defective=defective)
     page = (
@@ -313,7 +331,9 @@ def write_report(
         f"{legend}<h2>Images by score: {esc(shown)}</h2>"
         "<p class='note'>Each card: the input, then the anomaly map over it (jet colours, shown from 0.8 × "
         "the pixel threshold up: green at the pixel threshold, yellow to red above it; the predicted mask "
-        "outlined in white). Red border: anomalous.</p>"
-        f"<div class='gallery'>{''.join(cards)}</div></body></html>\n"
+        "outlined in white). Red border: anomalous. Click a picture to enlarge it.</p>"
+        f"<div class='gallery'>{''.join(cards)}</div>"
+        "<div id='zoom'><img alt='enlarged picture'></div>"
+        f"<script>{_ZOOM_JS}</script></body></html>\n"
     )
     return atomic_write_text(path, page)
