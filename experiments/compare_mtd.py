@@ -28,6 +28,7 @@ import jax
 from subspace_jax import backbones, configs
 from subspace_jax.data.mtd import MTD, MTDNotFoundError, find_root
 from subspace_jax.runner import evaluation
+from subspace_jax.runner.results import write_text
 from subspace_jax.runner.workbench import Workbench
 
 NOTES_HEADING = "\n## Reading\n"
@@ -44,14 +45,6 @@ ROWS = (
     ("SPADE", "mtd_spade"),
 )
 DEFAULT_ROWS = tuple(label for label, _ in ROWS if label != "SPADE")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def row_config(name: str, backbone: str, image_size: int, coreset_ratio: float | None):

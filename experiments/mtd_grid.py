@@ -18,14 +18,7 @@ import sys
 from pathlib import Path
 
 from subspace_jax.runner import main as run_benchmark
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+from subspace_jax.runner.results import write_text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@ halves A and B (``subspace_jax.data.split.stratified_halves``), overall and per 
 ``halves_report(maps, scores, masks, labels, defect_types)`` returns, in %, rounded to two decimals:
 
 - ``"<set>/all"`` and ``"<set>/<type>"`` (that type's images with the defect-free images of the same set)
-  for the sets ``full``, ``A`` and ``B``: pixel AUROC, PRO, image AUROC, pixel AP;
+  for the sets ``full``, ``A`` and ``B``: pixel AUROC, PRO, image AUROC, pixel AP (a group without
+  both defective and defect-free images, possible in small subsets, is left out);
 - ``"full/pooled/<type>"``: the type's share of all defect pixels, and the AUROC of its defect pixels
   against every defect-free pixel (the pooled pixel AUROC is the share-weighted mean of these).
 """
@@ -66,6 +67,8 @@ def halves_report(
         for t in defects:
             groups[t] = index[(types[index] == t) | (types[index] == "good")]
         for group, idx in groups.items():
+            if not labels[idx].any() or labels[idx].all():  # a small subset may miss a type in a half
+                continue
             row = four_metrics(maps[idx], scores[idx], masks[idx], labels[idx])
             out[f"{name}/{group}"] = {k: round(100 * v, 2) for k, v in row.items()}
     normal = maps[~masks]

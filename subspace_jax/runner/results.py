@@ -121,6 +121,12 @@ def check_resumable(document: Mapping[str, Any], dataset: str, config: Mapping[s
         )
 
 
+def write_text(path: Path, text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (a temporary sibling renamed over it): for scripts
+    that write result tables beside ``results.json``."""
+    return atomic_write_text(path, text)
+
+
 def write(out_dir: Path, document: dict[str, Any], published_method: str) -> None:
     """Recompute the means and write ``results.json`` and ``results.md`` atomically."""
     document["mean"] = category_means(document["categories"])
