@@ -35,7 +35,7 @@ from subspace_jax._io import atomic_directory
 from subspace_jax.engine.batches import InputSize
 from subspace_jax.engine.features import extract_features
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: images are read in their EXIF orientation
 _CHUNK_BYTES = 1 << 26  # checksums read the memory-mapped arrays this much at a time
 
 
