@@ -58,8 +58,8 @@ def test_save_load_reproduces_arrays_metadata_and_scores_exactly(tmp_path, bank_
         np.testing.assert_array_equal(np.asarray(loaded.banks[key]), np.asarray(model.banks[key]))
         np.testing.assert_array_equal(np.asarray(loaded.grams[key]), np.asarray(model.grams[key]))
     assert (loaded.sampling_bank is None) == (sampling != "subspace")
-    expected = model.score_features(score_inputs())
-    got = loaded.score_features(score_inputs())
+    expected = model.score(score_inputs(), progress=False)
+    got = loaded.score(score_inputs(), progress=False)
     np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(expected[0]))
     np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
     metadata = json.loads((saved / checkpoint.METADATA_FILE).read_text())
@@ -113,7 +113,7 @@ def edit_metadata(path: Path, edit, reseal: bool = True) -> None:
         (lambda m: m.update(n_train=7), "n_train 7 but the arrays hold 6"),
         (lambda m: m.update(method="padim"), "unknown method 'padim'"),
         (lambda m: m["config"].update(bank_dtype="bfloat16"), "banks/level2.*does not fit the config"),
-        (lambda m: m["arrays"].update(extra=m["arrays"]["grams/level2"]), "no fields of Model"),
+        (lambda m: m["arrays"].update(extra=m["arrays"]["grams/level2"]), "no fields of SubspaceModel"),
     ],
 )
 def test_tampered_metadata_is_a_clear_error(tmp_path, edit, message):

@@ -107,8 +107,8 @@ def test_a_swap_cut_between_its_renames_is_found_by_load_and_put_back_by_save(tm
     loaded = checkpoint.load(path)
     assert loaded.config.sampling == "subspace"  # the newer, complete copy
     np.testing.assert_array_equal(
-        np.asarray(loaded.score_features(score_inputs())[0]),
-        np.asarray(make_model().score_features(score_inputs())[0]),
+        np.asarray(loaded.score(score_inputs(), progress=False)[0]),
+        np.asarray(make_model().score(score_inputs(), progress=False)[0]),
     )
     checkpoint.save(make_model(sampling="random"), path)
     assert checkpoint.load(path).config.sampling == "random"
@@ -249,7 +249,7 @@ def test_baseline_models_round_trip(tmp_path, method):
     assert type(loaded) is type(model) and loaded.config == config
     assert (loaded.n_train, loaded.backbone_name, loaded.weights_sha256) == (5, "efficientnet_lite0", SHA)
     test = baseline_features(2)
-    for got, expected in zip(loaded.score_features(test), model.score_features(test)):
+    for got, expected in zip(loaded.score(test, progress=False), model.score(test, progress=False)):
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-6)
     assert checkpoint.read_metadata(path)["method"] == method
 

@@ -3,8 +3,10 @@ exported artifact in a process with only jax and numpy, the HTML report, and MTD
 
 from __future__ import annotations
 
+import base64
 import csv
 import html.parser
+import io
 import json
 import math
 import os
@@ -18,10 +20,13 @@ import pytest
 from PIL import Image
 
 from subspace_jax import cli
-from subspace_jax.data import synthetic
+from subspace_jax.configs import flags
+from subspace_jax.data import MTD, synthetic
+from subspace_jax.data.files import collect_images
 from subspace_jax.data.images import read_image
 from subspace_jax.eval import calibration
-from subspace_jax.serving import checkpoint
+from subspace_jax.serving import checkpoint, export
+from subspace_jax.serving.predict import output_names
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -34,12 +39,13 @@ def console_entry() -> str:
 
 
 def run_console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run the console script's entry point (as pyproject declares it) in a fresh interpreter."""
+    """Run the console script's entry point (as pyproject declares it) in a fresh interpreter, quietly
+    (``COMMAND --quiet ...``; ``--quiet COMMAND ...`` is tested on its own, below)."""
     module, function = console_entry().split(":")
     code = f"import sys; from {module} import {function}; sys.exit({function}())"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return subprocess.run(
-        [sys.executable, "-c", code, "--quiet", *args],
+        [sys.executable, "-c", code, args[0], "--quiet", *args[1:]],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -70,32 +76,61 @@ def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
     assert "missing" in err
 
 
+@pytest.mark.parametrize("first", ["--quiet", "--debug"])
+def test_the_common_flags_may_come_before_the_command(tmp_path, first, capsys):
+    train = tmp_path / "train"
+    train.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(train / f"{i}.png")
+    args = ["--out", str(tmp_path / "model"), "--backbone", "efficientnet_lite0", "--image-size", str(SIZE)]
+    args += [
+        "--levels",
+        "2",
+        "3",
+        "--sampling",
+        "none",
+        "--k",
+        "2",
+        "--val-fraction",
+        "0",
+        "--batch-size",
+        "4",
+    ]
+    assert cli.main([first, "fit", str(train), *args]) == 0, capsys.readouterr().err
+    assert checkpoint.load(tmp_path / "model").n_train == 4
+
+
 def test_collect_images_order_and_output_names(tmp_path):
     for name in ("b/2.png", "b/1.png", "a/z.jpg", "a/z.png", "top.png"):
         path = tmp_path / "in" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
-    found = cli.collect_images(
+    found = collect_images(
         [str(tmp_path / "in" / "b"), str(tmp_path / "in"), str(tmp_path / "in/*.png")], "X"
     )
     relative = [p.relative_to(tmp_path / "in").as_posix() for p in found]
     assert relative == ["b/1.png", "b/2.png", "a/z.jpg", "a/z.png", "top.png"]  # folder first, no repeats
-    assert cli.output_names(found) == ["b/1.png", "b/2.png", "a/z.png", "a/z_3.png", "top.png"]
-    with pytest.raises(cli.UsageError, match="matches nothing"):
-        cli.collect_images([str(tmp_path / "nothing*.png")], "X")
+    assert output_names(found) == ["b/1.png", "b/2.png", "a/z.png", "a/z_3.png", "top.png"]
+    with pytest.raises(ValueError, match="matches nothing"):
+        collect_images([str(tmp_path / "nothing*.png")], "X")
 
 
 class _Links(html.parser.HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.sources: list[str] = []
+        self.placeholders: list[str] = []  # images without a source (filled by the page's script)
         self.cards = 0
         self.svg = 0
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         if tag == "img":
-            self.sources.append(attrs["src"])
+            if "src" in attrs:
+                self.sources.append(attrs["src"])
+            else:
+                self.placeholders.append(attrs.get("alt", ""))
         if tag == "a":
             self.sources.append(attrs["href"])
         if tag == "div" and "card" in (attrs.get("class") or "").split():
@@ -110,12 +145,10 @@ def check_report(path: Path) -> _Links:
     parser.feed(path.read_text(encoding="utf-8"))
     parser.close()
     assert parser.svg == 1 and parser.sources
+    assert parser.placeholders == ["enlarged picture"]  # the click-to-enlarge view, empty until a click
     for source in parser.sources:
         assert not source.startswith(("http:", "https:", "//")), source  # nothing from the network
         if source.startswith("data:image/jpeg;base64,"):
-            import base64
-            import io
-
             Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))).verify()
         else:
             assert (path.parent / source).is_file(), source
@@ -171,7 +204,7 @@ def test_fit_predict_writes_csv_masks_overlays_and_report(workspace):
         + [("missing", 0), ("scratch", 0)]
     ] + ["extra/wide.png"]  # fmt: skip
     assert [row[0] for row in rows[1:]] == expected
-    names = cli.output_names([root / p for p in expected])
+    names = output_names([root / p for p in expected])
     assert names[0] == "data/shape/test/blob/000.png" and names[-1] == "extra/wide.png"
     n_anomalous = 0
     for (path, score, normalized, anomalous), name in zip(rows[1:], names):
@@ -194,7 +227,7 @@ def test_fit_predict_writes_csv_masks_overlays_and_report(workspace):
 
 def test_exported_artifact_runs_with_jax_and_numpy_only(workspace, tmp_path):
     root, _ = workspace
-    model = cli._load_model(str(root / "model"), None)  # bound to the cached backbone evaluate used
+    model = cli._load_model(str(root / "model"), None)  # scores with the cached backbone evaluate used
     _, test = synthetic.generate("shape", 20, 8, SIZE, 0)
     np.save(tmp_path / "images.npy", test.images)
     script = tmp_path / "run.py"
@@ -232,8 +265,6 @@ def test_exported_artifact_runs_with_jax_and_numpy_only(workspace, tmp_path):
 
 
 def test_export_fixed_batch_and_several_platforms(workspace):
-    from subspace_jax.serving import export
-
     model = cli._load_model(str(workspace[0] / "model"), None)
     exported = export.export_model(model, batch_size=2, platforms=("cpu", "cuda", "tpu"))
     assert exported.platforms == ("cpu", "cuda", "tpu")
@@ -261,8 +292,6 @@ def test_evaluate_metrics_agree_with_the_predictions(workspace):
 @pytest.mark.mtd
 @pytest.mark.filterwarnings("ignore:image scores. 3 nominal values:UserWarning")
 def test_mtd_fit_then_predict_at_original_sizes(mtd_root, tmp_path):
-    from subspace_jax.data import MTD
-
     dataset = MTD(mtd_root)
     train = [str(s.image_path) for s in dataset.samples("train")[:12]]
     test = dataset.samples("test")
@@ -270,7 +299,7 @@ def test_mtd_fit_then_predict_at_original_sizes(mtd_root, tmp_path):
         :3
     ]
     code = cli.main(
-        ["--quiet", "fit", *train, "--out", str(tmp_path / "m"), "--backbone", "efficientnet_lite0"]
+        ["fit", "--quiet", *train, "--out", str(tmp_path / "m"), "--backbone", "efficientnet_lite0"]
         + ["--image-size", str(SIZE), "--levels", "2", "3", "4", "--sampling-level", "pooled"]
         + ["--lam", "6", "--k", "3", "--val-fraction", "0.25"]
     )
@@ -281,22 +310,38 @@ def test_mtd_fit_then_predict_at_original_sizes(mtd_root, tmp_path):
     with open(tmp_path / "p" / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["path"] for row in rows] == [str(p) for p in inputs]
-    for row, name in zip(rows, cli.output_names(inputs)):
+    for row, name in zip(rows, output_names(inputs)):
         width, height = Image.open(row["path"]).size
         assert np.asarray(Image.open(tmp_path / "p" / "masks" / name)).shape == (height, width)
     check_report(tmp_path / "p" / "report.html")
 
 
 def test_config_file_then_flags(tmp_path):
-    parser, names = cli.build_parser()
     (tmp_path / "c.json").write_text(json.dumps({"backbone": "efficientnet_lite0", "k": 3, "lam": 9}))
     (tmp_path / "c.py").write_text(
         "import subspace_jax as sj\n\n\ndef get_config():\n"
         "    return sj.Config(backbone='efficientnet_lite0', levels=(2, 3, 4), sampling_level='pooled')\n"
     )
-    args = parser.parse_args(["fit", "x", "--out", "m", "--config", str(tmp_path / "c.json"), "--k", "4"])
-    config = cli.load_config(args.config, args, names)
+
+    def fit_config(argv):
+        # What ``subspace-jax fit`` does: the config names the method, the flags override its fields.
+        method, base = cli.method_and_base(argv)
+        parser, names = cli.build_parser(method, base)
+        return flags.config_from_namespace(base, parser.parse_args(argv), names)
+
+    config = fit_config(["fit", "x", "--out", "m", "--config", str(tmp_path / "c.json"), "--k", "4"])
     assert (config.backbone, config.k, config.lam) == ("efficientnet_lite0", 4, 9)
-    args = parser.parse_args(["fit", "x", "--out", "m", "--config", str(tmp_path / "c.py")])
-    config = cli.load_config(args.config, args, names)
+    config = fit_config(["fit", "x", "--out", "m", "--config", str(tmp_path / "c.py")])
     assert config.levels == (2, 3, 4) and config.sampling_level == "pooled" and config.k == 5
+    # A packaged config by name, and a baseline's config file with its own flags.
+    assert fit_config(["fit", "x", "--out", "m", "--config", "mtd_paper", "--lam", "7"]).lam == 7
+    (tmp_path / "spade.py").write_text(
+        "from subspace_jax.methods.spade import SpadeConfig\n\n\ndef get_config():\n"
+        "    return SpadeConfig(backbone='efficientnet_lite0', top_k_images=7)\n"
+    )
+    config = fit_config(
+        ["fit", "x", "--out", "m", "--config", str(tmp_path / "spade.py"), "--top-k-images", "3"]
+    )
+    assert config.method == "spade" and config.top_k_images == 3
+    with pytest.raises(ValueError, match="holds a spade config"):
+        cli.method_and_base(["fit", "x", "--config", str(tmp_path / "spade.py"), "--method", "patchcore"])
