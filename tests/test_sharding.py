@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from subspace_jax import sharding
+from tests.data_trees import write_mvtec_category
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,8 +31,9 @@ SCRIPT = textwrap.dedent(
     jax.config.update("jax_num_cpu_devices", 8)
     import numpy as np
     import subspace_jax as sj
-    from subspace_jax.methods.subspace import model as model_lib
     from subspace_jax import sharding
+    from subspace_jax.methods.patchcore import PatchCoreConfig
+    from subspace_jax.methods.spade import SpadeConfig
     from subspace_jax.ops.execution import Execution
 
     rng = np.random.default_rng(0)
@@ -46,7 +51,7 @@ SCRIPT = textwrap.dedent(
         cfg = sj.Config(backbone="efficientnet_lite0", image_size=32, levels=(2, 3), sampling_level="pooled",
                         sampling=sampling, lam=4, k=2, pixel_k=2, reconstruction=recon, sigma=1.0)
         model = sj.fit_features(train, cfg)
-        ref_maps, ref_scores = jax.jit(model_lib.score_features)(model, test)
+        ref_maps, ref_scores = jax.jit(sj.score_features)(model, test)
         meshes = [(2, 4)]
         if sampling == "subspace":
             meshes = [(2, 1), (1, 4), (2, 4)]
@@ -77,7 +82,7 @@ SCRIPT = textwrap.dedent(
         cfg = sj.Config(backbone="efficientnet_lite0", image_size=32, levels=(2, 3), sampling_level="pooled",
                         sampling=sampling, lam=3, k=2, sigma=1.0)
         model = sj.fit_features(train, cfg)
-        one = jax.jit(model_lib.score_features).lower(model, test).compile().memory_analysis()
+        one = jax.jit(sj.score_features).lower(model, test).compile().memory_analysis()
         mesh = sharding.make_mesh(1, 4)
         sharded = sharding.shard_model(model, mesh)
         fn = jax.jit(lambda m, f: sharding.score_features(m, f, mesh, execution=Execution(1)))
@@ -108,6 +113,27 @@ SCRIPT = textwrap.dedent(
     sharded = sharding.shard_model(model, mesh)
     compiled = fn.lower(sharded, test).compile()
     out["memory"]["subspace"]["temp_bytes_4x_bank"] = int(compiled.memory_analysis().temp_size_in_bytes)
+
+    # The baselines on a mesh: data-parallel scoring equals one device; their banks are not split.
+    small = {"level1": (8, 8, 4), "level2": (4, 4, 8), "level3": (2, 2, 16), "pooled": (32,)}
+    train, test = feats(6, small), feats(8, small)
+    out["baselines"] = {}
+    shared = dict(backbone="efficientnet_lite0", image_size=32, sigma=1.0)
+    for config in (PatchCoreConfig(**shared, coreset_ratio=0.5), SpadeConfig(**shared, top_k_images=3)):
+        model = sj.fit_features(train, config)
+        ref_maps, ref_scores = model.score(test, progress=False)
+        maps, scores = model.score(test, batch_size=8, mesh=sharding.make_mesh(8, 1), progress=False)
+        refused = []
+        for call in (lambda: sharding.shard_model(model, sharding.make_mesh(4, 2)),
+                     lambda: model.score(test, mesh=sharding.make_mesh(1, 2), progress=False)):
+            try:
+                call()
+            except ValueError as error:
+                refused.append(str(error))
+        out["baselines"][config.method] = dict(
+            max_abs=float(np.max(np.abs(maps - ref_maps))), max_ref=float(np.max(np.abs(ref_maps))),
+            scores_max_abs=float(np.max(np.abs(scores - ref_scores))), refused=refused,
+        )
     print("RESULT" + json.dumps(out))
     """
 )
@@ -175,9 +201,44 @@ def test_bank_sharded_four_ways_holds_a_quarter_per_device(report, sampling):
         assert mem["temp_bytes_4x_bank"] == mem["temp_bytes"], mem
 
 
-def test_make_mesh_and_parse_mesh_errors():
-    from subspace_jax import sharding
+@pytest.mark.parametrize("method", ["patchcore", "spade"])
+def test_baselines_score_data_parallel_and_refuse_to_split_their_bank(report, method):
+    case = report["baselines"][method]
+    assert case["max_ref"] > 0.1
+    assert case["max_abs"] <= 1e-5 * case["max_ref"] and case["scores_max_abs"] <= 1e-5 * case["max_ref"], (
+        case
+    )
+    assert len(case["refused"]) == 2, case
+    model_class = {"patchcore": "PatchCoreModel", "spade": "SpadeModel"}[method]
+    for message in case["refused"]:
+        assert message.startswith(f"mesh: {model_class} cannot split its bank"), message
 
+
+def test_process_shares_split_consecutively_and_gather_back():
+    # 5 images over 2 processes: 3 + 2, the short share padded by repeating its last index.
+    assert sharding.process_shares(5, 2, 0) == ([3, 2], [0, 1, 2])
+    assert sharding.process_shares(5, 2, 1) == ([3, 2], [3, 4, 4])
+    assert sharding.process_shares(7, 3, 2) == ([3, 3, 1], [6, 6, 6])
+    assert sharding.process_shares(2, 3, 2) == ([1, 1, 0], [1])  # more processes than images
+    assert sharding.process_shares(4) == ([4], [0, 1, 2, 3])  # this process alone
+    with pytest.raises(ValueError, match="n: expected an int"):
+        sharding.process_shares(0, 2, 0)
+    local = np.arange(12).reshape(4, 3)
+    np.testing.assert_array_equal(sharding.gather_shares(local, [3]), local[:3])
+
+
+@pytest.mark.parametrize("text", ["host0:12345", "10.0.0.1:1", "[::1]:65535", "node-7.cluster:8476"])
+def test_coordinator_addresses_are_checked(text):
+    assert sharding.check_coordinator(text) == text
+
+
+@pytest.mark.parametrize("text", ["host0", "host0:0", "host0:65536", ":80", "a b:1", 12345])
+def test_bad_coordinator_addresses_name_the_flag(text):
+    with pytest.raises(ValueError, match="--coordinator: expected HOST:PORT"):
+        sharding.check_coordinator(text)
+
+
+def test_make_mesh_and_parse_mesh_errors():
     with pytest.raises(ValueError, match="devices requested"):
         sharding.make_mesh(64, 64)
     with pytest.raises(ValueError, match="bank"):
@@ -193,10 +254,6 @@ def test_make_mesh_and_parse_mesh_errors():
 def test_two_process_mvtec_run_writes_the_same_metrics(tmp_path):
     """experiments/mvtec.py as one process, and as two jax.distributed processes (gloo, 2 fake devices
     each, one 4-device data mesh), on a tiny MVTec-layout tree: the same results.json metrics."""
-    import socket
-
-    from tests.data_trees import write_mvtec_category
-
     write_mvtec_category(tmp_path / "tree", "bottle")
     args = [sys.executable, str(ROOT / "experiments/mvtec.py"), "--data-root", str(tmp_path / "tree")]
     args += ["--categories", "bottle", "--backbone", "efficientnet_lite0", "--image-size", "64"]
