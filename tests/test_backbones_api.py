@@ -12,6 +12,8 @@ from subspace_jax import backbones
 from subspace_jax.backbones import REGISTRY, WeightsMismatchError, load_state_dict, preprocess
 from subspace_jax.backbones.convert import expected_torch_shapes
 from subspace_jax.backbones.registry import get_spec
+from subspace_jax.engine.features import check_backbone
+from subspace_jax.runner.feature_cache import FeatureKey
 
 CAT_CLASSES = slice(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -201,9 +203,6 @@ def test_micro_batching_matches_whole_batch():
 def test_lite0_input_normalization_is_selectable_and_part_of_the_identity(lite0):
     """ImageNet mean/std on x equals the default TF (v - 127) / 128 on v = 127 + 128 (x / 255 - m) / s, the
     numpy transform giving the same network input; the two differ on x itself and name different features."""
-    from subspace_jax.engine.batches import check_backbone
-    from subspace_jax.runner.features import FeatureKey
-
     imagenet = backbones.load("efficientnet_lite0", normalization="imagenet")
     assert imagenet.name == "efficientnet_lite0:imagenet" and lite0.name == "efficientnet_lite0"
     assert backbones.load("efficientnet_lite0", normalization="tf").name == lite0.name
