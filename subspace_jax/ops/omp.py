@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["OMPResult", "omp", "omp_gram", "reconstruct", "residual"]
+__all__ = ["OMPResult", "omp", "omp_columns", "omp_gram", "reconstruct", "residual"]
 
 # A new atom whose squared distance to the span of the support is below this fraction of its squared
 # norm is treated as linearly dependent and ends the pursuit (sklearn stops on the same event, with an
@@ -215,7 +215,8 @@ def _finish(state: _Pursuit) -> OMPResult:
 
 
 def _gram_pursuit(
-    gram: jax.Array,
+    norms_sq: jax.Array,
+    column: Callable[[jax.Array], jax.Array],
     alpha: jax.Array,
     candidates: jax.Array,
     norm_sq: jax.Array,
@@ -225,9 +226,11 @@ def _gram_pursuit(
     normalize_selection: bool,
     has_norm: bool,
 ) -> OMPResult:
-    """Batch-OMP for one target. gram (M, M), alpha (M,), candidates (M,) bool, norm_sq ()."""
-    n_atoms = gram.shape[0]
-    norms_sq = jnp.diagonal(gram)
+    """Batch-OMP for one target. norms_sq (M,) the Gram diagonal, column(i) -> (M,) the Gram column of
+    atom i (read from a stored Gram matrix, or computed from the atoms), alpha (M,), candidates (M,)
+    bool, norm_sq ()."""
+    n_atoms = norms_sq.shape[0]
+    dtype = alpha.dtype
     selectable = candidates & (norms_sq > 0)
     weights = _selection_weights(norms_sq, normalize_selection)
     floor = _correlation_floor(alpha, selectable)
@@ -247,7 +250,7 @@ def _gram_pursuit(
             weights,
             floor,
         )
-        support_columns = support_columns.at[:, step].set(jnp.where(accept, gram[:, lam], 0))
+        support_columns = support_columns.at[:, step].set(jnp.where(accept, column(lam), 0))
         explained = state.forward @ state.forward
         residual_norm_sq = jnp.maximum(norm_sq - explained, 0) if has_norm else state.residual_norm_sq
         state = state._replace(
@@ -256,10 +259,10 @@ def _gram_pursuit(
         )
         return state, support_columns
 
-    initial = _initial_state(k, n_atoms, gram.dtype, norm_sq)
+    initial = _initial_state(k, n_atoms, dtype, norm_sq)
     if has_norm:
         initial = initial._replace(active=norm_sq > threshold)
-    state, _ = lax.fori_loop(0, k, body, (initial, jnp.zeros((n_atoms, k), gram.dtype)))
+    state, _ = lax.fori_loop(0, k, body, (initial, jnp.zeros((n_atoms, k), dtype)))
     return _finish(state)
 
 
@@ -322,9 +325,19 @@ def _batched_gram(gram, alpha, candidates, norm_sq, tol, *, k, normalize_selecti
     norm_sq = jnp.full(alpha.shape[:1], jnp.nan, dtype) if norm_sq is None else jnp.asarray(norm_sq, dtype)
     tol = jnp.asarray(tol, dtype)
 
+    norms_sq = jnp.diagonal(gram)
+
     def single(a, c, n):
         return _gram_pursuit(
-            gram, a, c, n, tol, k=k, normalize_selection=normalize_selection, has_norm=has_norm
+            norms_sq,
+            lambda lam: gram[:, lam],
+            a,
+            c,
+            n,
+            tol,
+            k=k,
+            normalize_selection=normalize_selection,
+            has_norm=has_norm,
         )
 
     return jax.vmap(single, in_axes=(0, candidates_axis, 0))(
@@ -401,6 +414,58 @@ def omp_gram(
         candidates_axis=_candidates_axis(candidates, batch, n_atoms),
         dtype=_float_dtype(gram, alpha),
     )
+
+
+def omp_columns(
+    column: Callable[[jax.Array], jax.Array],
+    norms_sq: jax.Array,
+    alpha: jax.Array,
+    k: int,
+    *,
+    candidates: jax.Array | None = None,
+    tol: float | jax.Array = 0.0,
+    target_norm_sq: jax.Array | None = None,
+    normalize_selection: bool = False,
+) -> OMPResult:
+    """Batch-OMP without a stored Gram matrix: the same pursuit as ``omp_gram`` (same result up to float
+    rounding), reading each chosen atom's Gram column from ``column`` when it is chosen. For banks whose
+    (M, M) Gram matrix would not fit: k columns cost k·M·d, not M²·d. Call it inside ``jit``.
+
+    Args:
+      column: int32 index i -> (M,) ``atoms @ atoms[i]`` (vmapped over the batch).
+      norms_sq: (M,) squared atom norms (the Gram diagonal).
+      alpha, k, candidates, tol, target_norm_sq, normalize_selection: as for ``omp_gram``.
+    """
+    k = _check_k(k)
+    n_atoms = np.shape(norms_sq)[0]
+    if np.ndim(alpha) != 2 or np.shape(alpha)[1] != n_atoms:
+        raise _shape_error("alpha", f"(B, M) = (B, {n_atoms}) to match norms_sq", alpha)
+    _check_tol(tol)
+    dtype = _float_dtype(norms_sq, alpha)
+    alpha = jnp.asarray(alpha, dtype)
+    has_norm = target_norm_sq is not None
+    if not has_norm and not (isinstance(tol, (int, float, np.number)) and tol == 0):
+        raise ValueError("tol: a nonzero relative tolerance needs target_norm_sq (B,) = ||targets||^2")
+    norm_sq = (
+        jnp.full(alpha.shape[:1], jnp.nan, dtype) if not has_norm else jnp.asarray(target_norm_sq, dtype)
+    )
+    norms_sq, tol = jnp.asarray(norms_sq, dtype), jnp.asarray(tol, dtype)
+
+    def single(a, c, n):
+        return _gram_pursuit(
+            norms_sq,
+            lambda lam: jnp.asarray(column(lam), dtype),
+            a,
+            c,
+            n,
+            tol,
+            k=k,
+            normalize_selection=bool(normalize_selection),
+            has_norm=has_norm,
+        )
+
+    axis = _candidates_axis(candidates, alpha.shape[0], n_atoms)
+    return jax.vmap(single, in_axes=(0, axis, 0))(alpha, _candidate_mask(candidates, n_atoms), norm_sq)
 
 
 def omp(

@@ -64,7 +64,7 @@ from subspace_jax.engine.features import check_backbone
 from subspace_jax.eval.calibration import Thresholds
 from subspace_jax.methods import registry
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: subspace models record n_train; Gram matrices are optional
 METADATA_FILE = "metadata.json"
 ARRAYS_DIR = "arrays"
 MARKER_FILE = "subspace_jax_checkpoint.json"
@@ -385,8 +385,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         hint = ""
-        if version == 1:
-            hint = " (written before checkpoints carried an integrity marker; save it again)"
+        if version in (1, 2):
+            hint = " (written by an earlier subspace-jax; fit and save the model again)"
         raise CheckpointError(
             f"{meta_path}: unknown checkpoint format version {version!r}{hint}; this subspace-jax "
             f"{__version__} reads format version {FORMAT_VERSION}"

@@ -159,6 +159,7 @@ def _codes_jit(model: Any, features: dict[str, jax.Array]) -> dict[str, tuple]:
         for key, bank in model.banks.items():
             targets = features[key].reshape(features[key].shape[0], -1).astype(jnp.float32)
             rows = bank.reshape(bank.shape[0], -1)
-            result, residual = image_pursuit(rows, model.grams[key], targets, candidates, model.config)
+            gram = None if model.grams is None else model.grams[key]
+            result, residual = image_pursuit(rows, gram, targets, candidates, model.config, n=model.n_train)
             out[key] = (result.support, result.coef, jnp.sum(residual * residual, axis=-1))
         return out

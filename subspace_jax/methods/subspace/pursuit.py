@@ -98,7 +98,7 @@ def sample_candidates(model: Any, features: Features, *, execution: Execution | 
         )
     axis = execution_lib.resolve(execution).bank_axis
     target = features[level_key(cfg.sampling_level)].reshape(batch, -1).astype(jnp.float32)
-    result = _omp_on_bank(model.sampling_bank, model.sampling_gram, target, cfg.lam, None, cfg, axis)
+    result = _omp_on_bank(model.sampling_bank, model.sampling_gram, target, cfg.lam, None, cfg, axis, n)
     support = result.support
     return Candidates(jnp.maximum(support, 0).astype(jnp.int32), support >= 0)
 
@@ -181,19 +181,49 @@ def check_feature_shapes(model: Any, features: Features) -> None:
             )
 
 
+def _bank_column(bank: Array, index: Array, n: int, axis: str | None) -> Array:
+    """Column ``index`` of the bank's Gram matrix, D[:n] D[index] (n,) float32, computed from the rows
+    (banks too large for a stored Gram matrix). Sharded: the chosen row is assembled from its owner
+    (one (d,) sum) and the (n_local,) products are gathered."""
+    row = _psum(_take_rows(bank, index, axis), axis)
+    if axis is None:
+        return bank[:n].astype(jnp.float32) @ row
+    local = bank.astype(jnp.float32) @ row
+    return jax.lax.all_gather(local, axis, tiled=True)[:n]
+
+
+def _bank_norms(bank: Array, n: int, axis: str | None) -> Array:
+    """(n,) squared norms of the bank rows (the Gram diagonal), float32."""
+    local = jnp.sum(jnp.square(bank.astype(jnp.float32)), axis=-1)
+    if axis is None:
+        return local[:n]
+    return jax.lax.all_gather(local, axis, tiled=True)[:n]
+
+
 def _omp_on_bank(
-    bank: Array, gram: Array, targets: Array, k: int, candidates: Array | None, cfg: SubspaceConfig, axis=None
+    bank: Array,
+    gram: Array | None,
+    targets: Array,
+    k: int,
+    candidates: Array | None,
+    cfg: SubspaceConfig,
+    axis=None,
+    n: int | None = None,
 ):
-    """Batch-OMP of float32 targets (B, d) on a bank (N, d) with its Gram matrix (N, N)."""
-    alpha = _bank_correlations(bank, targets, gram.shape[0], axis)
-    return omp_lib.omp_gram(
-        gram,
-        alpha,
-        k,
+    """Batch-OMP of float32 targets (B, d) on the first n rows of a bank (N, d): from its Gram matrix
+    (N, N) when the model keeps one, else with Gram columns computed from the rows as atoms are chosen."""
+    n = gram.shape[0] if gram is not None else n
+    alpha = _bank_correlations(bank, targets, n, axis)
+    options = dict(
         candidates=candidates,
         tol=cfg.tol,
         target_norm_sq=jnp.sum(targets * targets, axis=-1),
         normalize_selection=cfg.normalize_selection,
+    )
+    if gram is not None:
+        return omp_lib.omp_gram(gram, alpha, k, **options)
+    return omp_lib.omp_columns(
+        lambda i: _bank_column(bank, i, n, axis), _bank_norms(bank, n, axis), alpha, k, **options
     )
 
 
@@ -242,7 +272,8 @@ def reconstruct_levels(
                 f"got {target.shape}; were the images resized to the model's image_size/crop?"
             )
         if cfg.reconstruction == "image":
-            out[key] = _image_level_map(bank, model.grams[key], target, candidates, cfg, execution)
+            gram = None if model.grams is None else model.grams[key]
+            out[key] = _image_level_map(bank, gram, target, candidates, cfg, execution, model.n_train)
         else:
             out[key] = _pixel_level_map(bank, target, candidates, cfg, execution)
     return out
@@ -258,34 +289,44 @@ def prepare_level(model: Any, key: str, features: Array) -> Array:
 
 
 def _image_level_map(
-    bank: Array, gram: Array, target: Array, candidates: Candidates, cfg: SubspaceConfig, execution: Execution
+    bank: Array,
+    gram: Array | None,
+    target: Array,
+    candidates: Candidates,
+    cfg: SubspaceConfig,
+    execution: Execution,
+    n: int,
 ) -> Array:
     """Whole-map atoms: y_l ≈ D_lᵀc with ‖c‖₀ ≤ k among the candidates; returns (B, h, w) ‖e‖_c."""
     _, h, w, c = bank.shape
     batch = target.shape[0]
     y = target.reshape(batch, -1).astype(jnp.float32)
-    _, residual = image_pursuit(bank.reshape(bank.shape[0], -1), gram, y, candidates, cfg, execution)
+    _, residual = image_pursuit(bank.reshape(bank.shape[0], -1), gram, y, candidates, cfg, execution, n)
     return jnp.linalg.norm(residual.reshape(batch, h, w, c), axis=-1)
 
 
 def image_pursuit(
     atoms: Array,
-    gram: Array,
+    gram: Array | None,
     targets: Array,
     candidates: Candidates,
     cfg: SubspaceConfig,
     execution: Execution | None = None,
+    n: int | None = None,
 ) -> tuple[omp_lib.OMPResult, Array]:
     """Batch-OMP of targets on the candidate rows of a bank, and the residuals e = y − D_lᵀc.
 
     Args:
       atoms: (N, d) bank rows (any float dtype; upcast to float32 after gathering). Inside
         ``shard_map`` with ``execution.bank_axis`` set: this device's (N_pad / shards, d) rows.
-      gram: (N, N) float32 ``atoms @ atoms.T`` (N real rows: padding rows are never candidates).
+      gram: (N, N) float32 ``atoms @ atoms.T`` (N real rows: padding rows are never candidates), or
+        None for a bank without a stored Gram matrix: the gathered path then takes the candidates'
+        Gram columns from their rows (``omp_columns``), the masked path from the whole bank.
       targets: (B, d) float32.
       candidates: (B, m) from ``sample_candidates``; m = N means every image is a candidate.
       cfg: gives k, tol and normalize_selection.
       execution: vectorisation width, gathered/masked choice, bank axis (default: the backend's).
+      n: N, the real rows (needed without ``gram``; a sharded bank is padded).
 
     Returns:
       the ``OMPResult`` (support (B, k) as bank indices, -1 unused) and the residuals (B, d) float32.
@@ -302,14 +343,15 @@ def image_pursuit(
     """
     execution = execution_lib.resolve(execution)
     axis = execution.bank_axis
-    atoms, gram = jnp.asarray(atoms), jnp.asarray(gram, jnp.float32)
-    n = gram.shape[0]
+    atoms = jnp.asarray(atoms)
+    gram = None if gram is None else jnp.asarray(gram, jnp.float32)
+    n = gram.shape[0] if gram is not None else (atoms.shape[0] if n is None else n)
     batch, m = candidates.indices.shape
     k = min(cfg.k, m)
     if not execution.gathers(batch, m, n):
         rows = jnp.arange(batch)[:, None]
         hits = jnp.zeros((batch, n), bool).at[rows, candidates.indices].max(candidates.valid)
-        result = _omp_on_bank(atoms, gram, targets, k, hits, cfg, axis)
+        result = _omp_on_bank(atoms, gram, targets, k, hits, cfg, axis, n)
         return result, targets - _bank_reconstruct(result.support, result.coef, atoms, n, axis)
     # Candidates in bank order, unused slots last: ties in the pursuit then go to the lowest bank
     # index, as they do on the whole bank.
@@ -319,15 +361,19 @@ def image_pursuit(
 
     def one_image(y, idx, ok):
         rows = _take_rows(atoms, idx, axis)  # (m, d); sharded: this device's rows, zeros elsewhere
-        local = omp_lib.omp_gram(
-            gram[idx[:, None], idx[None, :]],
-            _psum(rows @ y, axis)[None],
-            k,
+        options = dict(
             candidates=ok,
             tol=cfg.tol,
             target_norm_sq=jnp.sum(y * y)[None],
             normalize_selection=cfg.normalize_selection,
         )
+        alpha = _psum(rows @ y, axis)[None]
+        if gram is not None:
+            local = omp_lib.omp_gram(gram[idx[:, None], idx[None, :]], alpha, k, **options)
+        else:  # Gram columns of the candidates from their rows (assembled once when sharded)
+            full = _psum(rows, axis)
+            norms = jnp.sum(full * full, axis=-1)
+            local = omp_lib.omp_columns(lambda i: full @ full[i], norms, alpha, k, **options)
         support = jnp.where(local.support >= 0, idx[jnp.maximum(local.support, 0)], -1)
         # Only the k chosen rows are read again (not the m gathered ones); unused slots weigh 0.
         chosen = _take_rows(atoms, jnp.maximum(support[0], 0), axis)  # (k, d)
