@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -156,8 +157,6 @@ def test_altered_or_missing_array_file_is_a_clear_error(tmp_path):
 
 
 def test_missing_arrays_directory_is_a_clear_error(tmp_path):
-    import shutil
-
     path = checkpoint.save(make_model(), tmp_path / "model")
     shutil.rmtree(path / checkpoint.ARRAYS_DIR)
     with pytest.raises(checkpoint.CheckpointError, match="arrays directory"):

@@ -22,6 +22,7 @@ from subspace_jax.configs import flags as cli
 from subspace_jax.data import registry as datasets
 from subspace_jax.data import synthetic
 from subspace_jax.data.mtd import DOWNLOAD_COMMAND, MTDNotFoundError, find_root
+from subspace_jax.data.mvtec import MVTEC_CATEGORIES
 from subspace_jax.engine import scorer as scoring
 from subspace_jax.runner import evaluation, feature_cache, figures, main, results
 from subspace_jax.runner import published as pub
@@ -201,9 +202,20 @@ def test_results_write_read_means_and_markdown(tmp_path):
     assert stored["mean"]["image_auroc"] is None  # no category has one
     assert stored["mean"]["n_test"] == 8
     text = (tmp_path / "results.md").read_text()
-    # Our bottle row beside the paper's (Table I 98.6, Table II 96.1), and the printed means.
+    # Our bottle row beside the paper's (Table I 98.6, Table II 96.1); two of the 15 categories are compared
+    # with the paper's mean over the same two (wood: 95.6, 93.6).
     assert "| bottle | 90.0 | 50.0 | - | 25.0 | 30.0 | 98.6 | 96.1 |" in text
+    assert "| mean of 2 | 80.0 | 50.0 | - | 25.0 | 30.0 | 97.1 | 94.8 |" in text
+    # All 15 categories: beside the paper's printed means (Tables I and II: 97.6, 93.0).
+    for name in MVTEC_CATEGORIES:
+        document["categories"][name] = _entry(0.8)
+    results.write(tmp_path, document, "subspace")
+    text = (tmp_path / "results.md").read_text()
     assert "| mean | 80.0 | 50.0 | - | 25.0 | 30.0 | 97.6 | 93.0 |" in text
+    # One category: its own row, no mean.
+    document["categories"] = {"bottle": _entry(0.9)}
+    results.write(tmp_path, document, "subspace")
+    assert "| mean" not in (tmp_path / "results.md").read_text()
 
 
 def test_resume_refuses_another_dataset_or_config(tmp_path):
@@ -378,7 +390,7 @@ def test_corrupt_image_keeps_finished_categories_and_resume_reuses_them(tree, tm
         (weave["pixel_auroc"] + second["categories"]["shape"]["pixel_auroc"]) / 2
     )
     markdown = (out / "results.md").read_text()
-    assert "| weave |" in markdown and "| shape |" in markdown and "| mean |" in markdown
+    assert "| weave |" in markdown and "| shape |" in markdown and "| mean of 2 |" in markdown
 
     # Another configuration may not be mixed into this folder, nor may a run overwrite it.
     assert main(SYNTHETIC, [*argv, "--resume", "--k", "3"]) == 2

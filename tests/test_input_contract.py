@@ -29,35 +29,55 @@ def fitted():
     return sj.fit(textured_images(5, seed=1), CONFIG, BlockMeanBackbone(), batch_size=5, progress=False)
 
 
-# --- item 4: one float contract, enforced where images enter -------------------------------------------
+# --- item 4: one float contract, enforced where images enter: the scale is stated, never guessed ------
 
 
-def test_float_images_scaled_to_0_1_are_refused(fitted):
-    test = textured_images(3, seed=2)
-    with pytest.raises(
-        ValueError, match="every value is <= 1.*multiply them by 255 or convert them to uint8"
-    ):
-        fitted.score(test.astype(np.float32) / 255.0, progress=False)
-    with pytest.raises(ValueError, match=r"images \(batch 0\).*<= 1"):
-        fitted.score(iter([test.astype(np.float32) / 255.0]), progress=False)
-    with pytest.raises(ValueError, match="<= 1"):
+def test_float_images_without_their_value_range_are_refused(fitted):
+    test = textured_images(3, seed=2).astype(np.float32)
+    with pytest.raises(ValueError, match=r"^images: float images need value_range=\(lo, hi\)"):
+        fitted.score(test / 255.0, progress=False)
+    with pytest.raises(ValueError, match=r"^images \(batch 0\): float images need value_range"):
+        fitted.score(iter([test]), progress=False)
+    with pytest.raises(ValueError, match="float images need value_range"):
         sj.fit(textured_images(5, seed=1) / 255.0, CONFIG, BlockMeanBackbone(), progress=False)
+    with pytest.raises(ValueError, match="float images need value_range"):
+        sj.calibrate(fitted, test, progress=False)
 
 
-def test_float_images_on_the_uint8_scale_score_like_uint8(fitted):
+def test_float_images_on_their_stated_scale_score_like_uint8(fitted):
     test = textured_images(3, seed=2)
     maps_u8, scores_u8 = fitted.score(test, progress=False)
-    maps_f, scores_f = fitted.score(test.astype(np.float32), progress=False)
+    maps_f, scores_f = fitted.score(test.astype(np.float32), progress=False, value_range=(0, 255))
     np.testing.assert_array_equal(maps_f, maps_u8)
     np.testing.assert_array_equal(scores_f, scores_u8)
+    # [0, 1] images are mapped onto [0, 255]: the same maps up to float rounding.
+    maps_unit, scores_unit = fitted.score(test / np.float32(255.0), progress=False, value_range=(0.0, 1.0))
+    np.testing.assert_allclose(maps_unit, maps_u8, rtol=1e-5, atol=1e-5 * float(maps_u8.max()))
+    np.testing.assert_allclose(scores_unit, scores_u8, rtol=1e-5)
+    # A model fit on [0, 1] floats is the model fit on the uint8 images.
+    unit = sj.fit(
+        textured_images(5, seed=1) / 255.0, CONFIG, BlockMeanBackbone(), progress=False, value_range=(0, 1)
+    )
+    for key, bank in fitted.banks.items():
+        np.testing.assert_allclose(np.asarray(unit.banks[key]), np.asarray(bank), rtol=1e-5, atol=1e-6)
 
 
-def test_normalised_float_images_are_refused(fitted):
-    test = (textured_images(2, seed=3).astype(np.float32) - 128.0) / 64.0  # mean/std normalised
-    with pytest.raises(ValueError, match=r"values in \[0, 255\].*not normalised"):
-        fitted.score(test, progress=False)
-    with pytest.raises(ValueError, match=r"values in \[0, 255\]"):
-        fitted.score(textured_images(2, seed=3).astype(np.float32) * 4.0, progress=False)
+def test_values_outside_the_stated_range_are_refused_naming_the_image(fitted):
+    test = textured_images(3, seed=3).astype(np.float32)
+    normalised = (test - 128.0) / 64.0  # mean/std normalised, then called [0, 255]
+    with pytest.raises(
+        ValueError, match=r"images: image 0 holds values \[-.*\] outside value_range \(0.0, 255.0\)"
+    ):
+        fitted.score(normalised, progress=False, value_range=(0, 255))
+    brighter = test.copy()
+    brighter[1] *= 4.0
+    with pytest.raises(ValueError, match=r"images: image 1 holds values .* outside value_range"):
+        fitted.score(brighter, progress=False, value_range=(0, 255))
+    with pytest.raises(ValueError, match=r"value_range: uint8 images are on \(0, 255\)"):
+        fitted.score(textured_images(2, seed=3), progress=False, value_range=(0, 1))
+    for bad in [(1, 0), (0, float("inf")), (0,), "0-255"]:
+        with pytest.raises(ValueError, match="value_range: expected"):
+            fitted.score(test, progress=False, value_range=bad)
 
 
 # --- item 5: NaN and inf are refused at fit and score, naming the image --------------------------------
@@ -66,15 +86,15 @@ def test_normalised_float_images_are_refused(fitted):
 def test_non_finite_images_are_refused_naming_the_image(fitted):
     test = textured_images(4, seed=4).astype(np.float32)
     test[2, 5, 7, 1] = np.nan
-    with pytest.raises(ValueError, match=r"images: image 2 holds NaN or inf"):
-        fitted.score(test, progress=False)
+    with pytest.raises(ValueError, match=r"images: image 2 holds values .*NaN or inf"):
+        fitted.score(test, progress=False, value_range=(0, 255))
     batches = [textured_images(2, seed=5).astype(np.float32), test[2:4]]
-    with pytest.raises(ValueError, match=r"images \(batch 1\): image 2 holds NaN or inf"):
-        fitted.score(iter(batches), batch_size=2, progress=False)
+    with pytest.raises(ValueError, match=r"images \(batch 1\): image 2 holds values .*NaN or inf"):
+        fitted.score(iter(batches), batch_size=2, progress=False, value_range=(0, 255))
     train = textured_images(5, seed=1).astype(np.float32)
     train[4, 0, 0, 0] = np.inf
-    with pytest.raises(ValueError, match="image 4 holds NaN or inf"):
-        sj.fit(train, CONFIG, BlockMeanBackbone(), progress=False)
+    with pytest.raises(ValueError, match="image 4 holds values .*NaN or inf"):
+        sj.fit(train, CONFIG, BlockMeanBackbone(), progress=False, value_range=(0, 255))
 
 
 def test_non_finite_features_are_refused_at_fit_and_score():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import skimage.measure
@@ -325,8 +326,6 @@ def test_fpr_limit_out_of_range_is_an_error():
 
 
 def test_jax_arrays_are_accepted():
-    import jax.numpy as jnp
-
     maps, masks = random_case(np.random.default_rng(4))
     assert metrics.pro(jnp.asarray(maps, jnp.float32), jnp.asarray(masks)) == pytest.approx(
         metrics.pro(maps.astype(np.float32), masks), abs=1e-12

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from subspace_jax.data import MTD
 from subspace_jax.data.split import Split, stratified_halves, subset
 
 TYPES = ["good"] * 11 + ["crack"] * 6 + ["uneven"] * 7 + ["fray"] * 1
@@ -61,8 +62,6 @@ def test_subset_keeps_rows_together():
 
 @pytest.mark.mtd
 def test_mtd_test_set_halves(mtd_root):
-    from subspace_jax.data import MTD
-
     types = [s.defect_type for s in MTD(mtd_root).samples("test")]
     a, b = stratified_halves(types, seed=0)
     assert len(a) + len(b) == 583 and len(a) == 294  # each type rounds up in A

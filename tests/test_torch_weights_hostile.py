@@ -6,6 +6,7 @@ what the restricted unpickler is fed.
 
 from __future__ import annotations
 
+import pickle
 import struct
 import tracemalloc
 import zipfile
@@ -114,8 +115,6 @@ def test_a_hostile_build_is_refused_and_later_loads_still_work(tmp_path, payload
 
 
 def test_unsafe_pickle_error_is_a_value_error_and_an_unpickling_error():
-    import pickle
-
     assert issubclass(UnsafePickleError, ValueError) and issubclass(UnsafePickleError, pickle.UnpicklingError)
 
 
@@ -242,8 +241,6 @@ def test_a_member_inflating_past_its_declared_size_is_cut_off(tmp_path):
 
 
 def test_legacy_storages_cannot_claim_more_than_the_file_holds(tmp_path):
-    import pickle
-
     header = b"".join(
         pickle.dumps(v, protocol=2) for v in (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True})
     )
