@@ -21,7 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from subspace_jax import backbones, configs
+import jax
+
+from subspace_jax import backbones, configs, sharding
 from subspace_jax.configs import flags
 from subspace_jax.data import registry as datasets
 from subspace_jax.data.files import collect_images
@@ -63,6 +65,10 @@ def method_and_base(argv: Sequence[str]) -> tuple[registry.Method, Any]:
 
 
 def cmd_fit(args: argparse.Namespace, base: Any, config_names: list[str]) -> int:
+    if args.distributed:  # before anything touches JAX's devices
+        sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    elif (args.coordinator, args.num_processes, args.process_id) != (None, None, None):
+        raise UsageError("--coordinator, --num-processes, --process-id: need --distributed")
     config = flags.config_from_namespace(base, args, config_names)
     paths = collect_images(args.train, "TRAIN", exclude=[Path(args.out)])
     backbone = _load_backbone(config.backbone, args.weights)
@@ -88,7 +94,12 @@ def cmd_fit(args: argparse.Namespace, base: Any, config_names: list[str]) -> int
         false_alarm_rate=args.false_alarm_rate,
         seed=args.split_seed,
     )
+    if jax.process_index() != 0:
+        sharding.wait_for_processes("subspace-jax fit: saved")
+        print(f"process {jax.process_index()}: fitted; process 0 saved {args.out}")
+        return 0
     out = checkpoint.save(model, args.out)
+    sharding.wait_for_processes("subspace-jax fit: saved")
     message = f"saved {out}"
     if model.thresholds is not None:
         t = model.thresholds
@@ -312,6 +323,19 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
     )
     fit.add_argument("--split-seed", type=_non_negative_int, default=0, help="seed of the hold-out draw")
     fit.add_argument("--batch-size", type=_positive_int, default=8, help="images per backbone call")
+    fit.add_argument(
+        "--distributed",
+        action="store_true",
+        help="fit over several processes (jax.distributed; auto-detected on TPU pods and SLURM): each reads "
+        "and embeds its share of the images, the statistics are combined, process 0 saves",
+    )
+    fit.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (with --distributed)")
+    fit.add_argument(
+        "--num-processes", type=_positive_int, metavar="N", help="processes (with --distributed)"
+    )
+    fit.add_argument(
+        "--process-id", type=_non_negative_int, metavar="I", help="this process's id (with --distributed)"
+    )
     names = flags.add_config_flags(fit, method.config_cls, base, f"{method.name} configuration")
 
     predict_parser = sub.add_parser(
@@ -411,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        method, base = method_and_base(argv) if argv[:1] == ["fit"] else (registry.get("subspace"), None)
+        command = next((arg for arg in argv if arg not in ("--quiet", "--debug")), None)
+        method, base = method_and_base(argv) if command == "fit" else (registry.get("subspace"), None)
     except ValueError as error:
         if debug:
             raise

@@ -45,15 +45,19 @@ from subspace_jax.ops import execution as execution_lib
 __all__ = [
     "BANK",
     "DATA",
+    "gather_rows",
     "gather_shares",
     "global_batch",
     "initialize_distributed",
     "make_mesh",
     "parse_mesh",
+    "process_counts",
     "process_shares",
     "score_features",
     "score_images",
     "shard_model",
+    "sum_over_processes",
+    "wait_for_processes",
 ]
 
 DATA, BANK = "data", "bank"
@@ -326,3 +330,44 @@ def initialize_distributed(
     jax.distributed.initialize(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
     )
+
+
+def sum_over_processes(value: Any) -> np.ndarray:
+    """``value`` summed over every process, in its dtype; on one process, itself. Extended-precision
+    values (``np.longdouble``) travel as two float64 parts (high and low) and are summed in extended
+    precision, so the total hardly depends on how the sum was split among processes."""
+    value = np.asarray(value)
+    if jax.process_count() == 1:
+        return value
+    high = value.astype(np.float64)
+    low = (value - high).astype(np.float64)
+    parts = np.asarray(multihost_utils.process_allgather(np.stack([high, low]), tiled=False))
+    return parts.astype(value.dtype).sum(axis=(0, 1)).astype(value.dtype)
+
+
+def process_counts(n: int) -> list[int]:
+    """Every process's n (rows it holds), in process order; on one process, [n]."""
+    if jax.process_count() == 1:
+        return [int(n)]
+    return [
+        int(v) for v in np.asarray(multihost_utils.process_allgather(np.asarray(n, np.int64), tiled=False))
+    ]
+
+
+def gather_rows(local: np.ndarray, counts: list[int]) -> np.ndarray:
+    """Every process's rows of ``local`` ((counts[p], ...) on process p), concatenated in process order,
+    on every process. Rows are padded to the largest count for the collective and cut after it."""
+    if len(counts) == 1:
+        return np.asarray(local)
+    longest = max(counts)
+    local = np.asarray(local)
+    padded = np.zeros((longest, *local.shape[1:]), local.dtype)
+    padded[: local.shape[0]] = local
+    return gather_shares(padded, counts)
+
+
+def wait_for_processes(name: str) -> None:
+    """Every process waits here until all have arrived (e.g. until process 0 has saved); on one
+    process, nothing."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

@@ -4,7 +4,6 @@ never a traceback; ``--debug`` lets the traceback through."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import subprocess
@@ -15,10 +14,9 @@ import pytest
 from test_torch_weights_hostile import _global, legit_file, write_zip
 
 from subspace_jax.data import registry as datasets
+from subspace_jax.runner import command as runner_main
 from subspace_jax.runner import main, results
 
-# The module behind ``subspace_jax.runner.main`` (the package re-exports its function under that name).
-runner_main = importlib.import_module("subspace_jax.runner.main")
 SPEC = dataclasses.replace(datasets.get("mvtec"), categories=("weave", "shape"))
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "efficientnet_lite0", "--image-size", "64", "--k", "2", "--lam", "4", "--no-progress"]

@@ -33,10 +33,8 @@ from subspace_jax.methods.patchcore import PatchCoreConfig
 from subspace_jax.methods.spade import SpadeConfig
 from subspace_jax.methods.subspace import scorer as subspace_scorer
 from subspace_jax.ops import maps as maps_lib
+from subspace_jax.runner import command as runner_main
 from subspace_jax.runner import evaluation, main
-
-# The module behind ``subspace_jax.runner.main`` (the package re-exports its function under that name).
-runner_main = importlib.import_module("subspace_jax.runner.main")
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {"level1": (16, 16, 3), "level2": (8, 8, 4), "level3": (4, 4, 6), "pooled": (6,)}

@@ -16,7 +16,7 @@ from subspace_jax import backbones, configs
 from subspace_jax.data import MTD, MVTecAD, synthetic
 from subspace_jax.data import registry as datasets
 from subspace_jax.runner import evaluation, workbench
-from subspace_jax.runner.main import method_and_defaults
+from subspace_jax.runner.command import method_and_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -42,6 +42,35 @@ def feature_keys(backbone: Any, image_size: int) -> tuple[str, ...]:
     return tuple(jax.eval_shape(apply_fn, params, probe))
 
 
+def iter_features(
+    images: batches.ImageSource,
+    config: batches.InputConfig,
+    backbone: Any,
+    keys: tuple[str, ...] | None = None,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "features",
+    value_range: Any = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Backbone features of ``images``, one padded batch at a time: yields key -> (b, ...) float32
+    numpy arrays of the batch's b real images, in order (a streaming fit consumes them as they come;
+    arguments as for ``extract_features``)."""
+    if backbone.name != config.backbone:
+        raise ValueError(
+            f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}"
+        )
+    keys = feature_keys(backbone, config.output_size) if keys is None else tuple(keys)
+    batch_size = batches.batch_size_for(images, batch_size)
+    apply_fn, params = backbone.pure()
+    with batches.progress_bar(progress, desc, batches.count_images(images)) as bar:
+        for batch in batches.iter_batches(images, config, batch_size, value_range):
+            n = batch.shape[0]
+            out = backbone_features(apply_fn, keys, params, batches.pad_batch(batch, batch_size))
+            yield {key: np.asarray(value[:n], np.float32) for key, value in out.items()}
+            bar.update(n)
+
+
 def extract_features(
     images: batches.ImageSource,
     config: batches.InputConfig,
@@ -53,7 +82,7 @@ def extract_features(
     desc: str = "features",
     value_range: Any = None,
 ) -> dict[str, np.ndarray]:
-    """Backbone features of ``images`` in padded batches.
+    """Backbone features of ``images`` in padded batches, all at once (``iter_features``, concatenated).
 
     Args:
       images: a uint8 (N, S, S, 3) array, an iterable of such batches, or image paths (read and resized
@@ -68,23 +97,21 @@ def extract_features(
     Returns:
       key -> (N, h, w, c) float32 (or (N, c) for "pooled") numpy arrays.
     """
-    if backbone.name != config.backbone:
-        raise ValueError(
-            f"backbone: config.backbone is {config.backbone!r} but the backbone given is {backbone.name!r}"
+    chunks = list(
+        iter_features(
+            images,
+            config,
+            backbone,
+            keys,
+            batch_size=batch_size,
+            progress=progress,
+            desc=desc,
+            value_range=value_range,
         )
-    keys = feature_keys(backbone, config.output_size) if keys is None else tuple(keys)
-    batch_size = batches.batch_size_for(images, batch_size)
-    apply_fn, params = backbone.pure()
-    features = batches.map_batches(
-        lambda batch, _: backbone_features(apply_fn, keys, params, batch),
-        images,
-        config,
-        batch_size,
-        progress=progress,
-        desc=desc,
-        value_range=value_range,
     )
-    return {key: np.asarray(value, np.float32) for key, value in features.items()}
+    if not chunks:
+        raise ValueError("images: expected at least one image, got none")
+    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
 
 def check_backbone(fitted: Any, backbone: Any) -> None:

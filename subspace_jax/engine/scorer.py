@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import chex
 import jax
 import numpy as np
 
@@ -77,6 +78,7 @@ class StagedScorer:
 
     def score_images(self, model: Any, apply_fn: Callable, params: Any, images: Array, **options: Any):
         """Pure: ``apply_fn(params, images)`` (uint8 (B, S, S, 3) in), then ``score_features``."""
+        chex.assert_rank(images, 4)
         keys = tuple(self.feature_keys(model))
         out = apply_fn(params, images)
         return self.score_features(model, {key: out[key] for key in keys}, **options)

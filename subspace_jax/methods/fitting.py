@@ -1,8 +1,12 @@
 """Fitting any registered method: features of nominal images in, a fitted model out (nothing trains).
 
-``fit(images, config)`` runs the backbone over the images (``subspace_jax.engine.features``) and calls the
-method's ``fit_features``; with ``validation_fraction`` (or ``validation=``) it first holds defect-free
-images out of the bank and calibrates the model's thresholds on them (``subspace_jax.eval.calibration``).
+``fit(images, config)`` runs the backbone over the images in batches (``subspace_jax.engine.features``)
+and streams the features into the method's ``fit_stream`` (never holding all N images' features), or
+gathers them for its ``fit_features``; with several processes (``jax.distributed``) each one embeds
+its consecutive share of the images and the statistics are combined across processes, so every
+process ends with the model one process would fit. With ``validation_fraction`` (or ``validation=``)
+it first holds defect-free images out of the bank and calibrates the model's thresholds on them
+(``subspace_jax.eval.calibration``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from subspace_jax import backbones
+import jax
+import numpy as np
+
+from subspace_jax import backbones, sharding
+from subspace_jax.engine import batches
 from subspace_jax.engine import features as features_lib
 from subspace_jax.eval import calibration
 from subspace_jax.methods import registry
@@ -82,16 +90,31 @@ def fit(
         return model.with_thresholds(thresholds)
     backbone = backbones.load_cached(config.backbone) if backbone is None else backbone
     backbones.remember(backbone)
-    features = features_lib.extract_features(
+    offset, total = 0, batches.count_images(images)
+    if jax.process_count() > 1:  # this process embeds its consecutive share of the images
+        if total is None:
+            raise ValueError("images: a fit over several processes needs an array or a list of image paths")
+        counts, indices = sharding.process_shares(total)
+        mine = indices[: counts[jax.process_index()]]
+        offset = sum(counts[: jax.process_index()])
+        images = images[mine[0] : mine[-1] + 1] if counts[jax.process_index()] else images[:0]
+    chunks = features_lib.iter_features(
         images,
         config,
         backbone,
         tuple(method.feature_keys(config)),
         batch_size=batch_size,
-        progress=progress,
+        progress=progress and jax.process_index() == 0,
         desc=f"{method.name} fit",
         value_range=value_range,
     )
-    return method.fit_features(
-        features, config, backbone_name=backbone.name, weights_sha256=backbone.weights_sha256
-    )
+    identity = dict(backbone_name=backbone.name, weights_sha256=backbone.weights_sha256)
+    if method.fit_stream is not None:
+        return method.fit_stream(chunks, config, **identity, offset=offset, total=total)
+    gathered = list(chunks)
+    if not gathered:
+        raise ValueError("images: expected at least one image, got none")
+    features = {key: np.concatenate([chunk[key] for chunk in gathered]) for key in gathered[0]}
+    counts = sharding.process_counts(len(next(iter(features.values()))))
+    features = {key: sharding.gather_rows(value, counts) for key, value in features.items()}
+    return method.fit_features(features, config, **identity)

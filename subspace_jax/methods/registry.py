@@ -32,6 +32,9 @@ class Method:
       fit_inputs: for checkpoints, ``(stored array shapes by "field/key", config) -> {feature key:
         jax.ShapeDtypeStruct}`` of the inputs ``fit_features`` would turn into those arrays; None where
         they cannot be recovered from the model (a coreset keeps no feature maps).
+      fit_stream: ``(chunks, config, *, backbone_name, weights_sha256, offset, total) -> model`` from an
+        iterable of feature chunks without holding them all (several processes: this one's share,
+        starting at image ``offset`` of ``total``); None: the chunks are gathered for ``fit_features``.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Method:
     fit_features: Callable[..., Any]
     feature_keys: Callable[[Any], tuple[str, ...]]
     fit_inputs: Callable[[dict[str, list[int]], Any], dict[str, Any] | None] | None = None
+    fit_stream: Callable[..., Any] | None = None
 
     @property
     def scorer(self) -> Any:

@@ -24,14 +24,17 @@ class PixelMoments:
     """Running sums of pixel vectors x (c,) and of x xᵀ, in float64.
 
     ``add(features)`` takes (..., c) float features (e.g. a chunk of (n, h, w, c) maps);
-    ``merge(other)`` adds another accumulator's sums (e.g. another process's);
+    ``merge(other)`` adds another accumulator's sums (e.g. another process's); sums are kept in
+    extended precision (``np.longdouble``), so the order of additions hardly matters;
     ``directions(channels)`` returns the (c, channels) float32 top principal directions.
     """
 
     def __init__(self, channels: int) -> None:
         self.channels = check_int("channels", channels, 1)
-        self.second = np.zeros((channels, channels))
-        self.total = np.zeros(channels)
+        # Extended precision (80-bit on x86): the sums then hardly depend on their order, so moments
+        # accumulated by several processes and added give the directions one process gives.
+        self.second = np.zeros((channels, channels), np.longdouble)
+        self.total = np.zeros(channels, np.longdouble)
         self.count = 0
 
     def add(self, features: np.ndarray) -> PixelMoments:
@@ -65,7 +68,7 @@ class PixelMoments:
         if self.count == 0:
             raise ValueError("features: no pixel vectors were added, nothing to project")
         mean = self.total / self.count
-        cov = self.second / self.count - np.outer(mean, mean)
+        cov = (self.second / self.count - np.outer(mean, mean)).astype(np.float64)
         values, vectors = np.linalg.eigh(cov)
         order = np.argsort(values)[::-1][:channels]
         return np.ascontiguousarray(vectors[:, order], dtype=np.float32)

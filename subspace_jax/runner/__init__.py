@@ -1,6 +1,6 @@
 """The benchmark runner behind ``experiments/*.py``, the notebooks and the comparison scripts.
 
-main           the benchmark command: flags, resume, one line per error (``main("mtd", argv)``)
+command        the benchmark command: flags, resume, one line per error (``main("mtd", argv)``)
 run            one category: features, fit, score, metrics, figures, timings, peak memory
 evaluation     the one fit → score → metrics path; each dataset's default config per method
 workbench      one category's splits and cached features (notebooks, comparisons, the runner)
@@ -12,8 +12,8 @@ published      the paper's published per-class numbers
 
 from __future__ import annotations
 
+from subspace_jax.runner.command import main
 from subspace_jax.runner.evaluation import default_config, evaluate, fit_and_score
-from subspace_jax.runner.main import main
 from subspace_jax.runner.run import RunSettings, run_category
 from subspace_jax.runner.workbench import Workbench
 

@@ -73,6 +73,14 @@ _ENTRIES = frozenset({METADATA_FILE, ARRAYS_DIR, MARKER_FILE})
 _ARRAY_DTYPES = ("float32", "bfloat16")
 
 
+def _checkpointer() -> ocp.StandardCheckpointer:
+    """An orbax checkpointer for this process alone: a checkpoint is one process's file set (with
+    several processes, process 0 saves and the others wait, ``sharding.wait_for_processes``)."""
+    me = jax.process_index()
+    only_me = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.StandardCheckpointer(multiprocessing_options=only_me)
+
+
 class CheckpointError(ValueError):
     """A checkpoint is missing a part, corrupted, of an unknown format, or built with another backbone;
     or a save would overwrite something that is not a checkpoint."""
@@ -344,8 +352,11 @@ def save(model: Any, path: str | os.PathLike) -> Path:
         ACTIVE.update((tmp, old))
     try:
         tmp.mkdir()
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(tmp / ARRAYS_DIR, _nest(flat))
+        with _checkpointer() as checkpointer:
+            # Host copies: with several processes, orbax refuses device arrays local to one of them.
+            checkpointer.save(
+                tmp / ARRAYS_DIR, _nest({name: np.asarray(value) for name, value in flat.items()})
+            )
             checkpointer.wait_until_finished()
         metadata["files"] = _file_manifest(tmp / ARRAYS_DIR)
         atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
@@ -554,7 +565,7 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Any:
         for name, spec in specs.items()
     }
     try:
-        with ocp.StandardCheckpointer() as checkpointer:
+        with _checkpointer() as checkpointer:
             # Compare the stored shapes first: a mismatching restore fails inside orbax's async reads.
             stored = checkpointer.metadata(arrays_path).item_metadata.tree
             for name, spec in specs.items():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from subspace_jax.methods import registry
 from subspace_jax.methods.subspace.config import SubspaceConfig
-from subspace_jax.methods.subspace.fit import fit_features, fit_inputs
+from subspace_jax.methods.subspace.fit import fit_features, fit_inputs, fit_stream
 from subspace_jax.methods.subspace.model import SubspaceModel
 from subspace_jax.methods.subspace.scorer import SCORER, score_features
 
@@ -26,5 +26,6 @@ METHOD = registry.register(
         fit_features=fit_features,
         feature_keys=lambda config: config.feature_keys,
         fit_inputs=fit_inputs,
+        fit_stream=fit_stream,
     )
 )

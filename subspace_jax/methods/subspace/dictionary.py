@@ -63,15 +63,15 @@ def learn_atoms(
     if not 1 <= atoms <= n:
         raise ValueError(f"config.dictionary={atoms}: expected 1..{n} (the number of training images)")
     shapes = {key: levels[key].shape[1:] for key in keys}
+    # The training rows stay as given (float32, or the bank's dtype for large N) and are read in chunks
+    # in float64: the statistics are accumulated, so no float64 copy of all N rows is ever held.
+    energy = {key: _sum_of_squares(levels[key]) for key in keys}  # sum ||x||², raw units
     # Levels are learned in units of their RMS so that the ε of every solve means the same.
-    scale = {key: float(np.sqrt(np.mean(np.square(levels[key], dtype=np.float64)))) or 1.0 for key in keys}
-    x = {key: np.asarray(levels[key], np.float64).reshape(n, -1) / scale[key] for key in keys}
-    energy = {key: float(np.sum(x[key] ** 2)) * scale[key] ** 2 for key in keys}  # sum ||x||², raw units
+    scale = {key: float(np.sqrt(energy[key] / levels[key].size)) or 1.0 for key in keys}
     seeds = sampling if sampling is not None else levels[keys[-1]]
     start = np.sort(np.asarray(kcenter(np.asarray(seeds, np.float32).reshape(n, -1), atoms)))
-    learned = {key: x[key][start] for key in keys}
-    sampling_x = None if sampling is None else np.asarray(sampling, np.float64).reshape(n, -1)
-    sampling_atoms = None if sampling_x is None else sampling_x[start]
+    learned = {key: _rows64(levels[key][start]) / scale[key] for key in keys}
+    sampling_atoms = None if sampling is None else _rows64(sampling[start])
     # The model that codes the training images while learning: the atoms as its banks, nothing fitted on
     # top, and the sampling features under "pooled" whatever level they come from (that level may also be
     # a reconstruction level whose bank holds other, projected or aggregated, features).
@@ -86,9 +86,9 @@ def learn_atoms(
         projection_channels=(),
         bank_dtype="float32",
     )
-    train = {key: np.asarray(levels[key], np.float32) for key in keys}
+    train = dict(levels)
     if sampling is not None:
-        train["pooled"] = np.asarray(sampling, np.float32)
+        train["pooled"] = sampling
 
     def as_features(learned, sampling_atoms):
         out = {
@@ -109,9 +109,12 @@ def learn_atoms(
         if step == steps:
             break
         matrices = {key: code_matrix(*codes[key][:2], atoms) for key in keys}
-        learned = {key: optimal_directions(matrices[key], x[key], learned[key]) for key in keys}
-        if sampling_x is not None:
-            sampling_atoms = optimal_directions(matrices[keys[-1]], sampling_x, sampling_atoms)
+        learned = {
+            key: optimal_directions(matrices[key], levels[key], learned[key], 1.0 / scale[key])
+            for key in keys
+        }
+        if sampling is not None:
+            sampling_atoms = optimal_directions(matrices[keys[-1]], sampling, sampling_atoms)
     out = as_features(learned, sampling_atoms)
     return out, out.pop("pooled", None), history
 
@@ -125,14 +128,32 @@ def code_matrix(support: np.ndarray, coef: np.ndarray, atoms: int) -> np.ndarray
     return codes
 
 
-def optimal_directions(codes: np.ndarray, targets: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """argmin_A ||targets − codes A||² + ε||A − previous||²: (N, M) codes, (N, d) targets, (M, d) -> (M, d).
+def optimal_directions(
+    codes: np.ndarray, targets: np.ndarray, previous: np.ndarray, factor: float = 1.0
+) -> np.ndarray:
+    """argmin_A ||T − codes A||² + ε||A − previous||² with T = ``factor`` · targets: (N, M) codes,
+    (N, ...) targets (any float dtype, read in float64 chunks), (M, d) -> (M, d).
 
     ε is 10⁻⁶ of the mean diagonal of CᵀC: negligible for atoms in use, and it keeps an unused atom (a
     zero column of C) where it was instead of making the system singular."""
     gram = codes.T @ codes
     eps = 1e-6 * max(float(np.trace(gram)) / len(gram), 1e-12)
-    return np.linalg.solve(gram + eps * np.eye(len(gram)), codes.T @ targets + eps * previous)
+    right = np.zeros_like(previous)
+    for begin in range(0, len(codes), _CHUNK):
+        right += codes[begin : begin + _CHUNK].T @ (_rows64(targets[begin : begin + _CHUNK]) * factor)
+    return np.linalg.solve(gram + eps * np.eye(len(gram)), right + eps * previous)
+
+
+_CHUNK = 1024  # training rows per float64 block
+
+
+def _rows64(rows: np.ndarray) -> np.ndarray:
+    """(n, ...) rows of any float dtype (bfloat16 included) as float64 (n, d)."""
+    return np.asarray(rows, np.float32).astype(np.float64).reshape(len(rows), -1)
+
+
+def _sum_of_squares(rows: np.ndarray) -> float:
+    return float(sum(np.sum(_rows64(rows[i : i + _CHUNK]) ** 2) for i in range(0, len(rows), _CHUNK)))
 
 
 def _codes(model: Any, features: dict[str, np.ndarray], batch: int = 64) -> dict[str, tuple]:
@@ -144,7 +165,8 @@ def _codes(model: Any, features: dict[str, np.ndarray], batch: int = 64) -> dict
         size = min(batch, n - begin)
         # One compiled shape: the short last chunk is padded with copies of its last row, dropped below.
         chunk = {
-            key: batches.pad_batch(value[begin : begin + batch], batch) for key, value in features.items()
+            key: batches.pad_batch(np.asarray(value[begin : begin + batch], np.float32), batch)
+            for key, value in features.items()
         }
         out = _codes_jit(model, chunk)
         parts.append({key: tuple(np.asarray(a)[:size] for a in value) for key, value in out.items()})
