@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import subspace_jax as sj
-from subspace_jax.serving import checkpoint
+from subspace_jax.serving import checkpoint, checkpoint_files
 
 SHA = "ab" * 32
 
@@ -94,7 +94,7 @@ def edit_metadata(path: Path, edit, reseal: bool = True) -> None:
     edit(metadata)
     meta_path.write_text(json.dumps(metadata))
     if reseal:
-        checkpoint._seal(path, metadata)
+        checkpoint_files.seal(path, metadata)
 
 
 @pytest.mark.parametrize(

@@ -169,7 +169,7 @@ _KILLED_SAVE = textwrap.dedent(
     else:
         def manifest(folder):
             os.kill(os.getpid(), signal.SIGKILL)  # orbax has written part of the new checkpoint
-        checkpoint._file_manifest = manifest
+        checkpoint.file_manifest = manifest
     checkpoint.save(make_model(), path)
     """
 )

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -54,23 +53,34 @@ from subspace_jax._io import (
     ACTIVE_LOCK,
     atomic_write_text,
     give_default_permissions,
-    remove_tree,
     replace_directory,
     sibling,
-    siblings,
 )
 from subspace_jax._version import __version__
 from subspace_jax.engine.features import check_backbone
 from subspace_jax.eval.calibration import Thresholds
 from subspace_jax.methods import registry
+from subspace_jax.serving.checkpoint_files import (
+    ARRAY_DTYPES,
+    ARRAYS_DIR,
+    FORMAT_VERSION,
+    MARKER_FILE,
+    METADATA_FILE,
+    CheckpointError,
+    array_sha256,
+    check_files,
+    check_overwritable,
+    file_manifest,
+    locate,
+    metadata_sha256,
+    read_json,
+    read_marker,
+    recover_and_clean,
+    remove,
+    seal,
+)
 
-FORMAT_VERSION = 3  # 3: subspace models record n_train; Gram matrices are optional
-METADATA_FILE = "metadata.json"
-ARRAYS_DIR = "arrays"
-MARKER_FILE = "subspace_jax_checkpoint.json"
-MARKER_FORMAT = "subspace-jax checkpoint"
-_ENTRIES = frozenset({METADATA_FILE, ARRAYS_DIR, MARKER_FILE})
-_ARRAY_DTYPES = ("float32", "bfloat16")
+__all__ = ["ARRAYS_DIR", "METADATA_FILE", "MARKER_FILE", "CheckpointError", "load", "read_metadata", "save"]
 
 
 def _checkpointer() -> ocp.StandardCheckpointer:
@@ -79,11 +89,6 @@ def _checkpointer() -> ocp.StandardCheckpointer:
     me = jax.process_index()
     only_me = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     return ocp.StandardCheckpointer(multiprocessing_options=only_me)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing a part, corrupted, of an unknown format, or built with another backbone;
-    or a save would overwrite something that is not a checkpoint."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,171 +146,6 @@ def _build(method: registry.Method, flat: Mapping[str, Any], config: Any, metada
 
 
 # ---------------------------------------------------------------------------------------------
-# Hashes
-
-
-def _array_sha256(array: Any) -> str:
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(array)).tobytes()).hexdigest()
-
-
-def _metadata_sha256(metadata: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``metadata`` (sorted keys, no whitespace): reformatting the
-    file keeps it, changing any value does not."""
-    canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
-
-
-def _file_manifest(folder: Path) -> dict[str, dict[str, Any]]:
-    """Relative path -> {"size", "sha256"} of every file orbax wrote under ``folder``."""
-    manifest = {}
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        manifest[file.relative_to(folder).as_posix()] = {
-            "size": file.stat().st_size,
-            "sha256": digest.hexdigest(),
-        }
-    return manifest
-
-
-def _check_files(arrays_path: Path, manifest: Any) -> None:
-    """Every file the save wrote is there, whole and unchanged, before orbax reads any of them
-    (a restore that fails half-way inside orbax leaves its asynchronous reads dangling)."""
-    if not isinstance(manifest, dict):
-        raise CheckpointError(
-            f"{arrays_path.parent / METADATA_FILE}: corrupted metadata, 'files' must map paths to sizes"
-        )
-    found = _file_manifest(arrays_path)
-    for name, expected in manifest.items():
-        actual = found.get(name)
-        if actual is None:
-            raise CheckpointError(f"{arrays_path / name}: missing, the checkpoint is incomplete or corrupted")
-        if not isinstance(expected, dict) or actual != expected:
-            raise CheckpointError(
-                f"{arrays_path / name}: {actual['size']} bytes with sha256 {actual['sha256'][:16]}…, "
-                f"expected {expected}; the file is truncated or altered, the checkpoint is corrupted"
-            )
-
-
-def _seal(folder: Path, metadata: Mapping[str, Any]) -> None:
-    """Write the format marker holding the integrity digest of ``metadata`` (the last file written)."""
-    marker = {
-        "format": MARKER_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "metadata_sha256": _metadata_sha256(metadata),
-    }
-    atomic_write_text(folder / MARKER_FILE, json.dumps(marker, indent=2, sort_keys=True) + "\n")
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path}: corrupted {what}, not valid JSON ({error})") from error
-    except RecursionError:
-        raise CheckpointError(f"{path}: corrupted {what}, nested too deeply to be ours") from None
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot read the {what} ({error})") from error
-
-
-def _read_marker(folder: Path) -> dict[str, Any]:
-    marker_path = folder / MARKER_FILE
-    if not marker_path.is_file():
-        raise CheckpointError(
-            f"{folder}: incomplete or not a subspace-jax checkpoint ({MARKER_FILE} is missing; a save "
-            "writes it last)"
-        )
-    marker = _read_json(marker_path, "format marker")
-    if (
-        not isinstance(marker, dict)
-        or marker.get("format") != MARKER_FORMAT
-        or not isinstance(marker.get("metadata_sha256"), str)
-    ):
-        raise CheckpointError(f"{marker_path}: not a subspace-jax checkpoint marker")
-    return marker
-
-
-# ---------------------------------------------------------------------------------------------
-# Where checkpoints live: recognising, recovering and cleaning up
-
-
-def _is_checkpoint_dir(folder: Path) -> bool:
-    """``folder`` is a complete checkpoint this module wrote, exactly as written: only our entries, a
-    marker whose digest matches the metadata, and under ``arrays/`` exactly the files the metadata lists
-    (no symlinks). Nothing else may be overwritten or deleted by ``save``."""
-    try:
-        if folder.is_symlink() or not folder.is_dir():
-            return False
-        entries = {entry.name for entry in folder.iterdir()}
-        if entries != _ENTRIES:
-            return False
-        marker = _read_marker(folder)
-        metadata = _read_json(folder / METADATA_FILE, "metadata")
-        if not isinstance(metadata, dict) or marker["metadata_sha256"] != _metadata_sha256(metadata):
-            return False
-        arrays = folder / ARRAYS_DIR
-        if arrays.is_symlink() or not arrays.is_dir() or not isinstance(metadata.get("files"), dict):
-            return False
-        found = set()
-        for entry in arrays.rglob("*"):
-            if entry.is_symlink():
-                return False
-            if entry.is_file():
-                found.add(entry.relative_to(arrays).as_posix())
-            elif not entry.is_dir():
-                return False
-        return found == set(metadata["files"])
-    except (OSError, CheckpointError):
-        return False
-
-
-def _newest_complete(candidates: list[Path]) -> Path | None:
-    complete = [p for p in candidates if _is_checkpoint_dir(p)]
-    return max(complete, key=lambda p: (p / MARKER_FILE).stat().st_mtime_ns, default=None)
-
-
-def _remove(folder: Path) -> None:
-    # The marker goes first, so a removal cut short never leaves something that looks complete.
-    remove_tree(folder, first=MARKER_FILE)
-
-
-def _recover_and_clean(path: Path) -> None:
-    """Before a save: put back the complete copy a killed swap left (when ``path`` is gone), then
-    remove every sibling left by dead processes."""
-    stale = siblings(path, stale_only=True)
-    if not os.path.lexists(path):
-        survivor = _newest_complete(stale)
-        if survivor is not None:
-            os.replace(survivor, path)
-            stale.remove(survivor)
-    for entry in stale:
-        _remove(entry)
-
-
-def _locate(path: Path) -> Path:
-    """``path``, or when it is gone the newest complete copy a killed save left beside it."""
-    if os.path.lexists(path):
-        return path
-    survivor = _newest_complete(siblings(path, stale_only=False))
-    if survivor is None:
-        raise FileNotFoundError(f"{path}: no checkpoint directory here")
-    return survivor
-
-
-def _check_overwritable(path: Path) -> None:
-    if os.path.lexists(path) and not _is_checkpoint_dir(path):
-        what = "a file" if path.is_file() else "a folder that is not a subspace-jax checkpoint"
-        if path.is_dir() and not path.is_symlink() and not (path / MARKER_FILE).exists():
-            what += f" (no {MARKER_FILE})"
-        raise CheckpointError(
-            f"{path}: is {what}; save only replaces an existing checkpoint, so nothing was written or "
-            "removed. Choose a new path or remove it yourself."
-        )
-
-
-# ---------------------------------------------------------------------------------------------
 # Save
 
 
@@ -331,7 +171,7 @@ def save(model: Any, path: str | os.PathLike) -> Path:
         "output_size": model.config.output_size,
         "n_train": int(model.n_train),
         "arrays": {
-            name: {"shape": list(value.shape), "dtype": str(value.dtype), "sha256": _array_sha256(value)}
+            name: {"shape": list(value.shape), "dtype": str(value.dtype), "sha256": array_sha256(value)}
             for name, value in flat.items()
         },
     }
@@ -344,8 +184,8 @@ def save(model: Any, path: str | os.PathLike) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CheckpointError(f"{path}: cannot create its folder ({error})") from error
-    _recover_and_clean(path)
-    _check_overwritable(path)
+    recover_and_clean(path)
+    check_overwritable(path)
     tmp = sibling(path, "tmp")
     old = sibling(path, "old")
     with ACTIVE_LOCK:
@@ -358,15 +198,15 @@ def save(model: Any, path: str | os.PathLike) -> Path:
                 tmp / ARRAYS_DIR, _nest({name: np.asarray(value) for name, value in flat.items()})
             )
             checkpointer.wait_until_finished()
-        metadata["files"] = _file_manifest(tmp / ARRAYS_DIR)
+        metadata["files"] = file_manifest(tmp / ARRAYS_DIR)
         atomic_write_text(tmp / METADATA_FILE, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        _seal(tmp, metadata)
+        seal(tmp, metadata)
         give_default_permissions(tmp, 0o777)  # mkdir honours the umask already; keep it explicit
         # The target may have changed while we wrote: it is checked again just before the swap.
-        replace_directory(tmp, path, old, still_replaceable=_check_overwritable, first=MARKER_FILE)
+        replace_directory(tmp, path, old, still_replaceable=check_overwritable, first=MARKER_FILE)
     except BaseException:
         if tmp.exists():
-            _remove(tmp)
+            remove(tmp)
         raise
     finally:
         with ACTIVE_LOCK:
@@ -384,13 +224,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     ``metadata["config"]`` is the config object; ``metadata["path"]`` the folder actually read (a
     complete copy beside ``path`` when a killed save left ``path`` missing).
     """
-    path = _locate(Path(os.path.abspath(path)))
+    path = locate(Path(os.path.abspath(path)))
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no checkpoint directory here")
     meta_path = path / METADATA_FILE
     if not meta_path.is_file():
         raise CheckpointError(f"{path}: not a subspace-jax checkpoint ({METADATA_FILE} is missing)")
-    metadata = _read_json(meta_path, "metadata")
+    metadata = read_json(meta_path, "metadata")
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{meta_path}: corrupted metadata, expected a JSON object")
     version = metadata.get("format_version")
@@ -402,8 +242,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{meta_path}: unknown checkpoint format version {version!r}{hint}; this subspace-jax "
             f"{__version__} reads format version {FORMAT_VERSION}"
         )
-    marker = _read_marker(path)
-    if marker["metadata_sha256"] != _metadata_sha256(metadata):
+    marker = read_marker(path)
+    if marker["metadata_sha256"] != metadata_sha256(metadata):
         raise CheckpointError(
             f"{meta_path}: does not match the integrity digest in {MARKER_FILE}; the metadata (config, "
             "backbone or array records) was edited or corrupted after saving, refusing to load it"
@@ -473,7 +313,7 @@ def _check_array_specs(
             and isinstance(spec.get("shape"), list)
             and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in spec["shape"])
             and isinstance(spec.get("sha256"), str)
-            and spec.get("dtype") in _ARRAY_DTYPES
+            and spec.get("dtype") in ARRAY_DTYPES
         )
         if not ok:
             raise CheckpointError(f"{meta_path}: corrupted metadata for array {name!r}: {spec!r}")
@@ -557,7 +397,7 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Any:
     arrays_path = path / ARRAYS_DIR
     if not arrays_path.is_dir():
         raise CheckpointError(f"{path}: the arrays directory {ARRAYS_DIR}/ is missing")
-    _check_files(arrays_path, metadata["files"])
+    check_files(arrays_path, metadata["files"])
     specs = metadata["arrays"]
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = {
@@ -594,7 +434,7 @@ def load(path: str | os.PathLike, backbone: Any = None) -> Any:
                 f"{arrays_path}: array {name!r} is {node.dtype}{list(node.shape)}, "
                 f"expected {spec['dtype']}{spec['shape']}"
             )
-        if _array_sha256(node) != spec["sha256"]:
+        if array_sha256(node) != spec["sha256"]:
             raise CheckpointError(
                 f"{arrays_path}: array {name!r} does not match its recorded sha256, "
                 "the checkpoint is corrupted"
