@@ -220,6 +220,84 @@ class FittedModel:
         """Bytes of every array the model holds (its banks, Gram matrices, coresets, projections)."""
         return int(sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(self) if hasattr(leaf, "nbytes")))
 
+    # --- checkpoints (subspace_jax.serving.checkpoint): a model as named arrays plus static values ----
+
+    _IDENTITY: ClassVar[frozenset[str]] = frozenset(
+        {"config", "backbone_name", "weights_sha256", "thresholds"}
+    )
+
+    @classmethod
+    def static_names(cls) -> list[str]:
+        """Static fields besides the config, the backbone identity and the thresholds."""
+        return [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.metadata.get("static") and f.name not in cls._IDENTITY
+        ]
+
+    @classmethod
+    def array_names(cls) -> list[str]:
+        """The array (leaf) fields."""
+        return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("static")]
+
+    def arrays(self) -> dict[str, Any]:
+        """Every array the model holds by name: ``"banks/level2"`` for a dict field's entry, ``"bank"``
+        for an array field (None fields hold none)."""
+        flat: dict[str, Any] = {}
+        for name in self.array_names():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, Mapping):
+                flat |= {f"{name}/{key}": leaf for key, leaf in value.items()}
+            else:
+                flat[name] = value
+        return flat
+
+    def static_values(self) -> dict[str, Any]:
+        """The static fields of ``static_names`` (JSON-ready: ints)."""
+        return {name: getattr(self, name) for name in self.static_names()}
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Mapping[str, Any],
+        *,
+        config: Any,
+        backbone_name: str,
+        weights_sha256: str | None,
+        static: Mapping[str, Any],
+        thresholds: Any = None,
+    ) -> Any:
+        """The model ``arrays()`` and ``static_values()`` describe (arrays may be ShapeDtypeStructs, for a
+        template); ValueError naming what does not fit this class."""
+        fields = set(cls.array_names())
+        strays = sorted(name for name in arrays if name.split("/")[0] not in fields or name.count("/") > 1)
+        if strays:
+            raise ValueError(f"arrays {strays} are no fields of {cls.__name__}")
+        expected = cls.static_names()
+        if (
+            not isinstance(static, Mapping)
+            or sorted(static) != sorted(expected)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in static.values())
+        ):
+            raise ValueError(f"'static' is {static!r}; {cls.__name__} needs {expected} as ints >= 1")
+        nested: dict[str, Any] = {}
+        for name, value in arrays.items():
+            field, _, key = name.partition("/")
+            if key:
+                nested.setdefault(field, {})[key] = value
+            else:
+                nested[field] = value
+        return cls(
+            **{name: nested.get(name) for name in cls.array_names()},
+            config=config,
+            backbone_name=backbone_name,
+            weights_sha256=weights_sha256,
+            **static,
+            thresholds=thresholds,
+        )
+
     def check_finite(self) -> Any:
         """This model, after checking that every array it holds is finite: finite training features
         can still overflow float32 arithmetic (squared norms of features of 1e19 are inf), and a

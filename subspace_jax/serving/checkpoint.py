@@ -95,30 +95,6 @@ def _checkpointer() -> ocp.StandardCheckpointer:
 # Methods and trees
 
 
-def _static_fields(cls: type) -> list[str]:
-    """Static (pytree metadata) fields of a model class other than config and the backbone identity."""
-    skip = {"config", "backbone_name", "weights_sha256", "thresholds"}  # thresholds: their own entry
-    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("static") and f.name not in skip]
-
-
-def _array_fields(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if not f.metadata.get("static")]
-
-
-def _flat_arrays(model: Any) -> dict[str, Any]:
-    """ "banks/level2" -> array, ... for every array leaf of the model (None fields have none)."""
-    flat: dict[str, Any] = {}
-    for name in _array_fields(type(model)):
-        value = getattr(model, name)
-        if value is None:
-            continue
-        if isinstance(value, Mapping):
-            flat |= {f"{name}/{key}": leaf for key, leaf in value.items()}
-        else:
-            flat[name] = value
-    return flat
-
-
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, value in flat.items():
@@ -131,17 +107,15 @@ def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _build(method: registry.Method, flat: Mapping[str, Any], config: Any, metadata: Mapping[str, Any]) -> Any:
-    """The model of class ``method.model_cls`` with array fields from ``flat`` (arrays or
-    ShapeDtypeStructs) and static fields from the metadata."""
-    nested = _nest(flat)
-    fields = {name: nested.get(name) for name in _array_fields(method.model_cls)}
-    return method.model_cls(
-        **fields,
+    """The model of class ``method.model_cls`` from named arrays (arrays or ShapeDtypeStructs) and the
+    metadata's static values."""
+    return method.model_cls.from_arrays(
+        flat,
         config=config,
         backbone_name=metadata["backbone"]["name"],
         weights_sha256=metadata["backbone"]["weights_sha256"],
-        **metadata["static"],
-        **({"thresholds": metadata["thresholds"]} if "thresholds" in metadata else {}),
+        static=metadata["static"],
+        thresholds=metadata.get("thresholds"),
     )
 
 
@@ -159,14 +133,14 @@ def save(model: Any, path: str | os.PathLike) -> Path:
     """
     method = registry.for_model(model).name
     path = Path(os.path.abspath(path))
-    flat = _flat_arrays(model)
+    flat = model.arrays()
     metadata = {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "method": method,
         "config": model.config.to_dict(),
         "backbone": {"name": model.backbone_name, "weights_sha256": model.weights_sha256},
-        "static": {name: getattr(model, name) for name in _static_fields(type(model))},
+        "static": model.static_values(),
         "image_size": model.config.image_size,
         "output_size": model.config.output_size,
         "n_train": int(model.n_train),
@@ -274,17 +248,6 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{meta_path}: image_size {metadata['image_size']!r} disagrees with the config's "
             f"{config.image_size}"
         )
-    static = metadata["static"]
-    expected_static = _static_fields(method.model_cls)
-    if (
-        not isinstance(static, dict)
-        or sorted(static) != sorted(expected_static)
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in static.values())
-    ):
-        raise CheckpointError(
-            f"{meta_path}: corrupted metadata, 'static' is {static!r}; {metadata['method']} models "
-            f"need {expected_static} as ints >= 1"
-        )
     if "thresholds" in metadata:
         if not any(f.name == "thresholds" for f in dataclasses.fields(method.model_cls)):
             raise CheckpointError(f"{meta_path}: {metadata['method']} models carry no thresholds")
@@ -317,17 +280,14 @@ def _check_array_specs(
         )
         if not ok:
             raise CheckpointError(f"{meta_path}: corrupted metadata for array {name!r}: {spec!r}")
-    fields = set(_array_fields(method.model_cls))
-    strays = sorted(name for name in specs if name.split("/")[0] not in fields or name.count("/") > 1)
-    if strays:
-        raise CheckpointError(
-            f"{meta_path}: corrupted metadata, arrays {strays} are no fields of {method.model_cls.__name__}"
-        )
     abstract = {
         name: jax.ShapeDtypeStruct(tuple(spec["shape"]), jnp.dtype(spec["dtype"]))
         for name, spec in specs.items()
     }
-    template = _build(method, abstract, config, metadata)
+    try:
+        template = _build(method, abstract, config, metadata)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{meta_path}: corrupted metadata, {error}") from None
     # Where the method can say which features its fit turns into these arrays, the arrays must be exactly
     # what fitting such features gives (jax.eval_shape); otherwise they are checked against the abstract
     # model only.
@@ -357,7 +317,7 @@ def _check_array_specs(
             raise CheckpointError(
                 f"{meta_path}: corrupted metadata, arrays {sorted(specs)} do not fit the config ({reason})"
             )
-        expected = {name: (list(leaf.shape), str(leaf.dtype)) for name, leaf in _flat_arrays(fitted).items()}
+        expected = {name: (list(leaf.shape), str(leaf.dtype)) for name, leaf in fitted.arrays().items()}
         if set(expected) != set(specs):
             raise CheckpointError(
                 f"{meta_path}: corrupted metadata, arrays {sorted(specs)} where the config needs "
