@@ -93,7 +93,13 @@ def cmd_fit(args: argparse.Namespace, base: Any, config_names: list[str]) -> int
         validation_fraction=fraction,
         false_alarm_rate=args.false_alarm_rate,
         seed=args.split_seed,
+        max_bank_bytes=args.max_bank_bytes,
     )
+    if model.config != config:
+        changed = {k: v for k, v in model.config.to_dict().items() if config.to_dict().get(k) != v}
+        print(
+            f"fit: --max-bank-bytes {args.max_bank_bytes}: {changed} ({model.nbytes} bytes)", file=sys.stderr
+        )
     if jax.process_index() != 0:
         sharding.wait_for_processes("subspace-jax fit: saved")
         print(f"process {jax.process_index()}: fitted; process 0 saved {args.out}")
@@ -323,6 +329,14 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
     )
     fit.add_argument("--split-seed", type=_non_negative_int, default=0, help="seed of the hold-out draw")
     fit.add_argument("--batch-size", type=_positive_int, default=8, help="images per backbone call")
+    fit.add_argument(
+        "--max-bank-bytes",
+        type=_positive_int,
+        metavar="BYTES",
+        help="a memory budget for the model instead of an algorithm: when the bank would be larger, the "
+        "subspace method learns a dictionary of as many atoms as fit (or keeps a k-center coreset with "
+        "pixel atoms)",
+    )
     fit.add_argument(
         "--distributed",
         action="store_true",

@@ -71,6 +71,14 @@ def iter_features(
             bar.update(n)
 
 
+def feature_shapes(backbone: Any, image_size: int) -> dict[str, tuple[int, ...]]:
+    """Every feature key of ``backbone`` -> one image's feature shape at ``image_size`` (traced, nothing
+    computed)."""
+    apply_fn, params = backbone.pure()
+    probe = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.uint8)
+    return {key: tuple(value.shape[1:]) for key, value in jax.eval_shape(apply_fn, params, probe).items()}
+
+
 def extract_features(
     images: batches.ImageSource,
     config: batches.InputConfig,

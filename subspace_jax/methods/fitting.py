@@ -52,6 +52,7 @@ def fit(
     false_alarm_rate: float = 0.01,
     seed: int = 0,
     value_range: tuple[float, float] | None = None,
+    max_bank_bytes: int | None = None,
 ) -> Any:
     """Extract features of the nominal ``images`` and build the model of ``config``'s method.
 
@@ -69,6 +70,9 @@ def fit(
         alarms, not recall; ``model.thresholds.achieved_rate`` is the rate the held-out images deliver.
       validation: held-out defect-free images to calibrate on instead (excludes validation_fraction).
       value_range: (lo, hi), the scale of float images (e.g. (0, 1)); uint8 images and paths need none.
+      max_bank_bytes: a memory budget for the model instead of an algorithm: the method's
+        ``within_budget`` changes the config to fit it (subspace: a learned dictionary, or a coreset);
+        the model's ``config`` says what was chosen.
     """
     method = registry.for_config(config)
     if validation is not None or validation_fraction:
@@ -77,7 +81,13 @@ def fit(
         if validation is None:
             images, validation = calibration.split_images(images, validation_fraction, seed, false_alarm_rate)
         model = fit(
-            images, config, backbone, batch_size=batch_size, progress=progress, value_range=value_range
+            images,
+            config,
+            backbone,
+            batch_size=batch_size,
+            progress=progress,
+            value_range=value_range,
+            max_bank_bytes=max_bank_bytes,
         )
         thresholds = calibration.calibrate(
             model,
@@ -91,6 +101,13 @@ def fit(
     backbone = backbones.load_cached(config.backbone) if backbone is None else backbone
     backbones.remember(backbone)
     offset, total = 0, batches.count_images(images)
+    if max_bank_bytes is not None:
+        if method.within_budget is None:
+            raise ValueError(f"max_bank_bytes: the {method.name} method takes no bank budget")
+        if total is None:
+            raise ValueError("max_bank_bytes: needs the number of images (an array or a list of paths)")
+        shapes = features_lib.feature_shapes(backbone, config.output_size)
+        config = method.within_budget(config, total, shapes, max_bank_bytes)
     if jax.process_count() > 1:  # this process embeds its consecutive share of the images
         if total is None:
             raise ValueError("images: a fit over several processes needs an array or a list of image paths")

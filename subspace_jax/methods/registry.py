@@ -35,6 +35,8 @@ class Method:
       fit_stream: ``(chunks, config, *, backbone_name, weights_sha256, offset, total) -> model`` from an
         iterable of feature chunks without holding them all (several processes: this one's share,
         starting at image ``offset`` of ``total``); None: the chunks are gathered for ``fit_features``.
+      within_budget: ``(config, n images, feature shapes, max bytes) -> config`` whose fitted model holds
+        at most that many bytes; None: the method takes no bank budget.
     """
 
     name: str
@@ -44,6 +46,7 @@ class Method:
     feature_keys: Callable[[Any], tuple[str, ...]]
     fit_inputs: Callable[[dict[str, list[int]], Any], dict[str, Any] | None] | None = None
     fit_stream: Callable[..., Any] | None = None
+    within_budget: Callable[..., Any] | None = None
 
     @property
     def scorer(self) -> Any:

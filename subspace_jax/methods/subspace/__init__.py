@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from subspace_jax.methods import registry
 from subspace_jax.methods.subspace.config import SubspaceConfig
-from subspace_jax.methods.subspace.fit import fit_features, fit_inputs, fit_stream
+from subspace_jax.methods.subspace.fit import fit_features, fit_inputs, fit_stream, within_budget
 from subspace_jax.methods.subspace.model import SubspaceModel
 from subspace_jax.methods.subspace.scorer import SCORER, score_features
 
@@ -27,5 +27,6 @@ METHOD = registry.register(
         feature_keys=lambda config: config.feature_keys,
         fit_inputs=fit_inputs,
         fit_stream=fit_stream,
+        within_budget=within_budget,
     )
 )

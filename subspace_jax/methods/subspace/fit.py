@@ -18,6 +18,7 @@ gathered in image order, so every process ends with the model one process would 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from subspace_jax import sharding
+from subspace_jax._checks import check_int
 from subspace_jax.engine import batches
 from subspace_jax.methods.base import level_key
 from subspace_jax.methods.subspace import dictionary
@@ -35,7 +37,7 @@ from subspace_jax.ops.aggregation import aggregate
 from subspace_jax.ops.kcenter import kcenter
 from subspace_jax.ops.projection import PixelMoments, random_projection
 
-__all__ = ["PCA_SAMPLE_IMAGES", "BankBuilder", "fit_features", "fit_inputs", "fit_stream"]
+__all__ = ["PCA_SAMPLE_IMAGES", "BankBuilder", "fit_features", "fit_inputs", "fit_stream", "within_budget"]
 
 Array = jax.Array
 PCA_SAMPLE_IMAGES = 1024
@@ -305,6 +307,60 @@ def fit_inputs(
         if sampling_key not in inputs:
             inputs[sampling_key] = tuple(shapes["sampling_bank"])
     return {key: jax.ShapeDtypeStruct(shape, jnp.float32) for key, shape in inputs.items()}
+
+
+def within_budget(
+    config: SubspaceConfig, n: int, shapes: Mapping[str, tuple[int, ...]], max_bytes: int
+) -> SubspaceConfig:
+    """``config``, or the same config changed so that the fitted model holds at most ``max_bytes``: a
+    learned dictionary of the most atoms that fit (image atoms: on MTD 256 atoms lose about half a
+    point, a coreset of 256 images three), else a k-center coreset of the most images that fit (pixel
+    atoms).
+
+    Args:
+      n: the training images.
+      shapes: feature key -> one image's feature shape (``subspace_jax.engine.features.feature_shapes``).
+      max_bytes: the budget for every array of the model (banks, Gram matrices, projections).
+
+    ValueError when not even k rows fit.
+    """
+    check_int("max_bank_bytes", max_bytes, 1, 2**62)
+    itemsize = np.dtype(config.bank_dtype).itemsize
+    row, fixed = 0, 0
+    for key in (level_key(level) for level in config.levels):
+        h, w, c = shapes[key]
+        kept = config.projected_channels.get(key, c)
+        row += h * w * kept * itemsize
+        fixed += c * kept * 4 if key in config.projected_channels else 0
+    banks = len(config.levels)
+    if config.sampling == "subspace":
+        row += int(np.prod(shapes[level_key(config.sampling_level)])) * itemsize
+        banks += 1
+    crossover = row // (4 * banks)  # the most rows that keep their Gram matrices (keeps_grams)
+
+    def fits(m: int) -> bool:
+        grams = 4 * banks * m * m if keeps_grams(m, row, banks) else 0
+        return m * row + grams + fixed <= max_bytes
+
+    rows = min(n, config.dictionary or config.coreset or n)
+    if fits(rows):
+        return config
+    beyond = min(n, (max_bytes - fixed) // row)  # without Gram matrices
+    m = beyond if beyond > crossover and fits(beyond) else 0
+    low, high = 0, min(n, crossover)  # with them: the largest m that fits, by bisection
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    m = max(m, low)
+    least = config.k if config.sampling == "subspace" and config.reconstruction == "image" else 1
+    if m < least:
+        raise ValueError(
+            f"max_bank_bytes: {max_bytes} bytes hold {m} rows of {row} bytes; this config needs at least "
+            f"{least} (k), about {least * row + fixed} bytes"
+        )
+    if config.reconstruction == "image" and not config.coreset:
+        return dataclasses.replace(config, dictionary=m)
+    return dataclasses.replace(config, coreset=m, dictionary=0)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
