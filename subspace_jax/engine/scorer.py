@@ -148,7 +148,8 @@ def score_in_batches(
       backbone: for images, the backbone to use, checked against the weights the model was fit with
         (default: the cached backbone of that identity, ``subspace_jax.backbones.for_weights``).
       timings: when given, the backbone (images only) and each stage run as separately jitted calls
-        and their seconds are added under the stage names (the first call includes compilation).
+        and their seconds are added under the stage names (the first call includes compilation);
+        features given on the host are first moved to the device, timed as "input".
         Otherwise one fused function runs per batch.
       progress, desc: a progress bar over images (rate, time left).
       mesh: a ``jax.sharding.Mesh`` from ``subspace_jax.sharding.make_mesh``: the model is placed on it
@@ -188,6 +189,9 @@ def score_in_batches(
                 elif timings is None:
                     out = scorer.score_features_jit(model, block, **options)
                 else:
+                    # Host features (a cache, a memory map) go to the device once, timed on their own:
+                    # every stage then reads device arrays.
+                    block = timed(timings, "input", jax.device_put, block)
                     out = scorer.run_stages(model, block, timings, **options)
                 block_maps, block_scores = _as_scores(out, real, first)
                 maps.append(block_maps)

@@ -148,6 +148,7 @@ def run_category(
         desc=f"{category} scoring",
         mesh=settings.mesh,
         execution=execution,
+        warmup=True,
     )
     timings["load_train"] = bench.load_seconds["train"]
     timings["backbone_train"] = bench.backbone_seconds["train"]

@@ -102,8 +102,8 @@ class BankBuilder:
             return
         in_sample = max(0, min(b, PCA_SAMPLE_IMAGES - first))
         for key in self._moments:
-            for image in aggregated[key][:in_sample]:
-                self._moments[key].add(image)
+            if in_sample:
+                self._moments[key].add(aggregated[key][:in_sample])
         self._pending.append(aggregated)
         if self._sample_complete():
             self._settle()
