@@ -148,9 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(json.dumps(rows[-1]), flush=True)
     result = {"machine": {**rates, "host": platform.machine(), "jax": jax.__version__}, "rows": rows}
-    print(
-        f"bandwidth {rates['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, matmul {rates['flops_per_s'] / 1e9:.1f} GFLOP/s"
-    )
+    bandwidth, flops = rates["bandwidth_bytes_per_s"] / 1e9, rates["flops_per_s"] / 1e9
+    print(f"bandwidth {bandwidth:.1f} GB/s, matmul {flops:.1f} GFLOP/s")
     print("| config | batch | stage | MB | MFLOP | floor ms | measured ms | ratio |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
