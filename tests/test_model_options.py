@@ -134,7 +134,7 @@ def test_staged_scoring_applies_the_switches_like_the_fused_scorer():
     fused = sj.score_features(model, test)
     timings: dict = {}
     maps, scores = scoring.score_in_batches(model, test, batch_size=2, timings=timings, progress=False)
-    assert set(timings) == {"sampling", "reconstruction", "maps"}
+    assert set(timings) == {"input", "sampling", "reconstruction", "maps"}
     np.testing.assert_allclose(maps, fused[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(scores, fused[1], rtol=1e-5, atol=1e-6)
 
