@@ -24,7 +24,7 @@ from subspace_jax.methods.spade import SpadeConfig
 from subspace_jax.ops import maps as maps_lib
 from subspace_jax.ops.aggregation import aggregate
 from subspace_jax.ops.kcenter import kcenter
-from subspace_jax.ops.neighbors import nearest_neighbor
+from subspace_jax.ops.neighbors import nearest_distance, nearest_neighbor
 
 RNG_SEED = 1234
 
@@ -113,6 +113,39 @@ def test_nearest_neighbor_chunks_bound_compiled_memory():
     assert unchunked >= full_matrix_bytes
     # One 256x256 block (256 KiB) plus padded inputs; far below the full distance matrix.
     assert chunked < 2 * 1024 * 1024, chunked
+
+
+@pytest.mark.parametrize(
+    ("n_query", "n_bank", "query_chunk", "bank_chunk"),
+    [(37, 53, 8, 16), (37, 53, 1000, 1000), (5, 1, 2, 3), (64, 100, 64, 7)],
+)
+def test_nearest_distance_matches_cdist(n_query, n_bank, query_chunk, bank_chunk):
+    g = rng(3)
+    queries = (5.0 + g.normal(size=(n_query, 24))).astype(np.float32)
+    bank = (5.0 + g.normal(size=(n_bank, 24))).astype(np.float32)
+    dist = nearest_distance(queries, bank, query_chunk=query_chunk, bank_chunk=bank_chunk)
+    full = cdist(queries.astype(np.float64), bank.astype(np.float64))
+    np.testing.assert_allclose(np.asarray(dist), full.min(axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_nearest_distance_error_near_zero_is_bounded_by_the_norms():
+    g = rng(21)
+    bank = (100.0 + g.normal(size=(80, 32))).astype(np.float32)
+    queries = np.concatenate([bank[[3, 41]], bank[:5] + 0.05 * g.normal(size=(5, 32))]).astype(np.float32)
+    dist = np.asarray(nearest_distance(queries, bank, query_chunk=4, bank_chunk=16))
+    exact = cdist(queries.astype(np.float64), bank.astype(np.float64)).min(axis=1)
+    centred = bank - bank.mean(axis=0)
+    # The documented bound on the squared distance: about 1e-7 * (||q||^2 + ||b||^2) after centring.
+    bound = 1e-6 * 2 * np.max(np.sum(centred**2, axis=1))
+    assert np.all(np.abs(dist**2 - exact**2) <= bound), (dist, exact)
+    np.testing.assert_allclose(dist[2:], exact[2:], rtol=1e-3)
+
+
+def test_nearest_distance_chunks_bound_compiled_memory():
+    queries = jnp.zeros((4096, 16), jnp.float32)
+    bank = jnp.zeros((4096, 16), jnp.float32)
+    compiled = nearest_distance.lower(queries, bank, query_chunk=256, bank_chunk=256).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 2 * 1024 * 1024
 
 
 def test_nearest_neighbor_rejects_mismatched_bank():

@@ -39,7 +39,7 @@ from subspace_jax.methods.base import BaselineConfig, FittedModel, baseline_scor
 from subspace_jax.ops import maps as maps_lib
 from subspace_jax.ops.aggregation import aggregate
 from subspace_jax.ops.kcenter import kcenter
-from subspace_jax.ops.neighbors import nearest_neighbor, squared_distances
+from subspace_jax.ops.neighbors import nearest_distance, nearest_neighbor, squared_distances
 from subspace_jax.ops.projection import random_projection
 
 __all__ = [
@@ -197,9 +197,10 @@ def match(model: Any, features: Mapping[str, Array]) -> tuple[dict[str, Array], 
             f"dimensional patches; got {found}: were they made by the backbone the model was fit with?"
         )
     flat = emb.reshape(batch * height * width, channels)
-    dist, nearest = nearest_neighbor(flat, bank, query_chunk=config.query_chunk, bank_chunk=config.bank_chunk)
-    patch_scores = dist.reshape(batch, height * width)
-    if config.reweight:
+    chunks = {"query_chunk": config.query_chunk, "bank_chunk": config.bank_chunk}
+    if config.reweight:  # Eq. (7) needs the nearest bank patch's index
+        dist, nearest = nearest_neighbor(flat, bank, **chunks)
+        patch_scores = dist.reshape(batch, height * width)
         scores = reweighted_scores(
             flat.reshape(batch, height * width, channels),
             patch_scores,
@@ -208,6 +209,7 @@ def match(model: Any, features: Mapping[str, Array]) -> tuple[dict[str, Array], 
             config.num_neighbors,
         )
     else:
+        patch_scores = nearest_distance(flat, bank, **chunks).reshape(batch, height * width)
         scores = jnp.max(patch_scores, axis=1)
     return {level_key(config.levels[0]): patch_scores.reshape(batch, height, width)}, scores
 

@@ -24,7 +24,7 @@ from jax import lax
 from subspace_jax.methods import registry
 from subspace_jax.methods.base import BaselineConfig, FittedModel, baseline_scorer, check_features, level_key
 from subspace_jax.ops import maps as maps_lib
-from subspace_jax.ops.neighbors import nearest_neighbor, squared_distances
+from subspace_jax.ops.neighbors import nearest_distance, squared_distances
 
 __all__ = ["METHOD", "SpadeConfig", "SpadeModel", "fit_features", "nearest_images"]
 
@@ -93,7 +93,7 @@ def match(model: Any, features: Mapping[str, Array]) -> tuple[dict[str, Array], 
             idx, test_map = args
             # One test image at a time, so only one gallery of k images is gathered at once.
             gallery = train[key][idx].reshape(-1, channels)  # (k * h * w, c)
-            dist, _ = nearest_neighbor(
+            dist = nearest_distance(
                 test_map.reshape(height * width, channels),
                 gallery,
                 query_chunk=config.query_chunk,
