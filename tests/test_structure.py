@@ -116,7 +116,7 @@ def test_the_map_stage_does_not_compile_again_for_another_k_or_lam():
         other = sj.fit_features(train, dataclasses.replace(base, **changes))
         timings: dict[str, float] = {}
         scoring.score_in_batches(other, test, batch_size=3, timings=timings, progress=False)
-        assert set(timings) == {"sampling", "reconstruction", "maps"}
+        assert set(timings) == {"input", "sampling", "reconstruction", "maps"}
     # The config-dependent stages compiled once per config (so the counter does count), the maps never again.
     assert subspace_scorer._sample_jit._cache_size() == sample_programs + 2
     assert maps_lib.maps_and_scores_jit._cache_size() == maps_programs
@@ -125,8 +125,8 @@ def test_the_map_stage_does_not_compile_again_for_another_k_or_lam():
 # --- one scorer, one registry, shared fields ------------------------------------------------------
 
 
-def test_registry_lists_the_three_methods_with_their_config_classes():
-    assert methods.names() == ("subspace", "patchcore", "spade")
+def test_registry_lists_the_methods_with_their_config_classes():
+    assert methods.names() == ("subspace", "patchcore", "spade", "fusion")
     assert sj.method_names() == methods.names() and sj.get_method("spade") is methods.get("spade")
     assert methods.get("subspace").config_cls is sj.Config and methods.get("subspace").model_cls is sj.Model
     for name in methods.names():
@@ -163,6 +163,8 @@ def test_shared_fields_are_checked_alike_by_every_config(field):
     bad = {"backbone": "vgg16", "image_size": 16, "crop": 300, "levels": (0,), "sigma": -1.0}[field]
     messages = []
     for method in map(methods.get, methods.names()):
+        if method.name == "fusion" and field == "levels":
+            continue  # a fusion's levels are derived from its members', not a parameter
         with pytest.raises(ValueError, match=f"^{method.config_cls.__name__}.{field}: expected") as info:
             method.config_cls(**{field: bad})
         messages.append(str(info.value).split(": ", 1)[1])
@@ -179,7 +181,8 @@ def test_staged_scoring_times_every_stage_and_equals_the_fused_scorer(name):
     fused_maps, fused_scores = sj.score_features(model, test)
     timings: dict[str, float] = {}
     maps, scores = scoring.score_in_batches(model, test, batch_size=2, timings=timings, progress=False)
-    assert set(timings) == set(method.scorer.stage_names) and min(timings.values()) > 0
+    # Host features are moved to the device once, timed as "input", then every stage runs.
+    assert set(timings) == {"input", *method.scorer.stage_names} and min(timings.values()) > 0
     assert maps.dtype == np.float32 and scores.dtype == np.float32
     assert maps.shape == (5, 64, 64) and scores.shape == (5,)
     np.testing.assert_allclose(maps, np.asarray(fused_maps), rtol=1e-5, atol=1e-6)

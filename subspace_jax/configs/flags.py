@@ -146,7 +146,7 @@ def add_config_flags(
     group = parser.add_argument_group(title)
     names = []
     for field in dataclasses.fields(config_cls):
-        if not field.init:
+        if not field.init or field.metadata.get("flag") is False:  # e.g. a fusion's member configs
             continue
         tp = hints[field.name]
         default = getattr(defaults, field.name)

@@ -5,6 +5,7 @@ registry   ``Method``, ``register``, ``get``, ``for_config``, ``for_model``, ``n
 subspace/  subspace-guided feature reconstruction (the paper's method)
 patchcore  PatchCore (Roth et al. 2022) on the same features
 spade      SPADE (Cohen & Hoshen 2020) on the same features
+fusion     several methods on one backbone pass, their maps normalised and combined
 fitting    ``fit`` / ``fit_features`` for any registered method
 
 Importing this package registers every method.
@@ -16,6 +17,9 @@ from subspace_jax.methods import registry, subspace  # the library's own method 
 
 # isort: split
 from subspace_jax.methods import patchcore, spade
+
+# isort: split
+from subspace_jax.methods import fusion  # after its members' methods
 from subspace_jax.methods.base import BaseConfig, BaselineConfig, FittedModel
 from subspace_jax.methods.fitting import fit, fit_features
 from subspace_jax.methods.patchcore import PatchCoreConfig, PatchCoreModel
@@ -38,6 +42,7 @@ __all__ = [
     "fit_features",
     "for_config",
     "for_model",
+    "fusion",
     "get",
     "names",
     "patchcore",
