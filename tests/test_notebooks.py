@@ -106,8 +106,21 @@ def check_gallery(summary: dict) -> None:
     assert is_fraction(summary["pro"]) and summary["classes"] and "good" not in summary["classes"]
 
 
+def check_fusion_frontier(summary: dict) -> None:
+    assert summary["weights"] == [round(0.1 * i, 1) for i in range(11)]
+    assert summary["normalization"] == "zscore" and summary["chosen_weight"] in summary["weights"]
+    pro, ap = summary["pro"], summary["pixel_ap"]
+    assert len(pro) == len(ap) == 11 and all(is_fraction(v) for v in pro + ap)
+    # The z-score is affine per member: weight 1 ranks pixels as the subspace member alone, weight 0 as
+    # PatchCore alone, so the sweep's ends are the members' own PRO and pixel AP.
+    for end, member in ((-1, "subspace"), (0, "patchcore")):
+        assert abs(pro[end] - summary["members"][member][0]) <= 1e-3, (member, summary)
+        assert abs(ap[end] - summary["members"][member][1]) <= 1e-3, (member, summary)
+
+
 EXPECTATIONS = {
     "backbones": check_backbones,
+    "fusion_frontier": check_fusion_frontier,
     "gallery": check_gallery,
     "levels_ablation": check_levels_ablation,
     "representation_error": check_representation_error,
