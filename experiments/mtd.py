@@ -2,7 +2,10 @@
 
     python experiments/mtd.py --data-root PATH [--backbone efficientnet_lite0] [--out DIR] [--resume] ...
 
-Defaults are the packaged config mtd_default (subspace_jax/configs/mtd_default.py): the paper's MTD
+The default method is the fusion (packaged config mtd_fusion, subspace_jax/configs/mtd_fusion.py): the
+subspace default and PatchCore on one backbone pass, their maps normalised by held-out training images
+(docs/results/mtd_fusion_efficientnet_lite0.md). With --method subspace, the defaults are the packaged
+config mtd_default (subspace_jax/configs/mtd_default.py): the paper's MTD
 setting (reconstruction at levels 2, 3 and 4, subspace sampling on the pooled last level) with
 PCA-projected bfloat16 banks (43 MB), k = 20 and a top-1% image score, chosen on half A of the test set
 (docs/results/mtd_tuning_efficientnet_lite0.md). The paper's setting itself: --config mtd_paper; flags

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import subspace_jax as sj
-from subspace_jax import backbones
+from subspace_jax import backbones, configs
 from subspace_jax.configs import flags as cli
 from subspace_jax.data import registry as datasets
 from subspace_jax.data import synthetic
@@ -513,11 +513,23 @@ def test_mtd_defaults_are_the_papers_mtd_setting_and_every_field_is_a_flag(capsy
     assert config.levels == (2, 3, 4) and config.sampling_level == "pooled"
     assert evaluation.default_config(method, "mvtec") == method.config_cls()
     with pytest.raises(SystemExit):
-        main("mtd", ["--help"])
+        main("mtd", ["--method", "subspace", "--help"])
     help_text = capsys.readouterr().out
     for field in dataclasses.fields(method.config_cls):
         assert cli.flag_name(field.name) in help_text
     assert "SUBSPACE_JAX_MTD" in help_text and "--categories" not in help_text
+
+
+def test_mtd_runs_the_packaged_fusion_without_method_or_config_and_other_datasets_the_subspace_method(capsys):
+    # Issue 22: the fusion beat PatchCore on half A of MTD on all four metrics, so it is MTD's default.
+    assert evaluation.default_method("mtd").name == "fusion"
+    assert evaluation.default_config("fusion", "mtd") == configs.load("mtd_fusion")
+    for dataset in ("mvtec", "btad", None):
+        assert evaluation.default_method(dataset).name == "subspace"
+    with pytest.raises(SystemExit):
+        main("mtd", ["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "default here: fusion" in help_text and "--map-weights" in help_text and "--lam" not in help_text
 
 
 def test_staged_scoring_equals_the_models_fused_scorer():
@@ -540,7 +552,7 @@ def test_staged_scoring_equals_the_models_fused_scorer():
     ref_maps, ref_scores = sj.score_features(fitted, test)
     np.testing.assert_allclose(np.asarray(maps), np.asarray(ref_maps), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(scores), np.asarray(ref_scores), rtol=1e-5, atol=1e-5)
-    assert set(timings) == {"sampling", "reconstruction", "maps"}
+    assert set(timings) == {"input", "sampling", "reconstruction", "maps"}  # host features are moved once
 
 
 def test_demo_runs_and_writes_its_figures(tmp_path, capsys):

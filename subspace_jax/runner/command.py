@@ -27,7 +27,7 @@ from subspace_jax.data import registry as datasets
 from subspace_jax.data.registry import DatasetSpec
 from subspace_jax.methods import registry
 from subspace_jax.runner import results
-from subspace_jax.runner.evaluation import default_config, resolve_method
+from subspace_jax.runner.evaluation import default_config, default_method, resolve_method
 from subspace_jax.runner.run import RunSettings, config_dict, run_category
 
 __all__ = ["build_parser", "main", "method_and_defaults"]
@@ -41,7 +41,7 @@ def method_and_defaults(spec: DatasetSpec, argv: Sequence[str]) -> tuple[Any, An
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config is None:
-        method = resolve_method(known.method or "subspace")
+        method = default_method(spec.name) if known.method is None else resolve_method(known.method)
         return method, default_config(method, spec.name)
     config = configs.load(known.config)
     method = registry.for_config(config)
@@ -81,10 +81,10 @@ def build_parser(spec: DatasetSpec, method: Any, defaults: Any) -> tuple[argpars
         )
     run.add_argument(
         "--method",
-        default="subspace",
+        default=default_method(spec.name).name,
         choices=registry.names(),
-        help="model family: the paper's subspace-guided reconstruction (default) or a baseline; "
-        "the flags below are that family's Config fields",
+        help="model family: the paper's subspace-guided reconstruction, a baseline or their fusion "
+        f"(default here: {default_method(spec.name).name}); the flags below are that family's Config fields",
     )
     run.add_argument(
         "--config",
