@@ -6,10 +6,12 @@ from __future__ import annotations
 import base64
 import csv
 import html.parser
+import importlib.metadata
 import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -262,6 +264,70 @@ def test_exported_artifact_runs_with_jax_and_numpy_only(workspace, tmp_path):
         # The same program, compiled with the bank and weights as constants: equal to float32 rounding.
         np.testing.assert_allclose(out[f"maps{b}"], maps, rtol=1e-5, atol=1e-5 * scale)
         np.testing.assert_allclose(out[f"scores{b}"], scores, rtol=1e-5, atol=1e-5 * scale)
+
+
+# The packages the README names for the inspection machine; their dependencies come with them.
+SNIPPET_PACKAGES = ("jax", "jaxlib", "numpy", "flatbuffers", "pillow")
+
+
+def readme_inspection_snippet() -> str:
+    readme = (REPO_ROOT / "README.md").read_text()
+    after = readme.split("`pip install jax numpy flatbuffers pillow`", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def only_these_distributions(names: tuple[str, ...], target: Path) -> None:
+    """``target`` holds links to the top-level files of ``names`` and of everything they require
+    (extras aside), found through the installed distributions' metadata."""
+    todo, seen = list(names), set()
+    while todo:
+        dist = importlib.metadata.distribution(todo.pop())
+        key = dist.metadata["Name"].lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        for requirement in dist.requires or ():
+            if "extra ==" not in requirement:
+                todo.append(re.match(r"[A-Za-z0-9._-]+", requirement).group(0))
+        tops = {Path(str(f)).parts[0] for f in dist.files or ()}
+        for top in tops - {"..", "bin", "__pycache__"}:
+            source = Path(dist.locate_file(top))
+            if source.exists() and not (target / top).exists():
+                (target / top).symlink_to(source)
+
+
+def test_readme_inspection_snippet_runs_with_only_the_packages_it_names(tmp_path):
+    synthetic.write_mvtec_tree(tmp_path / "demo_data", ("shape",), n_train=12, n_test=8, image_size=SIZE)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        fit = ["fit", "demo_data/shape/train/good", "--out", "demo_model", "--image-size", str(SIZE)]
+        fit += ["--lam", "4", "--k", "2", "--val-fraction", "0.25", "--false-alarm-rate", "0.25"]
+        assert cli.main(["--quiet", *fit]) == 0
+        assert cli.main(["--quiet", "export", "demo_model", "demo_model.jaxexport"]) == 0
+    finally:
+        os.chdir(cwd)
+    site = tmp_path / "site"
+    site.mkdir()
+    only_these_distributions(SNIPPET_PACKAGES, site)
+    (tmp_path / "snippet.py").write_text(readme_inspection_snippet())
+    # -I -S: no site-packages, no PYTHONPATH, no user site; only the linked packages are importable.
+    code = (
+        f"import sys; sys.path.append({str(site)!r}); import runpy; runpy.run_path('snippet.py'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('subspace_jax', 'flax', 'orbax')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdict, loaded = done.stdout.strip().splitlines()[-2:]
+    assert loaded == "[]"
+    score, decision = verdict.split()
+    model = checkpoint.load(tmp_path / "demo_model")
+    image = tmp_path / "demo_data/shape/test/scratch/000.png"
+    _, expected = model.score([image], progress=False)
+    assert float(score) == pytest.approx(float(expected[0]), rel=1e-3)
+    assert decision == ("anomalous" if float(score) > model.thresholds.image else "ok")
 
 
 def test_export_fixed_batch_and_several_platforms(workspace):
