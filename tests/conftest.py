@@ -16,6 +16,7 @@ import os
 import threading
 from pathlib import Path
 
+import jax
 import pytest
 
 from subspace_jax.data.mtd import MTDNotFoundError, find_root
@@ -56,6 +57,24 @@ def require_mtd() -> Path:
 @pytest.fixture(scope="session")
 def mtd_root() -> Path:
     return require_mtd()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compilation_caches():
+    """Drop JAX's compiled programs after every test module. One session compiles thousands of programs
+    (every module its own shapes and configs); kept all together, the interpreter crashed (SIGSEGV or
+    SIGABRT inside XLA) some 600 tests into the suite, at whichever test compiled next, while every
+    module passes on its own. A module's programs are rarely reused by the next one."""
+    yield
+    jax.clear_caches()
+    if _DIAGNOSTICS:
+        with open(_DIAGNOSTICS, "a") as log:
+            maps = sum(1 for _ in open("/proc/self/maps"))
+            rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS"))
+            log.write(f"maps {maps} {rss.strip()}\n")
+
+
+_DIAGNOSTICS = os.environ.get("SUBSPACE_JAX_TEST_DIAGNOSTICS")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selection, so `-m "not mtd"` sees the added markers
