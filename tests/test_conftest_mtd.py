@@ -11,7 +11,7 @@ from subspace_jax.data.mtd import DOWNLOAD_COMMAND, MTD_CLASSES
 
 CONFTEST = Path(__file__).with_name("conftest.py")
 # Plugins the rule does not need; loading them would make each inner run take seconds.
-QUIET = ("-p", "no:nbmake", "-p", "no:hypothesispytest", "-p", "no:cacheprovider")
+QUIET = ("-p", "no:hypothesispytest", "-p", "no:cacheprovider")
 
 # One test per way of asking for the data (the fixture, the marker) and one that does not ask.
 TESTS = """
