@@ -47,11 +47,7 @@ def parse_spec(spec: str):
     spec, refit, _ = spec.partition("+refit")
     name, _, overrides = spec.partition(":")
     config = configs.load(name, backbone=BACKBONE)
-    changes = {}
-    for item in filter(None, overrides.split(",")):
-        field, _, text = item.partition("=")
-        current = getattr(config, field)
-        changes[field] = type(current)(text) if current is not None else json.loads(text)
+    changes = configs.parse_overrides(overrides, config)
     slug = spec.replace(":", "_").replace("=", "").replace(",", "_") + ("_refit" if refit else "")
     return slug, dataclasses.replace(config, **changes)
 

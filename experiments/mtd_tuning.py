@@ -53,30 +53,6 @@ FRONTIER_LABELS = {  # recorded rows -> the packaged config they became
 }
 
 
-def parse_overrides(text: str, base) -> dict:
-    """``"k=10,levels=2+3"`` -> {"k": 10, "levels": (2, 3)}, each value of the type of ``base``'s field."""
-    fields = {f.name for f in dataclasses.fields(base)}
-    out = {}
-    for item in filter(None, text.split(",")):
-        name, sep, value = item.partition("=")
-        if not sep or name not in fields:
-            raise ValueError(f"{item!r}: expected FIELD=VALUE with a field of {type(base).__name__}")
-        current = getattr(base, name)
-        if isinstance(current, bool):
-            if value not in ("true", "false"):
-                raise ValueError(f"{item!r}: expected true or false")
-            out[name] = value == "true"
-        elif isinstance(current, tuple):
-            out[name] = tuple(int(v) for v in value.split("+") if v)
-        elif isinstance(current, float):
-            out[name] = float(value)
-        elif value.lstrip("-").isdigit():
-            out[name] = int(value)
-        else:
-            out[name] = None if value == "none" and current is None else value
-    return out
-
-
 def score_name(config) -> str:
     """The image score of ``config`` as the recorded rows name it: "max" or "top<percent>%"."""
     fraction = getattr(config, "score_fraction", 0.0)
@@ -123,7 +99,7 @@ def run_config(name: str, args) -> dict:
 
 def run_option(name: str, overrides: str, args) -> dict:
     base = configs.load(name, backbone=args.backbone)
-    config = dataclasses.replace(base, **parse_overrides(overrides, base))
+    config = dataclasses.replace(base, **configs.parse_overrides(overrides, base))
     bench = open_bench(config, args)
     index = halves.set_indices(bench.split("test").defect_types, args.half)
     model, maps, scores, seconds = fit_and_score(config, bench, index)

@@ -40,7 +40,7 @@ def test_overrides_take_the_type_of_each_config_field(tuning):
         "k=10,lam=20,levels=2+3,tol=0.25,normalize_selection=true,sampling_level=4,projection=pca,"
         "projection_channels=8+32,backbone=efficientnet_lite0:imagenet,crop=224"
     )
-    got = tuning.parse_overrides(text, base)
+    got = configs.parse_overrides(text, base)
     assert got == {
         "k": 10,
         "lam": 20,
@@ -57,14 +57,14 @@ def test_overrides_take_the_type_of_each_config_field(tuning):
     config = dataclasses.replace(base, **got)  # a valid config: the values have the fields' types
     assert config.projected_channels == {"level2": 8, "level3": 32} and config.output_size == 224
     assert config.backbone == "efficientnet_lite0:imagenet"
-    assert tuning.parse_overrides("", base) == {}
-    assert tuning.parse_overrides("sampling_level=pooled,crop=none", base) == {
+    assert configs.parse_overrides("", base) == {}
+    assert configs.parse_overrides("sampling_level=pooled,crop=none", base) == {
         "sampling_level": "pooled",
         "crop": None,
     }
     for bad in ("kk=3", "k", "normalize_selection=yes"):
         with pytest.raises(ValueError, match=bad):
-            tuning.parse_overrides(bad, base)
+            configs.parse_overrides(bad, base)
 
 
 def test_score_names_are_those_of_the_recorded_rows(tuning):

@@ -4,6 +4,6 @@
 from __future__ import annotations
 
 from subspace_jax.configs import flags
-from subspace_jax.configs.loading import CONFIG_DIR, from_dict, load, names
+from subspace_jax.configs.loading import CONFIG_DIR, from_dict, load, names, parse_overrides
 
-__all__ = ["CONFIG_DIR", "flags", "from_dict", "load", "names"]
+__all__ = ["CONFIG_DIR", "flags", "from_dict", "load", "names", "parse_overrides"]

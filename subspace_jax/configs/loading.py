@@ -29,7 +29,7 @@ from typing import Any
 
 from subspace_jax.methods import registry
 
-__all__ = ["CONFIG_DIR", "from_dict", "load", "names"]
+__all__ = ["CONFIG_DIR", "from_dict", "load", "names", "parse_overrides"]
 
 CONFIG_DIR = Path(__file__).resolve().parent
 _NOT_CONFIGS = {"__init__", "loading", "flags"}
@@ -124,3 +124,28 @@ def load(source: str | os.PathLike, **overrides: Any) -> Any:
         return dataclasses.replace(config, **overrides)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: {exc}") from None
+
+
+def parse_overrides(text: str, base: Any) -> dict[str, Any]:
+    """Config overrides written on one line, as the experiment scripts take them: ``"k=10,levels=2+3"``
+    -> {"k": 10, "levels": (2, 3)}, each value of the type of ``base``'s field."""
+    fields = {f.name for f in dataclasses.fields(base)}
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"{item!r}: expected FIELD=VALUE with a field of {type(base).__name__}")
+        current = getattr(base, name)
+        if isinstance(current, bool):
+            if value not in ("true", "false"):
+                raise ValueError(f"{item!r}: expected true or false")
+            out[name] = value == "true"
+        elif isinstance(current, tuple):
+            out[name] = tuple(int(v) for v in value.split("+") if v)
+        elif isinstance(current, float):
+            out[name] = float(value)
+        elif value.lstrip("-").isdigit():
+            out[name] = int(value)
+        else:
+            out[name] = None if value == "none" and current is None else value
+    return out
