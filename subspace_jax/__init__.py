@@ -44,6 +44,7 @@ from subspace_jax.methods import (
 )
 from subspace_jax.methods import get as get_method
 from subspace_jax.methods import names as method_names
+from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 from subspace_jax.serving.checkpoint import load, save
 
 __all__ = [
@@ -81,12 +82,12 @@ Config = SubspaceConfig
 Model = SubspaceModel
 
 
-def score(model: Any, inputs: Any, batch_size: int = 8, **options: Any) -> Any:
+def score(model: Any, inputs: Any, batch_size: int = DEFAULT_BATCH_SIZE, **options: Any) -> Any:
     """``model.score(inputs, batch_size, **options)``: maps (N, S, S) and scores (N,), numpy."""
     return model.score(inputs, batch_size, **options)
 
 
-def predict(model: Any, images: Any, batch_size: int = 8, **options: Any) -> Prediction:
+def predict(model: Any, images: Any, batch_size: int = DEFAULT_BATCH_SIZE, **options: Any) -> Prediction:
     """``model.predict(images, batch_size, **options)``: scores with the calibrated decisions."""
     return model.predict(images, batch_size, **options)
 

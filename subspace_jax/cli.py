@@ -29,6 +29,7 @@ from subspace_jax.data import registry as datasets
 from subspace_jax.data.files import collect_images
 from subspace_jax.eval import calibration
 from subspace_jax.methods import fitting, registry
+from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 from subspace_jax.serving import checkpoint, export, predict
 from subspace_jax.serving.evaluate import evaluate_model, open_dataset
 
@@ -328,7 +329,9 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
         help="calibrated false-alarm rate r: the share of defect-free images (and pixels) flagged",
     )
     fit.add_argument("--split-seed", type=_non_negative_int, default=0, help="seed of the hold-out draw")
-    fit.add_argument("--batch-size", type=_positive_int, default=8, help="images per backbone call")
+    fit.add_argument(
+        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="images per backbone call"
+    )
     fit.add_argument(
         "--max-bank-bytes",
         type=_positive_int,
@@ -375,7 +378,9 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
     predict_parser.add_argument(
         "--overwrite", action="store_true", help="replace --out even if predict did not write it"
     )
-    predict_parser.add_argument("--batch-size", type=_positive_int, default=8, help="images per scoring call")
+    predict_parser.add_argument(
+        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="images per scoring call"
+    )
     predict_parser.add_argument(
         "--false-alarm-rate",
         type=_rate,
@@ -429,7 +434,9 @@ def build_parser(method: registry.Method, base: Any) -> tuple[argparse.ArgumentP
     evaluate.add_argument(
         "--out", default="evaluation", metavar="DIR", help="folder for metrics.json and report.html"
     )
-    evaluate.add_argument("--batch-size", type=_positive_int, default=8, help="images per scoring call")
+    evaluate.add_argument(
+        "--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE, help="images per scoring call"
+    )
     evaluate.add_argument(
         "--false-alarm-rate",
         type=_rate,

@@ -19,6 +19,7 @@ import numpy as np
 
 from subspace_jax import backbones
 from subspace_jax.engine import batches
+from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 
 Array = jax.Array
 
@@ -48,7 +49,7 @@ def iter_features(
     backbone: Any,
     keys: tuple[str, ...] | None = None,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     desc: str = "features",
     value_range: Any = None,
@@ -85,7 +86,7 @@ def extract_features(
     backbone: Any,
     keys: tuple[str, ...] | None = None,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     desc: str = "features",
     value_range: Any = None,

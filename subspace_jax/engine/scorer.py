@@ -129,7 +129,7 @@ def score_in_batches(
     model: Any,
     inputs: Any,
     *,
-    batch_size: int = 8,
+    batch_size: int = execution_lib.DEFAULT_BATCH_SIZE,
     backbone: Any = None,
     timings: dict[str, float] | None = None,
     progress: bool = True,

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from subspace_jax._checks import check_int, check_number, is_int
+from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 
 # Pixel thresholds at rates other than the calibrated one come from this table of the nominal pixel
 # quantile function: rates log-spaced from 1e-6 to 0.5, linear interpolation in log(rate).
@@ -247,7 +248,7 @@ def calibrate(
     nominal_images: Any,
     *,
     false_alarm_rate: float = 0.01,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     **options: Any,
 ) -> Thresholds:

@@ -32,6 +32,7 @@ from subspace_jax.eval import calibration
 from subspace_jax.eval.calibration import Thresholds
 from subspace_jax.ops import execution as execution_lib
 from subspace_jax.ops import maps as maps_lib
+from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 
 BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 LEVELS = (1, 2, 3, 4)
@@ -331,7 +332,7 @@ class FittedModel:
     def score(
         self,
         inputs: Any,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         *,
         backbone: Any = None,
         timings: dict[str, float] | None = None,
@@ -380,7 +381,9 @@ class FittedModel:
             value_range=value_range,
         )
 
-    def predict(self, images: Any, batch_size: int = 8, *, progress: bool = True, **kwargs: Any) -> Any:
+    def predict(
+        self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE, *, progress: bool = True, **kwargs: Any
+    ) -> Any:
         """Maps, scores, normalised scores (0.5 = threshold), decisions and masks of ``images`` under the
         model's thresholds (``subspace_jax.eval.calibration.Prediction``); ValueError without thresholds.
         The thresholds bound false alarms on nominal images; they do not control recall."""

@@ -22,6 +22,7 @@ from subspace_jax.engine import batches
 from subspace_jax.engine import features as features_lib
 from subspace_jax.eval import calibration
 from subspace_jax.methods import registry
+from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 
 __all__ = ["fit", "fit_features"]
 
@@ -45,7 +46,7 @@ def fit(
     config: Any,
     backbone: Any = None,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     validation_fraction: float | str = 0.0,
     validation: Any = None,

@@ -27,13 +27,24 @@ import numpy as np
 
 from subspace_jax._checks import check_int
 
-__all__ = ["Execution", "default_execution", "image_width", "is_concrete", "pixel_widths"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "Execution",
+    "default_execution",
+    "image_width",
+    "is_concrete",
+    "pixel_widths",
+]
 
 # Measured on the 2-core development VM (benchmarks/cpu_throughput.md): on MTD's level 2 (N = 761,
 # λ = 50, d = 40960, an 8.2 MB block per image) one or two images at once ran alike and four (33 MB)
 # took 4x as long per image, the gathered rows no longer fitting in cache; so the CPU budget admits
 # about one such block.
 CPU_BUDGET_BYTES = 8 << 20
+# Images per compiled call where the caller names none. On the 2-core VM, fused end to end with MTD's
+# default setting, 16 scored 12-13% faster per image than 8 in two runs, and 32 another 5-18% at twice
+# the backbone's activations (benchmarks/cpu_throughput.md, benchmarks/bench_batch_size.py).
+DEFAULT_BATCH_SIZE = 16
 # Share of the free accelerator memory the reconstruction's transient blocks may take: the backbone's
 # activations and the bank live in the rest.
 ACCELERATOR_FRACTION = 0.25

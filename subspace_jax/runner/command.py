@@ -26,6 +26,7 @@ from subspace_jax.configs import flags
 from subspace_jax.data import registry as datasets
 from subspace_jax.data.registry import DatasetSpec
 from subspace_jax.methods import registry
+from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 from subspace_jax.runner import results
 from subspace_jax.runner.evaluation import default_config, default_method, resolve_method
 from subspace_jax.runner.run import RunSettings, config_dict, run_category
@@ -125,8 +126,8 @@ def build_parser(spec: DatasetSpec, method: Any, defaults: Any) -> tuple[argpars
     run.add_argument(
         "--batch-size",
         type=int,
-        default=16,
-        help="images per backbone forward pass and per scoring call (default: 16)",
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per backbone forward pass and per scoring call (default: {DEFAULT_BATCH_SIZE})",
     )
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     dev = parser.add_argument_group("devices and hosts (README, 'GPU / TPU / many devices')")

@@ -34,9 +34,7 @@ __all__ = [
 # subspace default is the packaged mtd_default (issue 14: the paper's MTD setting with a PCA-projected
 # bfloat16 bank, k = 20 and a top-1% image score, chosen on half A of the test set), its fusion default
 # mtd_fusion (issue 22: mtd_default and PatchCore fused, chosen on half A).
-DATASET_CONFIGS: dict[str, dict[str, str]] = {
-    "mtd": {"subspace": "mtd_default", "fusion": "mtd_fusion"}
-}
+DATASET_CONFIGS: dict[str, dict[str, str]] = {"mtd": {"subspace": "mtd_default", "fusion": "mtd_fusion"}}
 # The method a benchmark runs without --method or --config: the subspace method, except on MTD, where the
 # fusion beat PatchCore on half A on all four metrics (docs/results/mtd_fusion_efficientnet_lite0.md).
 DEFAULT_METHODS: dict[str, str] = {"mtd": "fusion"}

@@ -17,6 +17,7 @@ from subspace_jax._io import atomic_write_text, jsonable
 from subspace_jax.data import registry as datasets
 from subspace_jax.data.images import shown
 from subspace_jax.eval import calibration, metrics
+from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 from subspace_jax.serving import report
 from subspace_jax.serving.predict import CALIBRATION_NOTE
 
@@ -41,7 +42,7 @@ def evaluate_model(
     dataset: Any,
     out: Path,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     report_limit: int = 100,
     progress: bool = True,
     labels_text: dict[str, str] | None = None,

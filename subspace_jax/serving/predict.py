@@ -34,6 +34,7 @@ from subspace_jax._io import atomic_directory, atomic_file, atomic_write_text
 from subspace_jax.data.images import read_image, resize_image, shown
 from subspace_jax.engine.batches import pad_batch
 from subspace_jax.eval import calibration
+from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 from subspace_jax.serving import report
 
 __all__ = [
@@ -151,7 +152,7 @@ def predict_files(
     paths: Sequence[Path],
     out: Path,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     report_limit: int = 200,
     progress: bool = True,
     model_dir: str = "",
