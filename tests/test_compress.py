@@ -70,6 +70,15 @@ def test_kcenter_matches_a_direct_greedy_reference():
     assert kcenter(points, 9, start=13).tolist() == _kcenter_reference(points, 9, start=13)
 
 
+def test_kcenter_breaks_ties_at_the_lowest_index():
+    # The 3 x 3 grid around the origin (mean 0, small integers: every distance exact in float32) is
+    # full of ties: from the centre, the four corners are equally far.
+    grid = np.array([(x, y) for x in (-1, 0, 1) for y in (-1, 0, 1)], float)
+    picked = kcenter(grid, 9, start=4).tolist()
+    assert picked[:2] == [4, 0]
+    assert picked == _kcenter_reference(grid, 9, start=4)
+
+
 def test_kcenter_picks_every_cluster_first():
     centres = np.array([[0, 0], [100, 0], [0, 100]], float)
     rng = np.random.default_rng(0)

@@ -21,6 +21,15 @@ from subspace_jax._checks import check_int
 __all__ = ["kcenter"]
 
 
+def _first_argmax(values: jax.Array) -> jax.Array:
+    """``jnp.argmax(values)`` for a (N,) float vector without NaN: the lowest index of the maximum.
+    A maximum, then the lowest index that holds it, are two reductions XLA's CPU backend vectorises; its
+    argmax is a scalar loop, 3.5 ms of the ~25 ms a pick takes at 779k points."""
+    top = jnp.max(values)
+    index = jnp.where(values == top, jnp.arange(values.shape[0], dtype=jnp.int32), values.shape[0])
+    return jnp.min(index)
+
+
 @partial(jax.jit, static_argnames=("m",))
 def _kcenter(points: jax.Array, m: int, start: jax.Array) -> jax.Array:
     points = jnp.asarray(points, jnp.float32)
@@ -35,7 +44,7 @@ def _kcenter(points: jax.Array, m: int, start: jax.Array) -> jax.Array:
 
     def pick(i, carry):
         selected, min_dist = carry
-        nxt = jnp.argmax(min_dist).astype(jnp.int32)
+        nxt = _first_argmax(min_dist)
         return selected.at[i].set(nxt), jnp.minimum(min_dist, sq_dist_to(nxt))
 
     selected, _ = lax.fori_loop(1, m, pick, (selected, sq_dist_to(start)))
