@@ -59,6 +59,10 @@ def mtd_root() -> Path:
     return require_mtd()
 
 
+# Where the fixture below logs memory maps and RSS after each module, when set.
+_DIAGNOSTICS = os.environ.get("SUBSPACE_JAX_TEST_DIAGNOSTICS")
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _fresh_compilation_caches():
     """Drop JAX's compiled programs after every test module. One session compiles thousands of programs
@@ -72,9 +76,6 @@ def _fresh_compilation_caches():
             maps = sum(1 for _ in open("/proc/self/maps"))
             rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS"))
             log.write(f"maps {maps} {rss.strip()}\n")
-
-
-_DIAGNOSTICS = os.environ.get("SUBSPACE_JAX_TEST_DIAGNOSTICS")
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selection, so `-m "not mtd"` sees the added markers

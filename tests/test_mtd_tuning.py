@@ -1,10 +1,9 @@
-"""experiments/mtd_tuning.py (issue 14): config overrides, the image-score names of the recorded rows, the
+"""experiments/mtd_tuning.py (issue 14): the image-score names of the recorded rows, the
 table of the recorded rows against the results document, the frontier figure, and on real MTD (an evenly
 spaced subset) the ``config`` and ``options`` commands against each other and against plain counts."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import sys
@@ -32,39 +31,6 @@ def tuning():
         yield module
     finally:
         del sys.modules[spec.name]
-
-
-def test_overrides_take_the_type_of_each_config_field(tuning):
-    base = configs.load("mtd_paper", backbone="efficientnet_lite0")
-    text = (
-        "k=10,lam=20,levels=2+3,tol=0.25,normalize_selection=true,sampling_level=4,projection=pca,"
-        "projection_channels=8+32,backbone=efficientnet_lite0:imagenet,crop=224"
-    )
-    got = configs.parse_overrides(text, base)
-    assert got == {
-        "k": 10,
-        "lam": 20,
-        "levels": (2, 3),
-        "tol": 0.25,
-        "normalize_selection": True,
-        "sampling_level": 4,
-        "projection": "pca",
-        "projection_channels": (8, 32),
-        "backbone": "efficientnet_lite0:imagenet",
-        "crop": 224,
-    }
-    assert [type(got[name]) for name in ("k", "tol", "normalize_selection")] == [int, float, bool]
-    config = dataclasses.replace(base, **got)  # a valid config: the values have the fields' types
-    assert config.projected_channels == {"level2": 8, "level3": 32} and config.output_size == 224
-    assert config.backbone == "efficientnet_lite0:imagenet"
-    assert configs.parse_overrides("", base) == {}
-    assert configs.parse_overrides("sampling_level=pooled,crop=none", base) == {
-        "sampling_level": "pooled",
-        "crop": None,
-    }
-    for bad in ("kk=3", "k", "normalize_selection=yes"):
-        with pytest.raises(ValueError, match=bad):
-            configs.parse_overrides(bad, base)
 
 
 def test_score_names_are_those_of_the_recorded_rows(tuning):

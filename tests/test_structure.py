@@ -299,6 +299,39 @@ def test_a_bad_config_file_is_named_in_the_error(tmp_path, text, message):
     assert str(path) in str(info.value)
 
 
+def test_one_line_overrides_take_the_type_of_each_config_field():
+    base = configs.load("mtd_paper", backbone="efficientnet_lite0")
+    text = (
+        "k=10,lam=20,levels=2+3,tol=0.25,normalize_selection=true,sampling_level=4,projection=pca,"
+        "projection_channels=8+32,backbone=efficientnet_lite0:imagenet,crop=224"
+    )
+    got = configs.parse_overrides(text, base)
+    assert got == {
+        "k": 10,
+        "lam": 20,
+        "levels": (2, 3),
+        "tol": 0.25,
+        "normalize_selection": True,
+        "sampling_level": 4,
+        "projection": "pca",
+        "projection_channels": (8, 32),
+        "backbone": "efficientnet_lite0:imagenet",
+        "crop": 224,
+    }
+    assert [type(got[name]) for name in ("k", "tol", "normalize_selection")] == [int, float, bool]
+    config = dataclasses.replace(base, **got)  # a valid config: the values have the fields' types
+    assert config.projected_channels == {"level2": 8, "level3": 32} and config.output_size == 224
+    assert config.backbone == "efficientnet_lite0:imagenet"
+    assert configs.parse_overrides("", base) == {}
+    assert configs.parse_overrides("sampling_level=pooled,crop=none", base) == {
+        "sampling_level": "pooled",
+        "crop": None,
+    }
+    for bad in ("kk=3", "k", "normalize_selection=yes"):
+        with pytest.raises(ValueError, match=bad):
+            configs.parse_overrides(bad, base)
+
+
 def test_an_invalid_override_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="mtd_paper.py.*lamda"):
         configs.load(configs.CONFIG_DIR / "mtd_paper.py", lamda=3)

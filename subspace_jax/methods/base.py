@@ -32,7 +32,6 @@ from subspace_jax.eval import calibration
 from subspace_jax.eval.calibration import Thresholds
 from subspace_jax.ops import execution as execution_lib
 from subspace_jax.ops import maps as maps_lib
-from subspace_jax.ops.execution import DEFAULT_BATCH_SIZE
 
 BACKBONE_NAMES = tuple(_BACKBONE_REGISTRY)
 LEVELS = (1, 2, 3, 4)
@@ -332,7 +331,7 @@ class FittedModel:
     def score(
         self,
         inputs: Any,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int = execution_lib.DEFAULT_BATCH_SIZE,
         *,
         backbone: Any = None,
         timings: dict[str, float] | None = None,
@@ -382,7 +381,12 @@ class FittedModel:
         )
 
     def predict(
-        self, images: Any, batch_size: int = DEFAULT_BATCH_SIZE, *, progress: bool = True, **kwargs: Any
+        self,
+        images: Any,
+        batch_size: int = execution_lib.DEFAULT_BATCH_SIZE,
+        *,
+        progress: bool = True,
+        **kwargs: Any,
     ) -> Any:
         """Maps, scores, normalised scores (0.5 = threshold), decisions and masks of ``images`` under the
         model's thresholds (``subspace_jax.eval.calibration.Prediction``); ValueError without thresholds.
